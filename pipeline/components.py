@@ -1,0 +1,162 @@
+"""The contracts every provider, judge and refiner fulfils, and the shapes they exchange.
+
+One class per service, one async method each (judges may also override ``decompose``):
+
+- :class:`ImageProvider` ``generate(GenerationRequest) -> GeneratedImage``
+- :class:`Judge` ``evaluate(EvaluationRequest) -> Judgement``
+- :class:`Refiner` ``refine(RefinementRequest) -> RefinedPrompt``
+
+Whatever a service's wire format, it answers in these shapes and fails with
+:class:`~pipeline.errors.ProviderError` (a content-policy refusal is always
+:class:`~pipeline.errors.ContentBlocked`), so the runner never knows which service it talks to.
+The overall score is not part of a :class:`Judgement`: ``scoring.py`` computes it from the answers.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+Answer = Literal["yes", "no", "unsure"]
+
+
+class Component(ABC):
+    """What providers, judges and refiners share: a registry name, a label and their settings."""
+
+    name: ClassVar[str]
+    kind: ClassVar[str]  # "providers" | "judges" | "refiners": the configuration table they read
+    label: ClassVar[str] = ""  # shown wherever the component appears; offline ones say so
+    offline: ClassVar[bool] = False
+    key_env_var: ClassVar[str | None] = None
+
+    def __init__(self, settings: dict[str, Any] | None = None) -> None:
+        self.settings = dict(settings or {})
+        self.model: str = str(self.settings.get("model", ""))
+
+    @classmethod
+    def display_name(cls) -> str:
+        return f"{cls.name} ({cls.label})" if cls.label else cls.name
+
+
+# ---- Generation ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str
+    width: int
+    height: int
+    seed: int
+    negative_prompt: str = ""
+    prompt_id: str = ""
+
+
+@dataclass
+class GeneratedImage:
+    data: bytes
+    mime_type: str | None = None  # what the service claimed; checked against the bytes
+    model: str = ""
+    cost_usd: float | None = None  # the service's own figure; None -> the price table
+    http_status: int | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+class ImageProvider(Component):
+    kind = "providers"
+
+    @abstractmethod
+    async def generate(self, request: GenerationRequest) -> GeneratedImage: ...
+
+
+# ---- Judging -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Element:
+    """An atomic yes/no requirement of the original prompt (DSG): 'yes' means satisfied."""
+
+    number: int
+    category: str  # entity | attribute | count | relation_spatial | relation_action | text_rendering | style | global | negation
+    question: str
+    tuple_text: str = ""
+    parent_numbers: tuple[int, ...] = ()
+    critical: bool = True
+
+
+@dataclass(frozen=True)
+class Check:
+    element: int
+    question: str
+    answer: Answer
+    evidence: str = ""
+
+
+@dataclass(frozen=True)
+class Issue:
+    kind: str  # a criterion name ("sharpness"), "element", or a service's own word
+    description: str
+    suggestion: str  # a concrete prompt change
+    severity: float = 0.5  # 0–1, the judge's ranking of what to fix first
+    element: int | None = None
+
+
+@dataclass
+class Judgement:
+    criteria: dict[str, float | None]  # each 0–10; None = not applicable
+    checks: list[Check] = field(default_factory=list)
+    issues: list[Issue] = field(default_factory=list)
+    model: str = ""
+    raw_response: str = ""
+    cost_usd: float | None = None
+
+    @property
+    def top_issue(self) -> Issue | None:
+        return max(self.issues, key=lambda i: i.severity) if self.issues else None
+
+
+@dataclass(frozen=True)
+class EvaluationRequest:
+    original_prompt: str  # scores are always against the original, so iterations compare fairly
+    sent_prompt: str
+    elements: tuple[Element, ...]
+    image: bytes
+    mime_type: str
+    requested_width: int
+    requested_height: int
+
+
+class Judge(Component):
+    kind = "judges"
+
+    async def decompose(self, prompt: str) -> list[Element]:
+        """Split the original prompt into elements, once per prompt. Default: the visual-property
+        elements the lexicon can read; vision judges override this with a model call."""
+        from .elements import visual_elements
+
+        return visual_elements(prompt)
+
+    @abstractmethod
+    async def evaluate(self, request: EvaluationRequest) -> Judgement: ...
+
+
+# ---- Refining ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RefinementRequest:
+    original_prompt: str
+    current_prompt: str
+    judgement: Judgement
+    failed_checks: tuple[Check, ...]
+    history: tuple[tuple[str, float], ...]  # (prompt, overall score) of earlier iterations
+
+
+@dataclass
+class RefinedPrompt:
+    prompt: str
+    rationale: str
+    edits: list[dict[str, Any]] = field(default_factory=list)
+    model: str = ""
+    cost_usd: float | None = None
+
+
+class Refiner(Component):
+    kind = "refiners"
+
+    @abstractmethod
+    async def refine(self, request: RefinementRequest) -> RefinedPrompt: ...

@@ -1,0 +1,54 @@
+"""Atomic file writes: a reader sees the old file or the whole new one, never a part.
+
+Each write goes to a temporary file in the destination folder (so the final rename stays on
+one file system), is flushed to disk, then renamed over the destination with ``os.replace``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+TEMP_PREFIX = ".tmp-"
+
+
+def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` atomically; ``durable`` also fsyncs before the rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=path.suffix, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_json(path: Path, payload: Any, *, durable: bool = False) -> None:
+    """JSON sidecars mirror the database, so a lost one is rewritten on resume: no fsync by default."""
+    text = json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n"
+    atomic_write_bytes(path, text.encode("utf-8"), durable=durable)
+
+
+def leftover_temp_files(root: Path) -> list[Path]:
+    """Temporary files a crash may have left behind (they are never the real output)."""
+    return sorted(p for p in root.rglob(f"{TEMP_PREFIX}*") if p.is_file())
+
+
+def remove_leftover_temp_files(root: Path) -> int:
+    removed = 0
+    if root.exists():
+        for p in leftover_temp_files(root):
+            p.unlink(missing_ok=True)
+            removed += 1
+    return removed

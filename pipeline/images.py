@@ -1,0 +1,114 @@
+"""Checking image bytes from providers and making gallery thumbnails.
+
+Bytes are stored exactly as a provider returned them; Pillow only reads them, to check that
+they are a real image of the format they claim, within the size limits, and not a
+decompression bomb.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from .errors import BadImage
+from .files import atomic_write_bytes
+
+# Pillow format name -> (mime type, file extension)
+FORMATS: dict[str, tuple[str, str]] = {
+    "PNG": ("image/png", "png"),
+    "JPEG": ("image/jpeg", "jpg"),
+    "WEBP": ("image/webp", "webp"),
+    "GIF": ("image/gif", "gif"),
+    "BMP": ("image/bmp", "bmp"),
+    "TIFF": ("image/tiff", "tif"),
+    "AVIF": ("image/avif", "avif"),
+}
+MIME_TO_FORMAT = {mime: fmt for fmt, (mime, _) in FORMATS.items()} | {"image/jpg": "JPEG"}
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    format: str
+    mime_type: str
+    extension: str
+    width: int
+    height: int
+    sha256: str
+    byte_size: int
+
+
+def inspect_image(data: bytes, *, claimed_mime: str | None = None, max_pixels: int = 40_000_000) -> ImageInfo:
+    """Identify ``data`` or raise :class:`BadImage` saying what is wrong with it."""
+    if not data:
+        raise BadImage("the provider returned an empty body instead of an image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                fmt = im.format or ""
+                width, height = im.size
+                if width * height > max_pixels:
+                    raise BadImage(f"image of {width}x{height} pixels exceeds the limit of {max_pixels:,} pixels")
+                im.verify()
+    except BadImage:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise BadImage(f"refused a possible decompression bomb: {e}") from None
+    except Exception as e:  # Pillow raises many types for garbage input
+        head = data[:16]
+        raise BadImage(f"not a readable image ({type(e).__name__}); first bytes {head!r}") from None
+    if fmt not in FORMATS:
+        raise BadImage(f"unsupported image format {fmt or 'unknown'}")
+    mime, ext = FORMATS[fmt]
+    if claimed_mime:
+        claimed = claimed_mime.split(";")[0].strip().lower()
+        if claimed in MIME_TO_FORMAT and MIME_TO_FORMAT[claimed] != fmt:
+            raise BadImage(f"the provider said {claimed} but the bytes are {mime}")
+        if claimed not in MIME_TO_FORMAT and not claimed.startswith("image/") and claimed != "application/octet-stream":
+            raise BadImage(f"the provider answered with content type {claimed}, not an image")
+    return ImageInfo(
+        format=fmt,
+        mime_type=mime,
+        extension=ext,
+        width=width,
+        height=height,
+        sha256=hashlib.sha256(data).hexdigest(),
+        byte_size=len(data),
+    )
+
+
+def open_reduced(data: bytes, longest_side: int) -> tuple[Image.Image, tuple[int, int]]:
+    """Decode ``data`` as RGB no larger than ``longest_side``; also return the original size.
+
+    JPEG is decoded straight at a reduced scale, which is several times faster than a full decode.
+    """
+    im = Image.open(io.BytesIO(data))
+    original_size = im.size
+    if im.format == "JPEG":
+        im.draft("RGB", (longest_side, longest_side))
+    im = im.convert("RGB")
+    if max(im.size) > longest_side:
+        im.thumbnail((longest_side, longest_side), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return im, original_size
+
+
+def thumbnail_path(thumbs_dir: Path, sha256: str, fmt: str = "WEBP") -> Path:
+    """Thumbnails are addressed by the image's hash, so one image gets one thumbnail, made once."""
+    ext = FORMATS.get(fmt.upper(), ("", "webp"))[1]
+    return thumbs_dir / sha256[:2] / f"{sha256}.{ext}"
+
+
+def make_thumbnail(data: bytes, dest: Path, *, side: int = 320, fmt: str = "WEBP", quality: int = 80) -> Path:
+    if dest.exists():
+        return dest
+    im, _ = open_reduced(data, side)
+    buf = io.BytesIO()
+    options = {"quality": quality, "method": 0} if fmt.upper() == "WEBP" else {"quality": quality}
+    im.save(buf, fmt.upper(), **options)
+    atomic_write_bytes(dest, buf.getvalue(), durable=False)
+    return dest

@@ -1,0 +1,203 @@
+"""The offline judge: measures real properties of the image, no model involved.
+
+It reads the *original* prompt's visual intent (:mod:`pipeline.lexicon`) and measures, on a
+copy of the image reduced to a fixed size so scores compare across sizes:
+
+- exposure: mean luminance against the band the prompt's light words ask for
+- contrast: RMS contrast (std of luminance) against what was asked (soft fog vs dramatic)
+- sharpness: mean absolute Laplacian of luminance (edge energy)
+- colourfulness: Hasler & Süsstrunk (2003) M
+- palette match: share of pixels near each colour the prompt names
+- size match: delivered size against the requested size
+
+It answers each element it can measure with evidence, reports every shortfall as an issue with
+a concrete prompt change, and leaves the overall score to :mod:`pipeline.scoring`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import lexicon
+from ..components import Check, Element, EvaluationRequest, Issue, Judge, Judgement
+from ..images import open_reduced
+
+SHARPNESS_TARGET = 0.030  # edge energy of a crisp render at the analysis size
+SOFT_LIMIT = 0.012
+COLOUR_PRESENT_SHARE = 0.04  # a named colour must cover 4 % of the image to count as present
+HUE_TOLERANCE = 20.0  # degrees
+
+# Concrete prompt changes, phrased in the lexicon's words so the renderer reacts to them.
+SUGGESTIONS = {
+    ("exposure", "low"): "well-lit subject",
+    ("exposure", "high"): "subdued lighting",
+    ("contrast", "low"): "high contrast",
+    ("contrast", "high"): "soft diffuse light",
+    ("sharpness", "low"): "crisp focus, fine detail",
+    ("sharpness", "high"): "soft focus",
+    ("colourfulness", "low"): "vivid saturated colours",
+    ("colourfulness", "high"): "muted palette",
+}
+
+
+@dataclass(frozen=True)
+class Measurements:
+    width: int
+    height: int
+    exposure: float
+    contrast: float
+    sharpness: float
+    colourfulness: float
+    colour_share: dict[str, float]
+
+
+def _colour_share(hsv: np.ndarray, name: str) -> float:
+    h = hsv[..., 0].astype(np.float32) * (360.0 / 255.0)
+    s = hsv[..., 1].astype(np.float32) / 255.0
+    v = hsv[..., 2].astype(np.float32) / 255.0
+    if name in lexicon.ACHROMATIC:
+        grey = s < 0.18
+        mask = {
+            "white": grey & (v > 0.8), "ivory": grey & (v > 0.8), "black": v < 0.16,
+            "charcoal": grey & (v >= 0.12) & (v < 0.35), "silver": grey & (v >= 0.6) & (v <= 0.85),
+        }.get(name, grey & (v >= 0.3) & (v <= 0.7))
+    else:
+        target = lexicon.hue_of(name)
+        distance = np.abs((h - target + 180.0) % 360.0 - 180.0)
+        mask = (distance <= HUE_TOLERANCE) & (s >= 0.15) & (v >= 0.15)
+    return float(mask.mean())
+
+
+def measure(data: bytes, colours: tuple[str, ...], analysis_side: int = 384) -> Measurements:
+    im, (width, height) = open_reduced(data, analysis_side)
+    rgb = np.asarray(im, dtype=np.float32)
+    luma = (rgb @ np.array([0.2126, 0.7152, 0.0722], np.float32)) / 255.0
+    lap = 4 * luma[1:-1, 1:-1] - luma[:-2, 1:-1] - luma[2:, 1:-1] - luma[1:-1, :-2] - luma[1:-1, 2:]
+    rg = rgb[..., 0] - rgb[..., 1]
+    yb = 0.5 * (rgb[..., 0] + rgb[..., 1]) - rgb[..., 2]
+    colourfulness = float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
+    hsv = np.asarray(im.convert("HSV"))
+    return Measurements(
+        width=width,
+        height=height,
+        exposure=float(luma.mean()),
+        contrast=float(luma.std()),
+        sharpness=float(np.abs(lap).mean()),
+        colourfulness=colourfulness,
+        colour_share={c: _colour_share(hsv, c) for c in colours},
+    )
+
+
+def _ratio_score(value: float, target: float) -> float:
+    return round(10.0 * max(0.0, min(1.0, value / target)), 2)
+
+
+def _ceiling_score(value: float, limit: float) -> float:
+    return 10.0 if value <= limit else round(10.0 * max(0.0, 1.0 - (value - limit) / limit), 2)
+
+
+class OfflineJudge(Judge):
+    name = "offline"
+    label = "offline: measures the image, no model"
+    offline = True
+
+    async def evaluate(self, request: EvaluationRequest) -> Judgement:
+        return await asyncio.to_thread(self.judge_sync, request)
+
+    def judge_sync(self, request: EvaluationRequest) -> Judgement:
+        intent = lexicon.read(request.original_prompt)
+        wanted = tuple(dict.fromkeys([*intent.colours, *intent.avoided_colours]))
+        m = measure(request.image, wanted, int(self.settings.get("analysis_side", 384)))
+        criteria: dict[str, float | None] = {}
+        issues: list[Issue] = []
+
+        def shortfall(criterion: str, direction: str, score: float, description: str) -> None:
+            if score < 7.0:
+                issues.append(Issue(kind=criterion, description=description, suggestion=SUGGESTIONS[(criterion, direction)],
+                                    severity=round((10.0 - score) / 10.0, 3)))
+
+        # Exposure against the band the prompt asks for.
+        low, high = intent.exposure_band
+        distance = max(low - m.exposure, m.exposure - high, 0.0)
+        criteria["exposure"] = round(max(0.0, 10.0 - 40.0 * distance), 2)
+        if m.exposure < low:
+            shortfall("exposure", "low", criteria["exposure"], f"underexposed: mean luminance {m.exposure:.2f}, want {low:.2f}–{high:.2f}")
+        elif m.exposure > high:
+            shortfall("exposure", "high", criteria["exposure"], f"overexposed: mean luminance {m.exposure:.2f}, want {low:.2f}–{high:.2f}")
+
+        if intent.contrast == "low":
+            criteria["contrast"] = _ceiling_score(m.contrast, 0.14)
+            shortfall("contrast", "high", criteria["contrast"], f"too contrasty for a soft scene: RMS contrast {m.contrast:.3f}, want ≤ 0.14")
+        else:
+            target = 0.24 if intent.contrast == "high" else 0.16
+            criteria["contrast"] = _ratio_score(m.contrast, target)
+            shortfall("contrast", "low", criteria["contrast"], f"flat: RMS contrast {m.contrast:.3f}, want ≥ {target:.2f}")
+
+        if intent.detail == "soft":
+            criteria["sharpness"] = _ceiling_score(m.sharpness, SOFT_LIMIT)
+            shortfall("sharpness", "high", criteria["sharpness"], f"too crisp for the soft focus asked: edge energy {m.sharpness:.3f}, want ≤ {SOFT_LIMIT}")
+        else:
+            criteria["sharpness"] = _ratio_score(m.sharpness, SHARPNESS_TARGET)
+            shortfall("sharpness", "low", criteria["sharpness"], f"soft or blurry: edge energy {m.sharpness:.3f}, want ≥ {SHARPNESS_TARGET}")
+
+        if intent.saturation == "mono":
+            criteria["colourfulness"] = _ceiling_score(m.colourfulness, 6.0)
+            shortfall("colourfulness", "high", criteria["colourfulness"], f"not monochrome: colourfulness {m.colourfulness:.0f}, want ≤ 6")
+        elif intent.saturation == "muted":
+            criteria["colourfulness"] = _ceiling_score(m.colourfulness, 40.0)
+            shortfall("colourfulness", "high", criteria["colourfulness"], f"too saturated for a muted palette: colourfulness {m.colourfulness:.0f}, want ≤ 40")
+        else:
+            target = 70.0 if intent.saturation == "vivid" else 40.0
+            criteria["colourfulness"] = _ratio_score(m.colourfulness, target)
+            shortfall("colourfulness", "low", criteria["colourfulness"], f"dull colours: colourfulness {m.colourfulness:.0f}, want ≥ {target:.0f}")
+
+        present = {c: share >= COLOUR_PRESENT_SHARE for c, share in m.colour_share.items()}
+        if intent.colours:
+            criteria["palette_match"] = round(10.0 * sum(present[c] for c in intent.colours) / len(intent.colours), 2)
+        else:
+            criteria["palette_match"] = None
+        asked_area = request.requested_width * request.requested_height
+        got_area = m.width * m.height
+        aspect_error = abs(m.width / m.height - request.requested_width / request.requested_height)
+        criteria["size_match"] = round(10.0 * min(asked_area, got_area) / max(asked_area, got_area) * max(0.0, 1.0 - aspect_error), 2)
+        if criteria["size_match"] < 10.0:
+            issues.append(Issue(kind="size_match", description=f"delivered {m.width}x{m.height}, asked {request.requested_width}x{request.requested_height}",
+                                suggestion="", severity=0.1))
+
+        checks = self._answer(request.elements, intent, m, present, criteria, issues)
+        raw = json.dumps({"measurements": m.__dict__, "criteria": criteria}, default=float)
+        return Judgement(criteria=criteria, checks=checks, issues=issues, model=self.model, raw_response=raw,
+                         cost_usd=float(self.settings.get("price_per_call", 0.0)))
+
+    def _answer(self, elements: tuple[Element, ...], intent: lexicon.VisualIntent, m: Measurements,
+                present: dict[str, bool], criteria: dict[str, float | None], issues: list[Issue]) -> list[Check]:
+        checks: list[Check] = []
+        for e in elements:
+            answer: str | None = None
+            evidence = ""
+            subject = e.tuple_text.rsplit("(", 1)[-1].rstrip(")") if "(" in e.tuple_text else ""
+            if e.tuple_text.startswith("attribute - color") and subject in present:
+                answer = "yes" if present[subject] else "no"
+                evidence = f"{m.colour_share[subject]:.0%} of pixels are {subject} (present at ≥ {COLOUR_PRESENT_SHARE:.0%})"
+                if answer == "no":
+                    issues.append(Issue(kind="element", element=e.number, description=f"{subject} is missing or too small",
+                                        suggestion=f"dominant {subject} tones", severity=0.9))
+            elif e.tuple_text.startswith("negation - color") and subject in m.colour_share:
+                answer = "yes" if m.colour_share[subject] < COLOUR_PRESENT_SHARE else "no"
+                evidence = f"{m.colour_share[subject]:.0%} of pixels are {subject}"
+            elif e.tuple_text.startswith("global - lighting"):
+                low, high = intent.exposure_band
+                answer = "yes" if low <= m.exposure <= high else "no"
+                evidence = f"mean luminance {m.exposure:.2f}, band {low:.2f}–{high:.2f}"
+            elif e.tuple_text.startswith(("style - contrast", "style - focus", "style - saturation")):
+                criterion = {"contrast": "contrast", "focus": "sharpness", "saturation": "colourfulness"}[e.tuple_text.split()[2]]
+                score = criteria.get(criterion)
+                answer = "yes" if score is not None and score >= 7.0 else "no"
+                evidence = f"{criterion} scores {score}/10"
+            if answer is not None:
+                checks.append(Check(element=e.number, question=e.question, answer=answer, evidence=evidence))  # type: ignore[arg-type]
+        return checks

@@ -1,0 +1,212 @@
+"""The database tables (SQLModel). The dashboard and its charts read exactly these.
+
+The tables describe the newest schema; ``migrations.py`` builds and upgrades a database to it.
+Anything JSON is stored in a JSON column so that SQLite and PostgreSQL both work.
+
+    prompt_set ─┬─ prompt ─── prompt_element          (what the team asked for)
+                └─ run ─── run_item ─┬─ iteration ─┬─ evaluation
+                                     │             └─ rating
+                                     └─ refinement
+    provider_call                                     (one row per external call attempt)
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+RUN_STATUSES = ("queued", "running", "interrupted", "cancelled", "completed", "failed")
+ITEM_STATUSES = ("pending", "running", "completed", "failed", "blocked")
+ITERATION_STATUSES = ("running", "ok", "failed", "blocked")
+DECISIONS = ("approved", "rejected", "none")
+OPERATIONS = ("generate", "evaluate", "refine")
+OUTCOMES = ("ok", "retried", "error", "blocked")
+TERMINAL_ITEM_STATUSES = ("completed", "failed", "blocked")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def json_field(default_factory: Any = dict) -> Any:
+    return Field(default_factory=default_factory, sa_column=Column(JSON, nullable=False))
+
+
+class PromptSet(SQLModel, table=True):
+    __tablename__ = "prompt_set"
+    id: int | None = Field(default=None, primary_key=True)
+    name: str
+    source: str = ""
+    sha256: str = Field(index=True)
+    prompt_count: int = 0
+    meta: dict[str, Any] = json_field()
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Prompt(SQLModel, table=True):
+    __tablename__ = "prompt"
+    __table_args__ = (UniqueConstraint("prompt_set_id", "key", name="uq_prompt_set_key"),)
+    id: int | None = Field(default=None, primary_key=True)
+    prompt_set_id: int = Field(foreign_key="prompt_set.id", index=True)
+    position: int
+    key: str  # the prompt's own id from the JSON
+    title: str = ""
+    scene: str = ""
+    mood: str = ""
+    prompt: str
+    negative_prompt: str = ""
+    seed: int | None = None
+    size: str | None = None
+    tags: list[str] = json_field(list)
+    meta: dict[str, Any] = json_field()
+
+
+class PromptElement(SQLModel, table=True):
+    """One atomic yes/no requirement of a prompt (DSG/TIFA); made once per prompt, editable."""
+
+    __tablename__ = "prompt_element"
+    __table_args__ = (UniqueConstraint("prompt_id", "number", name="uq_element_prompt_number"),)
+    id: int | None = Field(default=None, primary_key=True)
+    prompt_id: int = Field(foreign_key="prompt.id", index=True)
+    number: int
+    category: str
+    question: str
+    tuple_text: str = ""
+    parent_numbers: list[int] = json_field(list)
+    critical: bool = True
+    source: str = ""  # which decomposer made it, or "reviewer"
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Run(SQLModel, table=True):
+    __tablename__ = "run"
+    id: int | None = Field(default=None, primary_key=True)
+    prompt_set_id: int = Field(foreign_key="prompt_set.id", index=True)
+    name: str = ""
+    status: str = Field(default="queued", index=True)
+    config: dict[str, Any] = json_field()
+    output_dir: str = ""  # relative to the data folder when inside it, else absolute
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+    blocked: int = 0
+    cost_usd: float = 0.0
+    error: str = ""
+    cancel_requested: bool = False
+    owner: str = ""  # "host:pid" of the process executing it
+    heartbeat_at: datetime | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class RunItem(SQLModel, table=True):
+    __tablename__ = "run_item"
+    __table_args__ = (UniqueConstraint("run_id", "prompt_id", name="uq_run_item"),)
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="run.id", index=True)
+    prompt_id: int = Field(foreign_key="prompt.id", index=True)
+    status: str = Field(default="pending", index=True)
+    final_iteration: int | None = None  # number of the best iteration so far
+    best_score: float | None = None
+    cost_usd: float = 0.0
+    error_kind: str = ""
+    error_message: str = ""
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class Iteration(SQLModel, table=True):
+    __tablename__ = "iteration"
+    __table_args__ = (UniqueConstraint("run_item_id", "number", name="uq_iteration_number"),)
+    id: int | None = Field(default=None, primary_key=True)
+    run_item_id: int = Field(foreign_key="run_item.id", index=True)
+    number: int
+    prompt_text: str  # exactly what was sent
+    negative_prompt: str = ""
+    provider: str = ""
+    model: str = ""
+    seed: int | None = None
+    parameters: dict[str, Any] = json_field()
+    status: str = Field(default="running", index=True)
+    image_path: str = ""  # relative to the run's output folder
+    thumb_path: str = ""  # relative to the data folder
+    mime_type: str = ""
+    width: int | None = None
+    height: int | None = None
+    sha256: str = ""
+    byte_size: int | None = None
+    latency_ms: float | None = None
+    cost_usd: float | None = None
+    error_kind: str = ""
+    error_message: str = ""
+    started_at: datetime = Field(default_factory=utcnow)
+    finished_at: datetime | None = None
+
+
+class Evaluation(SQLModel, table=True):
+    __tablename__ = "evaluation"
+    id: int | None = Field(default=None, primary_key=True)
+    iteration_id: int = Field(foreign_key="iteration.id", unique=True)
+    judge: str
+    model: str = ""
+    overall_score: float = Field(index=True)  # 0–10, computed in code from the answers
+    criteria: dict[str, Any] = json_field()
+    checks: list[dict[str, Any]] = json_field(list)
+    issues: list[dict[str, Any]] = json_field(list)
+    top_suggestion: str = ""
+    raw_response: str = ""
+    latency_ms: float | None = None
+    cost_usd: float | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Refinement(SQLModel, table=True):
+    __tablename__ = "refinement"
+    __table_args__ = (UniqueConstraint("run_item_id", "from_iteration", name="uq_refinement_from"),)
+    id: int | None = Field(default=None, primary_key=True)
+    run_item_id: int = Field(foreign_key="run_item.id", index=True)
+    from_iteration: int
+    new_prompt: str
+    refiner: str
+    model: str = ""
+    rationale: str = ""
+    edits: list[dict[str, Any]] = json_field(list)
+    latency_ms: float | None = None
+    cost_usd: float | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Rating(SQLModel, table=True):
+    __tablename__ = "rating"
+    __table_args__ = (UniqueConstraint("iteration_id", "reviewer", name="uq_rating_reviewer"),)
+    id: int | None = Field(default=None, primary_key=True)
+    iteration_id: int = Field(foreign_key="iteration.id", index=True)
+    reviewer: str
+    stars: int | None = None  # 1–5
+    decision: str = "none"
+    note: str = ""
+    rated_at: datetime = Field(default_factory=utcnow, index=True)
+
+
+class ProviderCall(SQLModel, table=True):
+    __tablename__ = "provider_call"
+    __table_args__ = (Index("ix_provider_call_provider_started", "provider", "started_at"),)
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int | None = Field(default=None, foreign_key="run.id", index=True)
+    iteration_id: int | None = Field(default=None, foreign_key="iteration.id")
+    step_key: str = Field(default="", index=True)  # "run/item/iteration/operation": recognises a repeat
+    provider: str
+    model: str = ""
+    operation: str
+    started_at: datetime = Field(default_factory=utcnow)
+    latency_ms: float = 0.0
+    outcome: str
+    http_status: int | None = None
+    error_kind: str = ""
+    error_message: str = ""
+    attempt: int = 1
+    cost_usd: float | None = None

@@ -1,0 +1,249 @@
+"""Runs as records: creating them, reading their state, and who is executing them.
+
+These are the functions the CLI and the dashboard share. A run belongs to the process that
+claimed it (``owner`` = host:pid, refreshed by a heartbeat); a run left ``running`` by a dead
+process is found by :func:`recover_orphans` and marked ``interrupted`` so it can be resumed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func
+from sqlmodel import Session, col, select
+
+from .config import Settings
+from .errors import InputError, RunStateError
+from .models import (
+    TERMINAL_ITEM_STATUSES, Evaluation, Iteration, Prompt, PromptSet, ProviderCall, Run, RunItem, utcnow,
+)
+from .promptset import PromptSetSpec
+
+HEARTBEAT_SECONDS = 2.0
+STALE_AFTER = timedelta(seconds=30)
+
+
+@dataclass
+class RunConfig:
+    providers: list[str] = field(default_factory=lambda: ["offline"])
+    judge: str = "offline"
+    refiner: str = "offline"
+    iterations: int = 2
+    target_score: float | None = None
+    concurrency: int = 3
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    def validate(self, settings: Settings) -> None:
+        limits = settings.section("run")
+        max_iterations = int(limits.get("max_iterations", 5))
+        max_concurrency = int(limits.get("max_concurrency", 32))
+        if not self.providers:
+            raise InputError("--providers: name at least one provider")
+        if not 1 <= self.iterations <= max_iterations:
+            raise InputError(f"--iterations: {self.iterations} is outside 1–{max_iterations}")
+        if not 1 <= self.concurrency <= max_concurrency:
+            raise InputError(f"--concurrency: {self.concurrency} is outside 1–{max_concurrency}")
+        if self.target_score is not None and not 0 <= self.target_score <= 10:
+            raise InputError(f"--target-score: {self.target_score} is outside 0–10")
+
+
+def default_seed(prompt_key: str) -> int:
+    """A stable seed for a prompt without one, so reruns reproduce the same first image."""
+    return int.from_bytes(hashlib.sha256(prompt_key.encode()).digest()[:4], "big")
+
+
+def this_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def owner_alive(run: Run, now: datetime | None = None) -> bool:
+    if not run.owner:
+        return False
+    now = now or utcnow()
+    host, _, pid = run.owner.rpartition(":")
+    if host == socket.gethostname() and pid.isdigit():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass  # exists, owned by someone else
+        if int(pid) == os.getpid():
+            return True
+    return run.heartbeat_at is not None and now - run.heartbeat_at < STALE_AFTER
+
+
+# ---- Creating ---------------------------------------------------------------------------------
+def import_prompt_set(s: Session, spec: PromptSetSpec) -> PromptSet:
+    """Store a prompt set, or return the stored one with the same content and name."""
+    existing = s.exec(select(PromptSet).where(PromptSet.sha256 == spec.sha256, PromptSet.name == spec.name)).first()
+    if existing is not None and spec.sha256:
+        return existing
+    ps = PromptSet(name=spec.name, source=spec.source, sha256=spec.sha256, prompt_count=len(spec.prompts), meta=spec.metadata)
+    s.add(ps)
+    s.flush()
+    for position, p in enumerate(spec.prompts):
+        s.add(Prompt(
+            prompt_set_id=ps.id, position=position, key=p.id, title=p.title, scene=p.scene, mood=p.mood,
+            prompt=p.prompt, negative_prompt=p.negative_prompt, seed=p.seed, size=p.size, tags=list(p.tags), meta=p.metadata,
+        ))
+    return ps
+
+
+def stored_output_dir(settings: Settings, output_dir: Path) -> str:
+    """Inside the data folder the path is stored relative to it, so the folder can move."""
+    resolved = output_dir.resolve()
+    try:
+        return str(resolved.relative_to(settings.data_dir))
+    except ValueError:
+        return str(resolved)
+
+
+def output_dir_of(settings: Settings, run: Run) -> Path:
+    path = Path(run.output_dir)
+    return path if path.is_absolute() else settings.data_dir / path
+
+
+def create_run(s: Session, settings: Settings, prompt_set: PromptSet, config: RunConfig, *,
+               output_dir: Path | None = None, name: str = "") -> Run:
+    """Queue a run of every prompt in ``prompt_set``. ``output_dir`` defaults to ``data/runs/<id>``."""
+    run = Run(prompt_set_id=prompt_set.id, name=name or prompt_set.name, config=config.to_dict(), status="queued")
+    s.add(run)
+    s.flush()
+    run.output_dir = stored_output_dir(settings, output_dir or settings.runs_dir / str(run.id))
+    prompt_ids = s.exec(select(Prompt.id).where(Prompt.prompt_set_id == prompt_set.id).order_by(Prompt.position)).all()
+    for pid in prompt_ids:
+        s.add(RunItem(run_id=run.id, prompt_id=pid))
+    run.total = len(prompt_ids)
+    return run
+
+
+def check_output_dir_free(settings: Settings, s: Session, output_dir: Path) -> None:
+    """Refuse an output folder that another run writes to: its records point at those files."""
+    stored = stored_output_dir(settings, output_dir)
+    other = s.exec(select(Run).where(Run.output_dir == stored)).first()
+    if other is not None:
+        raise InputError(
+            f"{output_dir} already holds the results of run {other.id} ({other.status}); "
+            f"choose another --output, or resume that run with: python -m pipeline resume {other.id}"
+        )
+    results = output_dir / "results"
+    if results.is_dir() and any(results.iterdir()):
+        raise InputError(f"{results} is not empty; choose another --output so no earlier files are overwritten")
+
+
+# ---- Reading ----------------------------------------------------------------------------------
+def get_run(s: Session, run_id: int) -> Run:
+    run = s.get(Run, run_id)
+    if run is None:
+        raise RunStateError(f"no run {run_id}; `python -m pipeline status` lists the runs")
+    return run
+
+
+def list_runs(s: Session, limit: int = 50) -> list[Run]:
+    return list(s.exec(select(Run).order_by(col(Run.id).desc()).limit(limit)))
+
+
+@dataclass(frozen=True)
+class ItemState:
+    prompt_key: str
+    title: str
+    status: str
+    iterations: int
+    best_score: float | None
+    final_iteration: int | None
+    cost_usd: float
+    error: str
+
+
+def item_states(s: Session, run_id: int) -> list[ItemState]:
+    iteration_count = (
+        select(Iteration.run_item_id, func.count().label("n"))
+        .where(Iteration.status == "ok").group_by(Iteration.run_item_id).subquery()
+    )
+    rows = s.exec(
+        select(RunItem, Prompt, iteration_count.c.n)
+        .join(Prompt, Prompt.id == RunItem.prompt_id)
+        .join(iteration_count, iteration_count.c.run_item_id == RunItem.id, isouter=True)
+        .where(RunItem.run_id == run_id).order_by(Prompt.position)
+    ).all()
+    return [
+        ItemState(p.key, p.title, item.status, n or 0, item.best_score, item.final_iteration, item.cost_usd,
+                  f"{item.error_kind}: {item.error_message}" if item.error_message else "")
+        for item, p, n in rows
+    ]
+
+
+def refresh_counts(s: Session, run: Run) -> None:
+    """Recompute the run's counts and cost from its items and calls (derived, never drifted)."""
+    counts = dict(s.exec(select(RunItem.status, func.count()).where(RunItem.run_id == run.id).group_by(RunItem.status)).all())
+    run.total = sum(counts.values())
+    run.completed = counts.get("completed", 0)
+    run.failed = counts.get("failed", 0)
+    run.blocked = counts.get("blocked", 0)
+    cost = s.exec(select(func.coalesce(func.sum(ProviderCall.cost_usd), 0.0)).where(ProviderCall.run_id == run.id)).one()
+    run.cost_usd = float(cost or 0.0)
+
+
+def unfinished_items(s: Session, run_id: int) -> list[RunItem]:
+    return list(s.exec(
+        select(RunItem).join(Prompt, Prompt.id == RunItem.prompt_id)
+        .where(RunItem.run_id == run_id, col(RunItem.status).not_in(TERMINAL_ITEM_STATUSES))
+        .order_by(Prompt.position)
+    ))
+
+
+# ---- Ownership and status -----------------------------------------------------------------
+def recover_orphans(s: Session) -> list[int]:
+    """Mark runs left ``running`` by a dead process as ``interrupted``; return their ids."""
+    recovered = []
+    for run in s.exec(select(Run).where(Run.status == "running")):
+        if not owner_alive(run):
+            run.status = "interrupted"
+            run.owner = ""
+            for item in s.exec(select(RunItem).where(RunItem.run_id == run.id, RunItem.status == "running")):
+                item.status = "pending"
+            recovered.append(run.id)
+    return recovered
+
+
+def claim_for_resume(s: Session, run: Run, *, retry_failed: bool = False) -> None:
+    """Check that ``run`` can be resumed and make it queued again."""
+    if run.status == "running" and owner_alive(run):
+        raise RunStateError(f"run {run.id} is being executed right now by {run.owner}")
+    if run.status == "completed" and not retry_failed:
+        raise RunStateError(f"run {run.id} is already completed; add --retry-failed to retry its failed prompts")
+    if retry_failed:
+        for item in s.exec(select(RunItem).where(RunItem.run_id == run.id, col(RunItem.status).in_(("failed", "blocked")))):
+            item.status, item.error_kind, item.error_message, item.finished_at = "pending", "", "", None
+    run.status, run.cancel_requested, run.error, run.finished_at = "queued", False, "", None
+
+
+def request_cancel(s: Session, run_id: int) -> Run:
+    run = get_run(s, run_id)
+    if run.status in ("queued", "interrupted"):
+        run.status, run.finished_at = "cancelled", utcnow()
+    elif run.status == "running":
+        run.cancel_requested = True
+    return run
+
+
+def best_evaluations(s: Session, run_item_id: int) -> list[tuple[Iteration, Evaluation | None]]:
+    rows = s.exec(
+        select(Iteration, Evaluation).join(Evaluation, Evaluation.iteration_id == Iteration.id, isouter=True)
+        .where(Iteration.run_item_id == run_item_id).order_by(Iteration.number)
+    ).all()
+    return [(it, ev) for it, ev in rows]

@@ -1,0 +1,389 @@
+"""One prompt's way through a run: generate → judge → refine → generate → judge …
+
+Every step commits its result before the next begins, and every step first looks in the
+database for its own result, so a resumed prompt skips what is finished and redoes only what
+was half-done (an iteration row still ``running``, or one whose image file is missing).
+Between steps the job checks whether the run is stopping; if so it leaves the prompt
+``pending`` for a later resume.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import Engine
+from sqlmodel import select
+
+from . import prices, scoring, sidecars
+from .components import (
+    Check, Element, EvaluationRequest, GenerationRequest, ImageProvider, Issue, Judge, Judgement,
+    RefinementRequest, Refiner,
+)
+from .config import Settings
+from .db import session
+from .errors import ContentBlocked, ProviderError
+from .files import atomic_write_bytes
+from .images import inspect_image, make_thumbnail, thumbnail_path
+from .models import Evaluation, Iteration, Prompt, PromptElement, ProviderCall, Refinement, Run, RunItem, utcnow
+from .promptset import PromptSpec, compose_prompt, parse_size
+from .runs import RunConfig, default_seed, stored_output_dir
+
+log = logging.getLogger("pipeline.steps")
+
+
+@dataclass
+class RunContext:
+    """What every prompt job of one run shares."""
+
+    engine: Engine
+    settings: Settings
+    run: Run
+    config: RunConfig
+    provider: ImageProvider
+    judge: Judge
+    refiner: Refiner
+    output_dir: Path
+    stopping: Callable[[], bool]
+    on_step: Callable[[], None] = lambda: None
+
+    @property
+    def template(self) -> str:
+        return str(self.settings.section("prompt").get("template", "{prompt}"))
+
+    @property
+    def faithfulness_weight(self) -> float:
+        return float(self.settings.section("scoring").get("faithfulness_weight", scoring.DEFAULT_FAITHFULNESS_WEIGHT))
+
+
+class Stopped(Exception):
+    """The run is stopping; this prompt goes back to pending, its finished steps kept."""
+
+
+class StepFailed(Exception):
+    def __init__(self, status: str, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.kind, self.message = status, kind, message
+
+
+def step_key(run_id: int, item_id: int, number: int, operation: str) -> str:
+    return f"run{run_id}/item{item_id}/it{number}/{operation}"
+
+
+def _judgement_from_row(ev: Evaluation) -> Judgement:
+    return Judgement(
+        criteria=dict(ev.criteria),
+        checks=[Check(**c) for c in ev.checks],
+        issues=[Issue(**i) for i in ev.issues],
+        model=ev.model, raw_response=ev.raw_response, cost_usd=ev.cost_usd,
+    )
+
+
+class PromptJob:
+    def __init__(self, ctx: RunContext, item_id: int) -> None:
+        self.ctx = ctx
+        self.item_id = item_id
+        with session(ctx.engine) as s:
+            self.item = s.get(RunItem, item_id)
+            self.prompt = s.get(Prompt, self.item.prompt_id)
+        p = self.prompt
+        self.spec = PromptSpec(id=p.key, prompt=p.prompt, title=p.title, scene=p.scene, mood=p.mood)
+        self.original_text = compose_prompt(self.spec, ctx.template)
+        size = parse_size(p.size or str(ctx.settings.section("prompt").get("default_size", "1024x1024")))
+        self.width, self.height = size if isinstance(size, tuple) else (1024, 1024)
+        self.seed = p.seed if p.seed is not None else default_seed(p.key)
+        self.folder = ctx.output_dir / "results" / p.key
+
+    # ---- the loop ------------------------------------------------------------------------
+    async def run(self) -> str:
+        """Take the prompt as far as it goes; return its final status (``pending`` if stopped)."""
+        ctx = self.ctx
+        self._set_item(status="running", started=True)
+        try:
+            self.mirror_sidecars()
+            elements = await self.elements()
+            text = self.original_text
+            for number in range(1, ctx.config.iterations + 1):
+                it = await self.generated(number, text)
+                ev = await self.evaluated(it, elements)
+                if ctx.config.target_score is not None and ev.overall_score >= ctx.config.target_score:
+                    break
+                if number == ctx.config.iterations:
+                    break
+                refinement = await self.refined(it, ev)
+                if refinement.new_prompt.strip() == text.strip():
+                    log.info("%s: refiner left the prompt unchanged; stopping at iteration %d", self.prompt.key, number)
+                    break
+                text = refinement.new_prompt
+        except Stopped:
+            self._set_item(status="pending")
+            return "pending"
+        except StepFailed as e:
+            self._set_item(status=e.status, error=(e.kind, e.message), finished=True)
+            return e.status
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # a bug or an unexpected failure: record it, keep the run going
+            log.exception("%s: unexpected error", self.prompt.key)
+            self._set_item(status="failed", error=("internal", f"{type(e).__name__}: {e}"), finished=True)
+            return "failed"
+        self._set_item(status="completed", error=("", ""), finished=True)
+        return "completed"
+
+    def _check_stop(self) -> None:
+        if self.ctx.stopping():
+            raise Stopped()
+
+    # ---- elements (once per prompt) ----------------------------------------------------------
+    async def elements(self) -> tuple[Element, ...]:
+        with session(self.ctx.engine) as s:
+            rows = s.exec(select(PromptElement).where(PromptElement.prompt_id == self.prompt.id).order_by(PromptElement.number)).all()
+        if not rows:
+            made = await self.ctx.judge.decompose(self.original_text)
+            with session(self.ctx.engine) as s:
+                # Another run of the same prompt set may have stored them meanwhile.
+                rows = s.exec(select(PromptElement).where(PromptElement.prompt_id == self.prompt.id).order_by(PromptElement.number)).all()
+                if not rows:
+                    rows = [PromptElement(prompt_id=self.prompt.id, number=e.number, category=e.category, question=e.question,
+                                          tuple_text=e.tuple_text, parent_numbers=list(e.parent_numbers), critical=e.critical,
+                                          source=self.ctx.judge.name) for e in made]
+                    s.add_all(rows)
+                    s.commit()
+        return tuple(Element(number=r.number, category=r.category, question=r.question, tuple_text=r.tuple_text,
+                             parent_numbers=tuple(r.parent_numbers), critical=r.critical) for r in rows)
+
+    # ---- generate ----------------------------------------------------------------------------
+    async def generated(self, number: int, text: str) -> Iteration:
+        ctx = self.ctx
+        with session(ctx.engine) as s:
+            it = s.exec(select(Iteration).where(Iteration.run_item_id == self.item_id, Iteration.number == number)).first()
+        if it is not None and it.status == "ok" and self._image_intact(it):
+            return it
+        self._check_stop()
+        provider = ctx.provider
+        with session(ctx.engine) as s:
+            if it is None:
+                it = Iteration(run_item_id=self.item_id, number=number, prompt_text=text)
+            it.prompt_text, it.negative_prompt = text, self.prompt.negative_prompt
+            it.provider, it.model, it.seed = provider.name, provider.model, self.seed
+            it.parameters = {"width": self.width, "height": self.height}
+            it.status, it.error_kind, it.error_message = "running", "", ""
+            it.started_at, it.finished_at = utcnow(), None
+            s.add(it)
+            s.commit()
+        request = GenerationRequest(prompt=text, width=self.width, height=self.height, seed=self.seed,
+                                    negative_prompt=self.prompt.negative_prompt, prompt_id=self.prompt.key)
+        key = step_key(ctx.run.id, self.item_id, number, "generate")
+        started, t0 = utcnow(), time.perf_counter()
+        try:
+            result = await provider.generate(request)
+            max_pixels = int(ctx.settings.section("images").get("max_pixels", 40_000_000))
+            info = inspect_image(result.data, claimed_mime=result.mime_type, max_pixels=max_pixels)
+        except ProviderError as e:
+            latency = (time.perf_counter() - t0) * 1000
+            status = "blocked" if isinstance(e, ContentBlocked) else "failed"
+            self._record_call(provider, "generate", key, started, latency, e, iteration_id=it.id)
+            with session(ctx.engine) as s:
+                row = s.get(Iteration, it.id)
+                row.status, row.error_kind, row.error_message = status, e.kind, str(e)
+                row.latency_ms, row.finished_at = latency, utcnow()
+                s.commit()
+            self._write_results(row)
+            raise StepFailed(status, e.kind, f"iteration {number}: {provider.name} {'blocked the prompt' if status == 'blocked' else 'failed'}: {e}") from None
+        latency = (time.perf_counter() - t0) * 1000
+        cost = result.cost_usd
+        if cost is None:
+            cost = prices.table_cost(provider.settings, result.model or provider.model, info.width, info.height)
+        image_path = self.folder / f"iteration_{number}.{info.extension}"
+        images_cfg = ctx.settings.section("images")
+        thumb_fmt = str(images_cfg.get("thumbnail_format", "WEBP"))
+        thumb = thumbnail_path(ctx.settings.thumbs_dir, info.sha256, thumb_fmt)
+
+        def store() -> None:
+            atomic_write_bytes(image_path, result.data)
+            make_thumbnail(result.data, thumb, side=int(images_cfg.get("thumbnail_side", 320)), fmt=thumb_fmt,
+                           quality=int(images_cfg.get("thumbnail_quality", 80)))
+
+        await asyncio.to_thread(store)
+        with session(ctx.engine) as s:
+            row = s.get(Iteration, it.id)
+            row.status, row.model = "ok", result.model or provider.model
+            row.image_path = str(image_path.relative_to(ctx.output_dir))
+            row.thumb_path = stored_output_dir(ctx.settings, thumb)
+            row.mime_type, row.width, row.height = info.mime_type, info.width, info.height
+            row.sha256, row.byte_size = info.sha256, info.byte_size
+            row.latency_ms, row.cost_usd, row.finished_at = latency, cost, utcnow()
+            s.add(self._call_row(provider, "generate", key, started, latency, "ok", cost=cost,
+                                 http_status=result.http_status, iteration_id=it.id))
+            item = s.get(RunItem, self.item_id)
+            item.cost_usd += cost or 0.0
+            s.commit()
+        self._write_results(row)
+        ctx.on_step()
+        return row
+
+    def _image_intact(self, it: Iteration) -> bool:
+        """A finished generation counts only while its file is there with the recorded hash."""
+        path = self.ctx.output_dir / it.image_path
+        try:
+            return hashlib.sha256(path.read_bytes()).hexdigest() == it.sha256
+        except OSError:
+            log.warning("%s: iteration %d image missing at %s; generating it again", self.prompt.key, it.number, path)
+            return False
+
+    # ---- judge -------------------------------------------------------------------------------
+    async def evaluated(self, it: Iteration, elements: tuple[Element, ...]) -> Evaluation:
+        ctx = self.ctx
+        with session(ctx.engine) as s:
+            ev = s.exec(select(Evaluation).where(Evaluation.iteration_id == it.id)).first()
+        if ev is not None:
+            return ev
+        self._check_stop()
+        judge = ctx.judge
+        data = (ctx.output_dir / it.image_path).read_bytes()
+        request = EvaluationRequest(original_prompt=self.original_text, sent_prompt=it.prompt_text, elements=elements,
+                                    image=data, mime_type=it.mime_type, requested_width=self.width, requested_height=self.height)
+        key = step_key(ctx.run.id, self.item_id, it.number, "evaluate")
+        started, t0 = utcnow(), time.perf_counter()
+        try:
+            judgement = await judge.evaluate(request)
+        except ProviderError as e:
+            self._record_call(judge, "evaluate", key, started, (time.perf_counter() - t0) * 1000, e, iteration_id=it.id)
+            raise StepFailed("failed", e.kind, f"iteration {it.number}: judge {judge.name} failed: {e}") from None
+        latency = (time.perf_counter() - t0) * 1000
+        cost = judgement.cost_usd if judgement.cost_usd is not None else prices.table_cost(judge.settings, judgement.model)
+        score = scoring.overall(judgement, elements, ctx.faithfulness_weight)
+        top = judgement.top_issue
+        with session(ctx.engine) as s:
+            ev = Evaluation(
+                iteration_id=it.id, judge=judge.name, model=judgement.model or judge.model, overall_score=score,
+                criteria=judgement.criteria, checks=[c.__dict__ for c in judgement.checks],
+                issues=[i.__dict__ for i in sorted(judgement.issues, key=lambda i: -i.severity)],
+                top_suggestion=(top.suggestion or top.description) if top else "",
+                raw_response=judgement.raw_response, latency_ms=latency, cost_usd=cost,
+            )
+            s.add(ev)
+            s.add(self._call_row(judge, "evaluate", key, started, latency, "ok", cost=cost, iteration_id=it.id))
+            item = s.get(RunItem, self.item_id)
+            item.cost_usd += cost or 0.0
+            if item.best_score is None or score >= item.best_score:
+                item.best_score, item.final_iteration = score, it.number
+            s.commit()
+        sidecars.write_iteration_evaluation(self.folder, sidecars.iteration_evaluation(self.prompt, it, ev))
+        self._write_summary()
+        ctx.on_step()
+        return ev
+
+    # ---- refine ------------------------------------------------------------------------------
+    async def refined(self, it: Iteration, ev: Evaluation) -> Refinement:
+        ctx = self.ctx
+        with session(ctx.engine) as s:
+            ref = s.exec(select(Refinement).where(Refinement.run_item_id == self.item_id,
+                                                  Refinement.from_iteration == it.number)).first()
+            history = s.exec(
+                select(Iteration.prompt_text, Evaluation.overall_score).join(Evaluation, Evaluation.iteration_id == Iteration.id)
+                .where(Iteration.run_item_id == self.item_id, Iteration.number <= it.number).order_by(Iteration.number)
+            ).all()
+        if ref is not None:
+            return ref
+        self._check_stop()
+        refiner = ctx.refiner
+        judgement = _judgement_from_row(ev)
+        request = RefinementRequest(
+            original_prompt=self.original_text, current_prompt=it.prompt_text, judgement=judgement,
+            failed_checks=tuple(c for c in judgement.checks if c.answer != "yes"),
+            history=tuple((p, score) for p, score in history),
+        )
+        key = step_key(ctx.run.id, self.item_id, it.number, "refine")
+        started, t0 = utcnow(), time.perf_counter()
+        try:
+            refined = await refiner.refine(request)
+            max_chars = int(ctx.settings.section("prompt").get("max_chars", 10_000))
+            if not refined.prompt.strip():
+                raise ProviderError("the refiner returned an empty prompt", kind="malformed")
+            if len(refined.prompt) > max_chars:
+                raise ProviderError(f"the refined prompt is {len(refined.prompt):,} characters, over the limit of {max_chars:,}", kind="malformed")
+        except ProviderError as e:
+            self._record_call(refiner, "refine", key, started, (time.perf_counter() - t0) * 1000, e, iteration_id=it.id)
+            raise StepFailed("failed", e.kind, f"iteration {it.number}: refiner {refiner.name} failed: {e}") from None
+        latency = (time.perf_counter() - t0) * 1000
+        cost = refined.cost_usd if refined.cost_usd is not None else prices.table_cost(refiner.settings, refined.model)
+        with session(ctx.engine) as s:
+            ref = Refinement(run_item_id=self.item_id, from_iteration=it.number, new_prompt=refined.prompt,
+                             refiner=refiner.name, model=refined.model or refiner.model, rationale=refined.rationale,
+                             edits=refined.edits, latency_ms=latency, cost_usd=cost)
+            s.add(ref)
+            s.add(self._call_row(refiner, "refine", key, started, latency, "ok", cost=cost, iteration_id=it.id))
+            item = s.get(RunItem, self.item_id)
+            item.cost_usd += cost or 0.0
+            s.commit()
+        ctx.on_step()
+        return ref
+
+    # ---- records -------------------------------------------------------------------------------
+    def _call_row(self, component: Any, operation: str, key: str, started: Any, latency: float, outcome: str, *,
+                  cost: float | None = None, http_status: int | None = None, error: ProviderError | None = None,
+                  iteration_id: int | None = None) -> ProviderCall:
+        return ProviderCall(
+            run_id=self.ctx.run.id, iteration_id=iteration_id, step_key=key, provider=component.name,
+            model=component.model, operation=operation, started_at=started, latency_ms=latency, outcome=outcome,
+            http_status=error.http_status if error else http_status, error_kind=error.kind if error else "",
+            error_message=str(error)[:2000] if error else "", cost_usd=cost,
+        )
+
+    def _record_call(self, component: Any, operation: str, key: str, started: Any, latency: float, error: ProviderError,
+                     iteration_id: int | None = None) -> None:
+        outcome = "blocked" if isinstance(error, ContentBlocked) else "error"
+        with session(self.ctx.engine) as s:
+            s.add(self._call_row(component, operation, key, started, latency, outcome, error=error, iteration_id=iteration_id))
+            s.commit()
+        log.warning("%s: %s %s %s: %s", self.prompt.key, component.name, operation, outcome, error)
+
+    def _set_item(self, *, status: str, error: tuple[str, str] | None = None, started: bool = False, finished: bool = False) -> None:
+        with session(self.ctx.engine) as s:
+            item = s.get(RunItem, self.item_id)
+            item.status = status
+            if error is not None:
+                item.error_kind, item.error_message = error
+            if started and item.started_at is None:
+                item.started_at = utcnow()
+            if finished:
+                item.finished_at = utcnow()
+            s.commit()
+            self.item = item
+        if finished:
+            self._write_summary()
+
+    def _write_results(self, it: Iteration) -> None:
+        with session(self.ctx.engine) as s:
+            ref = s.exec(select(Refinement).where(Refinement.run_item_id == self.item_id,
+                                                  Refinement.from_iteration == it.number - 1)).first()
+        sidecars.write_iteration_results(self.folder, sidecars.iteration_results(self.ctx.run, self.prompt, it, ref))
+
+    def _write_summary(self) -> None:
+        from .runs import best_evaluations
+
+        with session(self.ctx.engine) as s:
+            item = s.get(RunItem, self.item_id)
+            rows = best_evaluations(s, self.item_id)
+        sidecars.write_summary(self.folder, sidecars.summary(self.ctx.run, self.prompt, item, rows))
+
+    def mirror_sidecars(self) -> None:
+        """Rewrite every sidecar of this prompt from the database (after a crash, some may be missing)."""
+        from .runs import best_evaluations
+
+        with session(self.ctx.engine) as s:
+            rows = best_evaluations(s, self.item_id)
+        if not rows:
+            return
+        for it, ev in rows:
+            self._write_results(it)
+            if ev is not None:
+                sidecars.write_iteration_evaluation(self.folder, sidecars.iteration_evaluation(self.prompt, it, ev))
+        self._write_summary()
