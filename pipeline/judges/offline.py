@@ -117,8 +117,9 @@ class OfflineJudge(Judge):
 
         def shortfall(criterion: str, direction: str, score: float, description: str) -> None:
             if score < 7.0:
+                # Quality shortfalls rank below a missing element (severity 1.0): fix what was asked first.
                 issues.append(Issue(kind=criterion, description=description, suggestion=SUGGESTIONS[(criterion, direction)],
-                                    severity=round((10.0 - score) / 10.0, 3)))
+                                    severity=round(0.95 * (10.0 - score) / 10.0, 3)))
 
         # Exposure against the band the prompt asks for.
         low, high = intent.exposure_band
@@ -185,7 +186,7 @@ class OfflineJudge(Judge):
                 evidence = f"{m.colour_share[subject]:.0%} of pixels are {subject} (present at ≥ {COLOUR_PRESENT_SHARE:.0%})"
                 if answer == "no":
                     issues.append(Issue(kind="element", element=e.number, description=f"{subject} is missing or too small",
-                                        suggestion=f"dominant {subject} tones", severity=0.9))
+                                        suggestion=f"dominant {subject} tones", severity=1.0))
             elif e.tuple_text.startswith("negation - color") and subject in m.colour_share:
                 answer = "yes" if m.colour_share[subject] < COLOUR_PRESENT_SHARE else "no"
                 evidence = f"{m.colour_share[subject]:.0%} of pixels are {subject}"

@@ -65,16 +65,18 @@ def _harmony(rng: np.random.Generator, count: int) -> list[RGB]:
 
 
 def choose_look(intent: VisualIntent, rng: np.random.Generator) -> Look:
-    """Named colours paint the subjects; dominant or implied colours (sunset, forest) the background."""
+    """Named colours paint the subjects, implied ones (sunset, forest) the background; a colour asked
+    to be dominant takes the ground and the main subject."""
     avoid = set(intent.avoided_colours)
     named = [COLOURS[n] for n in intent.colours if n not in avoid]
     dominant = [COLOURS[n] for n in intent.dominant if n not in avoid]
     implied = [COLOURS[n] for n in intent.implied_colours if n not in avoid]
     harmony = _harmony(rng, 4)
-    background = (dominant * 3 if dominant else implied + harmony)[:3]
-    if dominant:
-        background = [background[0], _shade(background[0], 1.3), _shade(background[0], 0.8)]
+    background = (implied + harmony)[:3]
     subjects = (named or implied[1:] or harmony[1:]) + harmony
+    if dominant:  # the ground and the main subject take it; the sky keeps the scene's light
+        background[2] = dominant[0]
+        subjects = [dominant[0], *subjects]
     palette = background + subjects[:4]
 
     # Unrequested qualities vary with the seed, so first renders leave room for refinement.
@@ -147,15 +149,19 @@ def paint_scene(intent: VisualIntent, look: Look, rng: np.random.Generator, widt
                         draw.rectangle((wx, wy, wx + unit * 0.012, wy + unit * 0.018), fill=pal[3 + int(rng.integers(0, 2))])
             x += bw + unit * 0.01 * rng.random()
 
-    # Subject shapes: one large in a close-up, many small in a busy scene.
+    # Subject shapes: one large in a close-up, many small in a busy scene. The main subject
+    # (index 0, in the first named colour) is drawn last so nothing hides it.
     count = 1 if ("close" in comp or "minimal" in comp) else 9 if "busy" in comp else 2 + len(intent.subject_words) % 3
+    shapes = []
     for i in range(count):
-        size = unit * (0.42 if "close" in comp else 0.06 + 0.14 * rng.random())
+        size = unit * (0.42 if "close" in comp else (0.16 if i == 0 else 0.06) + 0.12 * rng.random())
         cx = w * (0.5 if count == 1 else 0.12 + 0.76 * rng.random())
         cy = h * 0.5 if count == 1 else horizon + (h - horizon) * (0.15 + 0.6 * rng.random()) - size * 0.5
+        shapes.append((i, size, cx, cy, 0.7 + 0.6 * rng.random(), rng.random() < 0.5))
+    for i, size, cx, cy, squash, round_shape in reversed(shapes):
         colour = pal[3 + i % (len(pal) - 3)]
-        box = (cx - size, cy - size * (0.7 + 0.6 * rng.random()), cx + size, cy + size)
-        if rng.random() < 0.5:
+        box = (cx - size, cy - size * squash, cx + size, cy + size)
+        if round_shape:
             draw.ellipse(box, fill=colour, outline=_shade(colour, 0.5), width=max(1, unit // 200))
         else:
             draw.rounded_rectangle(box, radius=size * 0.3, fill=colour, outline=_shade(colour, 0.5), width=max(1, unit // 200))

@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import io
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline import registry
+from pipeline.cli import main
+from pipeline.config import Settings
+from pipeline.db import open_database
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "data" / "samples"
+
+from tests.fakes import FakeProvider  # noqa: E402  (registers the fake provider)
+
+
+@pytest.fixture(autouse=True)
+def isolated_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own data folder and database; nothing touches the real data/."""
+    data = tmp_path / "data"
+    monkeypatch.setenv("DARKROOM_DATA_DIR", str(data))
+    monkeypatch.delenv("DARKROOM_DATABASE_URL", raising=False)
+    monkeypatch.delenv("DARKROOM_CONFIG", raising=False)
+    monkeypatch.delenv("DARKROOM_PLUGINS", raising=False)
+    FakeProvider.reset()
+    registry.ensure_loaded()
+    return data
+
+
+@pytest.fixture
+def settings(isolated_data_dir: Path) -> Settings:
+    return Settings.from_env()
+
+
+@pytest.fixture
+def engine(settings: Settings):  # type: ignore[no-untyped-def]
+    eng = open_database(settings)
+    yield eng
+    eng.dispose()
+
+
+def write_prompt_set(path: Path, prompts: list[dict], **extra) -> Path:  # type: ignore[no-untyped-def]
+    path.write_text(json.dumps({"prompts": prompts, **extra}), encoding="utf-8")
+    return path
+
+
+def make_prompts(n: int, **fields) -> list[dict]:  # type: ignore[no-untyped-def]
+    words = ["red", "teal", "golden", "violet", "green", "orange", "blue", "pink"]
+    return [{"id": f"p{i:03d}", "prompt": f"A {words[i % len(words)]} lantern on a hill, number {i}", **fields} for i in range(n)]
+
+
+class CliResult:
+    def __init__(self, code: int, out: str, err: str) -> None:
+        self.code, self.out, self.err = code, out, err
+
+
+def run_cli(*args: str) -> CliResult:
+    out, err = io.StringIO(), io.StringIO()
+    code = main([str(a) for a in args], out=out, err=err)
+    return CliResult(code, out.getvalue(), err.getvalue())
+
+
+def subprocess_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DARKROOM_")}
+    env.update({"DARKROOM_DATA_DIR": str(data_dir), "DARKROOM_PLUGINS": "tests.fakes", "PYTHONPATH": str(ROOT)})
+    env.update(extra)
+    return env
+
+
+PYTHON = sys.executable
+
+
+def create_run(engine, settings: Settings, prompts: list[dict], tmp_path: Path, **config) -> int:  # type: ignore[no-untyped-def]
+    """Queue a run through the same functions the CLI uses; return its id."""
+    from pipeline.db import session
+    from pipeline.promptset import load_file
+    from pipeline.runs import RunConfig, create_run as create, import_prompt_set
+
+    spec = load_file(write_prompt_set(tmp_path / f"set_{len(prompts)}_{id(prompts)}.json", prompts))
+    with session(engine) as s:
+        run = create(s, settings, import_prompt_set(s, spec), RunConfig(**config))
+        s.commit()
+        return run.id

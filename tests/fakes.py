@@ -1,0 +1,66 @@
+"""Fake components, registered like any plugin (``DARKROOM_PLUGINS=tests.fakes`` in subprocesses).
+
+``FakeProvider`` renders with the offline renderer but lets a test script failures, delays and
+gates per prompt, and keeps a ``history`` of every request. With ``DARKROOM_FAKE_JOURNAL`` set
+it also appends one line per call to that file: the count of calls the "service" received,
+independent of the pipeline's own call log (the kill -9 test reads it across processes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections import deque
+from collections.abc import Callable
+
+from pipeline.components import GeneratedImage, GenerationRequest, ImageProvider
+from pipeline.errors import ContentBlocked, ProviderError
+from pipeline.providers.offline_render import render
+from pipeline.registry import providers
+
+
+class FakeProvider(ImageProvider):
+    name = "fake"
+    label = "test fake"
+
+    # Class-level script so the registry's fresh instance sees what the test set up.
+    history: list[GenerationRequest] = []
+    failures: deque[ProviderError | bytes] = deque()
+    delays: dict[str, float] = {}
+    gates: dict[str, asyncio.Event] = {}
+    on_call: Callable[[GenerationRequest], None] | None = None
+
+    @classmethod
+    def reset(cls) -> None:
+        cls.history = []
+        cls.failures = deque()
+        cls.delays = {}
+        cls.gates = {}
+        cls.on_call = None
+
+    async def generate(self, request: GenerationRequest) -> GeneratedImage:
+        type(self).history.append(request)
+        journal = os.environ.get("DARKROOM_FAKE_JOURNAL")
+        if journal:
+            with open(journal, "a", encoding="utf-8") as f:
+                f.write(f"{request.prompt_id}\t{request.prompt}\n")
+        if self.on_call:
+            self.on_call(request)
+        if request.prompt_id in self.gates:
+            await self.gates[request.prompt_id].wait()
+        delay = self.delays.get(request.prompt_id, float(os.environ.get("DARKROOM_FAKE_DELAY", "0")))
+        if delay:
+            await asyncio.sleep(delay)
+        if self.failures:
+            failure = self.failures.popleft()
+            if isinstance(failure, bytes):
+                return GeneratedImage(data=failure, mime_type="image/png", model="fake-1")
+            raise failure
+        if "forbidden" in request.prompt:
+            raise ContentBlocked("the prompt was refused by the fake's content policy", http_status=400)
+        data = await asyncio.to_thread(render, request.prompt, seed=request.seed, width=request.width,
+                                       height=request.height, fmt="PNG")
+        return GeneratedImage(data=data, mime_type="image/png", model="fake-1", cost_usd=0.01)
+
+
+providers.register(FakeProvider)
