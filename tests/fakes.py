@@ -44,8 +44,9 @@ class FakeProvider(ImageProvider):
         if journal:
             with open(journal, "a", encoding="utf-8") as f:
                 f.write(f"{request.prompt_id}\t{request.prompt}\n")
-        if self.on_call:
-            self.on_call(request)
+        hook = type(self).on_call  # read off the class: a function stored there is not bound
+        if hook:
+            hook(request)
         if request.prompt_id in self.gates:
             await self.gates[request.prompt_id].wait()
         delay = self.delays.get(request.prompt_id, float(os.environ.get("DARKROOM_FAKE_DELAY", "0")))

@@ -1,0 +1,167 @@
+"""Interrupt and resume: no finished step is ever done twice, half-done ones are redone.
+
+The fake provider's journal counts the calls the "service" received, independently of the
+pipeline's own records, across processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+from sqlmodel import select
+
+from pipeline.db import session
+from pipeline.files import leftover_temp_files
+from pipeline.models import Iteration, ProviderCall, Run, RunItem
+from pipeline.runner import RunExecutor
+from tests.conftest import PYTHON, ROOT, create_run, make_prompts, run_cli, subprocess_env, write_prompt_set
+from tests.fakes import FakeProvider
+
+
+def ok_generate_calls_per_step(engine) -> collections.Counter:  # type: ignore[no-untyped-def]
+    with session(engine) as s:
+        keys = s.exec(select(ProviderCall.step_key).where(ProviderCall.operation == "generate", ProviderCall.outcome == "ok")).all()
+    return collections.Counter(keys)
+
+
+def test_stop_then_resume_finishes_every_prompt_without_repeating_a_step(tmp_path: Path, settings, engine) -> None:
+    run_id = create_run(engine, settings, make_prompts(8), tmp_path, providers=["fake"], iterations=2, concurrency=2)
+    executor = RunExecutor(engine, settings, run_id)
+    FakeProvider.on_call = lambda request: executor.request_stop() if len(FakeProvider.history) == 5 else None
+    outcome = asyncio.run(executor.execute())
+    assert outcome.status == "interrupted" and 0 < outcome.completed < 8
+    with session(engine) as s:
+        assert s.get(Run, run_id).status == "interrupted"
+        assert not s.exec(select(RunItem).where(RunItem.status == "running")).all()
+        # In-flight steps were allowed to finish: nothing is left half-done.
+        assert not s.exec(select(Iteration).where(Iteration.status == "running")).all()
+    calls_before = len(FakeProvider.history)
+
+    FakeProvider.on_call = None
+    result = run_cli("resume", str(run_id))
+    assert result.code == 0, result.err
+    assert "8 completed, 0 failed, 0 blocked of 8" in result.out
+    requests = collections.Counter((r.prompt_id, r.prompt) for r in FakeProvider.history)
+    assert max(requests.values()) == 1, "a finished generation was requested again"
+    assert len(FakeProvider.history) > calls_before
+    assert set(ok_generate_calls_per_step(engine).values()) == {1}
+
+
+def test_resume_refuses_a_completed_run_and_an_unknown_one(tmp_path: Path) -> None:
+    path = write_prompt_set(tmp_path / "set.json", make_prompts(1))
+    assert run_cli("run", path, "--iterations", "1").code == 0
+    done = run_cli("resume", "1")
+    assert done.code == 2 and "already completed; add --retry-failed" in done.err
+    missing = run_cli("resume", "99")
+    assert missing.code == 2 and "no run 99" in missing.err
+
+
+def test_retry_failed_reruns_only_the_failed_prompts(tmp_path: Path, settings, engine) -> None:
+    from pipeline.errors import ProviderError
+
+    FakeProvider.failures.append(ProviderError("boom", kind="server", http_status=500))
+    path = write_prompt_set(tmp_path / "set.json", make_prompts(3))
+    assert run_cli("run", path, "--providers", "fake", "--iterations", "1", "--concurrency", "1").code == 1
+    before = len(FakeProvider.history)
+    assert run_cli("resume", "1", "--retry-failed").code == 0
+    assert [r.prompt_id for r in FakeProvider.history[before:]] == ["p000"]
+
+
+def _journal(path: Path) -> list[tuple[str, str]]:
+    if not path.exists():
+        return []
+    return [tuple(line.split("\t", 1)) for line in path.read_text().splitlines()]  # type: ignore[misc]
+
+
+def _finished_generations(db: Path) -> set[tuple[str, str]]:
+    con = sqlite3.connect(db)
+    try:
+        if not con.execute("SELECT name FROM sqlite_master WHERE name = 'iteration'").fetchone():
+            return set()  # the subprocess is still creating its tables
+        rows = con.execute(
+            "SELECT prompt.key, iteration.prompt_text FROM iteration JOIN run_item ON run_item.id = iteration.run_item_id "
+            "JOIN prompt ON prompt.id = run_item.prompt_id WHERE iteration.status = 'ok'").fetchall()
+    finally:
+        con.close()
+    return {(k, t) for k, t in rows}
+
+
+def _wait_for(predicate, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out waiting for the pipeline subprocess"
+        time.sleep(0.05)
+
+
+def _start(tmp_path: Path, data: Path, journal: Path, prompts: int) -> subprocess.Popen:
+    path = write_prompt_set(tmp_path / "set.json", make_prompts(prompts))
+    env = subprocess_env(data, DARKROOM_FAKE_JOURNAL=str(journal), DARKROOM_FAKE_DELAY="0.05")
+    return subprocess.Popen([PYTHON, "-m", "pipeline", "run", str(path), "--providers", "fake", "--concurrency", "3"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _resume(data: Path, journal: Path) -> subprocess.CompletedProcess:
+    env = subprocess_env(data, DARKROOM_FAKE_JOURNAL=str(journal))
+    return subprocess.run([PYTHON, "-m", "pipeline", "resume", "1"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_kill_9_mid_run_then_resume_completes_without_repeating_finished_steps(tmp_path: Path) -> None:
+    data, journal = tmp_path / "data", tmp_path / "journal.tsv"
+    db = data / "darkroom.db"
+    proc = _start(tmp_path, data, journal, prompts=30)
+    _wait_for(lambda: db.exists() and len(_finished_generations(db)) >= 12)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    finished_at_kill = _finished_generations(db)
+    calls_at_kill = len(_journal(journal))
+    assert 12 <= len(finished_at_kill) < 60, "the kill should land mid-run"
+
+    status = subprocess.run([PYTHON, "-m", "pipeline", "status"], cwd=ROOT, env=subprocess_env(data), capture_output=True, text=True)
+    assert "interrupted" in status.stdout  # a run left "running" by a dead process is recovered
+
+    resumed = _resume(data, journal)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "30 completed, 0 failed, 0 blocked of 30" in resumed.stdout
+    after = _journal(journal)[calls_at_kill:]
+    repeated = [call for call in after if call in finished_at_kill]
+    assert repeated == [], "a generation that had finished before the kill was paid for again"
+    # Each generation was asked at most twice: once before the kill (half-done) and once after.
+    assert max(collections.Counter(_journal(journal)).values()) <= 2
+    con = sqlite3.connect(db)
+    try:
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert con.execute("SELECT status FROM run WHERE id = 1").fetchone()[0] == "completed"
+        dupes = con.execute("SELECT step_key, COUNT(*) FROM provider_call WHERE outcome = 'ok' GROUP BY step_key HAVING COUNT(*) > 1").fetchall()
+        assert dupes == []
+    finally:
+        con.close()
+    results = data / "runs" / "1" / "results"
+    assert leftover_temp_files(results) == []
+    assert len(list(results.glob("*/summary.json"))) == 30
+
+
+def test_ctrl_c_lets_in_flight_steps_finish_exits_130_and_resume_continues(tmp_path: Path) -> None:
+    data, journal = tmp_path / "data", tmp_path / "journal.tsv"
+    db = data / "darkroom.db"
+    proc = _start(tmp_path, data, journal, prompts=20)
+    _wait_for(lambda: db.exists() and len(_finished_generations(db)) >= 6)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Continue with: python -m pipeline resume 1" in out
+    con = sqlite3.connect(db)
+    try:
+        assert con.execute("SELECT status FROM run WHERE id = 1").fetchone()[0] == "interrupted"
+        assert con.execute("SELECT COUNT(*) FROM iteration WHERE status = 'running'").fetchone()[0] == 0
+    finally:
+        con.close()
+    resumed = _resume(data, journal)
+    assert resumed.returncode == 0, resumed.stderr
+    assert max(collections.Counter(_journal(journal)).values()) == 1, "a step was done twice"
+    assert "20 completed" in resumed.stdout
