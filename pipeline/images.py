@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import threading
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,7 +87,7 @@ def inspect_image(data: bytes, *, claimed_mime: str | None = None, max_pixels: i
 def open_reduced(data: bytes, longest_side: int) -> tuple[Image.Image, tuple[int, int]]:
     """Decode ``data`` as RGB no larger than ``longest_side``; also return the original size.
 
-    JPEG is decoded straight at a reduced scale, which is several times faster than a full decode.
+    JPEG is decoded straight at a reduced scale (DCT scaling), which skips most of the work.
     """
     im = Image.open(io.BytesIO(data))
     original_size = im.size
@@ -93,8 +95,35 @@ def open_reduced(data: bytes, longest_side: int) -> tuple[Image.Image, tuple[int
         im.draft("RGB", (longest_side, longest_side))
     im = im.convert("RGB")
     if max(im.size) > longest_side:
-        im.thumbnail((longest_side, longest_side), Image.Resampling.BILINEAR, reducing_gap=2.0)
+        scale = longest_side / max(im.size)
+        im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.Resampling.BILINEAR)
     return im, original_size
+
+
+_PREVIEWS: OrderedDict[tuple[str, int], tuple[Image.Image, tuple[int, int]]] = OrderedDict()
+_PREVIEWS_LOCK = threading.Lock()
+PREVIEW_CACHE_SIZE = 64
+
+
+def preview(data: bytes, side: int, sha256: str | None = None) -> tuple[Image.Image, tuple[int, int]]:
+    """A reduced RGB copy of an image and its original size, decoded once and shared.
+
+    The thumbnail (made when the image arrives) and the offline judge (moments later) both
+    need a small copy; decoding is most of their cost, so the copy is kept in a small LRU
+    cache keyed by content hash. Callers must not modify the returned image.
+    """
+    key = (sha256 or hashlib.sha256(data).hexdigest(), side)
+    with _PREVIEWS_LOCK:
+        hit = _PREVIEWS.get(key)
+        if hit is not None:
+            _PREVIEWS.move_to_end(key)
+            return hit
+    made = open_reduced(data, side)
+    with _PREVIEWS_LOCK:
+        _PREVIEWS[key] = made
+        while len(_PREVIEWS) > PREVIEW_CACHE_SIZE:
+            _PREVIEWS.popitem(last=False)
+    return made
 
 
 def thumbnail_path(thumbs_dir: Path, sha256: str, fmt: str = "WEBP") -> Path:
@@ -103,10 +132,11 @@ def thumbnail_path(thumbs_dir: Path, sha256: str, fmt: str = "WEBP") -> Path:
     return thumbs_dir / sha256[:2] / f"{sha256}.{ext}"
 
 
-def make_thumbnail(data: bytes, dest: Path, *, side: int = 320, fmt: str = "WEBP", quality: int = 80) -> Path:
+def make_thumbnail(data: bytes, dest: Path, *, side: int = 320, fmt: str = "WEBP", quality: int = 80,
+                   sha256: str | None = None) -> Path:
     if dest.exists():
         return dest
-    im, _ = open_reduced(data, side)
+    im, _ = preview(data, side, sha256)
     buf = io.BytesIO()
     options = {"quality": quality, "method": 0} if fmt.upper() == "WEBP" else {"quality": quality}
     im.save(buf, fmt.upper(), **options)

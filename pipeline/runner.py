@@ -81,6 +81,7 @@ class RunExecutor:
         self._running = 0
         self._steps = 0
         self._t0 = time.monotonic()
+        self._last_report = 0.0
 
     # ---- control -----------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -158,7 +159,7 @@ class RunExecutor:
                 log.info("run %s: prompt item %d %s", self.run_id, item_id, status)
             finally:
                 self._running -= 1
-                self._report()
+                self._report(force=True)
 
     async def _heartbeat(self) -> None:
         """Keep the claim on the run fresh, notice a cancel asked from elsewhere, report progress."""
@@ -186,8 +187,13 @@ class RunExecutor:
         return Progress(self.run_id, run.total, run.completed, run.failed, run.blocked, self._running, self._steps,
                         run.cost_usd, time.monotonic() - self._t0)
 
-    def _report(self) -> None:
-        if self.on_progress is not None:
+    def _report(self, force: bool = False) -> None:
+        """Progress after a finished prompt always; after a step at most five times a second."""
+        if self.on_progress is None:
+            return
+        now = time.monotonic()
+        if force or now - self._last_report >= 0.2:
+            self._last_report = now
             self.on_progress(self._snapshot())
 
     def _finish(self, status: str, error: str = "") -> RunOutcome:

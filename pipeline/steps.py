@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import Engine
+from sqlalchemy import update
 from sqlmodel import select
 
 from . import prices, scoring, sidecars
@@ -33,7 +34,7 @@ from .files import atomic_write_bytes
 from .images import inspect_image, make_thumbnail, thumbnail_path
 from .models import Evaluation, Iteration, Prompt, PromptElement, ProviderCall, Refinement, Run, RunItem, utcnow
 from .promptset import PromptSpec, compose_prompt, parse_size
-from .runs import RunConfig, default_seed, stored_output_dir
+from .runs import RunConfig, best_evaluations, default_seed, stored_output_dir
 
 log = logging.getLogger("pipeline.steps")
 
@@ -99,6 +100,14 @@ class PromptJob:
         self.width, self.height = size if isinstance(size, tuple) else (1024, 1024)
         self.seed = p.seed if p.seed is not None else default_seed(p.key)
         self.folder = ctx.output_dir / "results" / p.key
+        # This job is the only writer of its prompt's rows, so their state is read once here
+        # and kept current in memory as each step commits.
+        with session(ctx.engine) as s:
+            rows = best_evaluations(s, item_id)
+            refinements = s.exec(select(Refinement).where(Refinement.run_item_id == item_id)).all()
+        self.iterations: dict[int, Iteration] = {it.number: it for it, _ in rows}
+        self.evaluations: dict[int, Evaluation] = {it.number: ev for it, ev in rows if ev is not None}
+        self.refinements: dict[int, Refinement] = {r.from_iteration: r for r in refinements}
 
     # ---- the loop ------------------------------------------------------------------------
     async def run(self) -> str:
@@ -161,22 +170,25 @@ class PromptJob:
     # ---- generate ----------------------------------------------------------------------------
     async def generated(self, number: int, text: str) -> Iteration:
         ctx = self.ctx
-        with session(ctx.engine) as s:
-            it = s.exec(select(Iteration).where(Iteration.run_item_id == self.item_id, Iteration.number == number)).first()
+        it = self.iterations.get(number)
         if it is not None and it.status == "ok" and self._image_intact(it):
             return it
         self._check_stop()
         provider = ctx.provider
+        self.evaluations.pop(number, None)  # a regenerated image needs a fresh judgement
         with session(ctx.engine) as s:
             if it is None:
                 it = Iteration(run_item_id=self.item_id, number=number, prompt_text=text)
+            else:
+                s.exec(Evaluation.__table__.delete().where(Evaluation.iteration_id == it.id))  # type: ignore[call-overload]
             it.prompt_text, it.negative_prompt = text, self.prompt.negative_prompt
             it.provider, it.model, it.seed = provider.name, provider.model, self.seed
             it.parameters = {"width": self.width, "height": self.height}
             it.status, it.error_kind, it.error_message = "running", "", ""
             it.started_at, it.finished_at = utcnow(), None
-            s.add(it)
+            it = s.merge(it)
             s.commit()
+        self.iterations[number] = it
         request = GenerationRequest(prompt=text, width=self.width, height=self.height, seed=self.seed,
                                     negative_prompt=self.prompt.negative_prompt, prompt_id=self.prompt.key)
         key = step_key(ctx.run.id, self.item_id, number, "generate")
@@ -189,12 +201,12 @@ class PromptJob:
             latency = (time.perf_counter() - t0) * 1000
             status = "blocked" if isinstance(e, ContentBlocked) else "failed"
             self._record_call(provider, "generate", key, started, latency, e, iteration_id=it.id)
+            it.status, it.error_kind, it.error_message = status, e.kind, str(e)
+            it.latency_ms, it.finished_at = latency, utcnow()
             with session(ctx.engine) as s:
-                row = s.get(Iteration, it.id)
-                row.status, row.error_kind, row.error_message = status, e.kind, str(e)
-                row.latency_ms, row.finished_at = latency, utcnow()
+                s.merge(it)
                 s.commit()
-            self._write_results(row)
+            self._write_results(it)
             raise StepFailed(status, e.kind, f"iteration {number}: {provider.name} {'blocked the prompt' if status == 'blocked' else 'failed'}: {e}") from None
         latency = (time.perf_counter() - t0) * 1000
         cost = result.cost_usd
@@ -208,25 +220,24 @@ class PromptJob:
         def store() -> None:
             atomic_write_bytes(image_path, result.data)
             make_thumbnail(result.data, thumb, side=int(images_cfg.get("thumbnail_side", 320)), fmt=thumb_fmt,
-                           quality=int(images_cfg.get("thumbnail_quality", 80)))
+                           quality=int(images_cfg.get("thumbnail_quality", 80)), sha256=info.sha256)
 
         await asyncio.to_thread(store)
+        it.status, it.model = "ok", result.model or provider.model
+        it.image_path = str(image_path.relative_to(ctx.output_dir))
+        it.thumb_path = stored_output_dir(ctx.settings, thumb)
+        it.mime_type, it.width, it.height = info.mime_type, info.width, info.height
+        it.sha256, it.byte_size = info.sha256, info.byte_size
+        it.latency_ms, it.cost_usd, it.finished_at = latency, cost, utcnow()
         with session(ctx.engine) as s:
-            row = s.get(Iteration, it.id)
-            row.status, row.model = "ok", result.model or provider.model
-            row.image_path = str(image_path.relative_to(ctx.output_dir))
-            row.thumb_path = stored_output_dir(ctx.settings, thumb)
-            row.mime_type, row.width, row.height = info.mime_type, info.width, info.height
-            row.sha256, row.byte_size = info.sha256, info.byte_size
-            row.latency_ms, row.cost_usd, row.finished_at = latency, cost, utcnow()
+            s.merge(it)
             s.add(self._call_row(provider, "generate", key, started, latency, "ok", cost=cost,
                                  http_status=result.http_status, iteration_id=it.id))
-            item = s.get(RunItem, self.item_id)
-            item.cost_usd += cost or 0.0
+            self._add_cost(s, cost)
             s.commit()
-        self._write_results(row)
+        self._write_results(it)
         ctx.on_step()
-        return row
+        return it
 
     def _image_intact(self, it: Iteration) -> bool:
         """A finished generation counts only while its file is there with the recorded hash."""
@@ -240,10 +251,8 @@ class PromptJob:
     # ---- judge -------------------------------------------------------------------------------
     async def evaluated(self, it: Iteration, elements: tuple[Element, ...]) -> Evaluation:
         ctx = self.ctx
-        with session(ctx.engine) as s:
-            ev = s.exec(select(Evaluation).where(Evaluation.iteration_id == it.id)).first()
-        if ev is not None:
-            return ev
+        if it.number in self.evaluations:
+            return self.evaluations[it.number]
         self._check_stop()
         judge = ctx.judge
         data = (ctx.output_dir / it.image_path).read_bytes()
@@ -270,11 +279,13 @@ class PromptJob:
             )
             s.add(ev)
             s.add(self._call_row(judge, "evaluate", key, started, latency, "ok", cost=cost, iteration_id=it.id))
-            item = s.get(RunItem, self.item_id)
-            item.cost_usd += cost or 0.0
-            if item.best_score is None or score >= item.best_score:
-                item.best_score, item.final_iteration = score, it.number
+            self._add_cost(s, cost)
+            best = max(self.evaluations.values(), key=lambda e: e.overall_score, default=None)
+            if best is None or score >= best.overall_score:
+                s.exec(update(RunItem).where(RunItem.id == self.item_id).values(best_score=score, final_iteration=it.number))  # type: ignore[call-overload]
+                self.item.best_score, self.item.final_iteration = score, it.number
             s.commit()
+        self.evaluations[it.number] = ev
         sidecars.write_iteration_evaluation(self.folder, sidecars.iteration_evaluation(self.prompt, it, ev))
         self._write_summary()
         ctx.on_step()
@@ -283,16 +294,10 @@ class PromptJob:
     # ---- refine ------------------------------------------------------------------------------
     async def refined(self, it: Iteration, ev: Evaluation) -> Refinement:
         ctx = self.ctx
-        with session(ctx.engine) as s:
-            ref = s.exec(select(Refinement).where(Refinement.run_item_id == self.item_id,
-                                                  Refinement.from_iteration == it.number)).first()
-            history = s.exec(
-                select(Iteration.prompt_text, Evaluation.overall_score).join(Evaluation, Evaluation.iteration_id == Iteration.id)
-                .where(Iteration.run_item_id == self.item_id, Iteration.number <= it.number).order_by(Iteration.number)
-            ).all()
-        if ref is not None:
-            return ref
+        if it.number in self.refinements:
+            return self.refinements[it.number]
         self._check_stop()
+        history = [(self.iterations[n].prompt_text, e.overall_score) for n, e in sorted(self.evaluations.items()) if n <= it.number]
         refiner = ctx.refiner
         judgement = _judgement_from_row(ev)
         request = RefinementRequest(
@@ -320,9 +325,9 @@ class PromptJob:
                              edits=refined.edits, latency_ms=latency, cost_usd=cost)
             s.add(ref)
             s.add(self._call_row(refiner, "refine", key, started, latency, "ok", cost=cost, iteration_id=it.id))
-            item = s.get(RunItem, self.item_id)
-            item.cost_usd += cost or 0.0
+            self._add_cost(s, cost)
             s.commit()
+        self.refinements[it.number] = ref
         ctx.on_step()
         return ref
 
@@ -345,45 +350,42 @@ class PromptJob:
             s.commit()
         log.warning("%s: %s %s %s: %s", self.prompt.key, component.name, operation, outcome, error)
 
+    def _add_cost(self, s: Any, cost: float | None) -> None:
+        if cost:
+            s.exec(update(RunItem).where(RunItem.id == self.item_id).values(cost_usd=RunItem.cost_usd + cost))
+            self.item.cost_usd += cost
+
     def _set_item(self, *, status: str, error: tuple[str, str] | None = None, started: bool = False, finished: bool = False) -> None:
+        item = self.item
+        item.status = status
+        if error is not None:
+            item.error_kind, item.error_message = error
+        if started and item.started_at is None:
+            item.started_at = utcnow()
+        if finished:
+            item.finished_at = utcnow()
         with session(self.ctx.engine) as s:
-            item = s.get(RunItem, self.item_id)
-            item.status = status
-            if error is not None:
-                item.error_kind, item.error_message = error
-            if started and item.started_at is None:
-                item.started_at = utcnow()
-            if finished:
-                item.finished_at = utcnow()
+            s.exec(update(RunItem).where(RunItem.id == self.item_id).values(  # type: ignore[call-overload]
+                status=item.status, error_kind=item.error_kind, error_message=item.error_message,
+                started_at=item.started_at, finished_at=item.finished_at))
             s.commit()
-            self.item = item
         if finished:
             self._write_summary()
 
     def _write_results(self, it: Iteration) -> None:
-        with session(self.ctx.engine) as s:
-            ref = s.exec(select(Refinement).where(Refinement.run_item_id == self.item_id,
-                                                  Refinement.from_iteration == it.number - 1)).first()
+        ref = self.refinements.get(it.number - 1)
         sidecars.write_iteration_results(self.folder, sidecars.iteration_results(self.ctx.run, self.prompt, it, ref))
 
     def _write_summary(self) -> None:
-        from .runs import best_evaluations
-
-        with session(self.ctx.engine) as s:
-            item = s.get(RunItem, self.item_id)
-            rows = best_evaluations(s, self.item_id)
-        sidecars.write_summary(self.folder, sidecars.summary(self.ctx.run, self.prompt, item, rows))
+        rows = [(it, self.evaluations.get(n)) for n, it in sorted(self.iterations.items())]
+        sidecars.write_summary(self.folder, sidecars.summary(self.ctx.run, self.prompt, self.item, rows))
 
     def mirror_sidecars(self) -> None:
-        """Rewrite every sidecar of this prompt from the database (after a crash, some may be missing)."""
-        from .runs import best_evaluations
-
-        with session(self.ctx.engine) as s:
-            rows = best_evaluations(s, self.item_id)
-        if not rows:
+        """Rewrite every sidecar of this prompt from its records (after a crash, some may be missing)."""
+        if not self.iterations:
             return
-        for it, ev in rows:
+        for number, it in sorted(self.iterations.items()):
             self._write_results(it)
-            if ev is not None:
-                sidecars.write_iteration_evaluation(self.folder, sidecars.iteration_evaluation(self.prompt, it, ev))
+            if number in self.evaluations:
+                sidecars.write_iteration_evaluation(self.folder, sidecars.iteration_evaluation(self.prompt, it, self.evaluations[number]))
         self._write_summary()

@@ -23,7 +23,7 @@ def mean_rgb(data: bytes) -> np.ndarray:
 def judge(original: str, data: bytes, width: int = 512, height: int = 512) -> Judgement:
     request = EvaluationRequest(original_prompt=original, sent_prompt=original, elements=tuple(visual_elements(original)),
                                 image=data, mime_type="image/jpeg", requested_width=width, requested_height=height)
-    return asyncio.run(OfflineJudge({"analysis_side": 384}).evaluate(request))
+    return asyncio.run(OfflineJudge({"analysis_side": 320}).evaluate(request))
 
 
 def test_same_inputs_give_the_same_bytes_and_any_change_gives_others() -> None:

@@ -24,7 +24,7 @@ import numpy as np
 
 from .. import lexicon
 from ..components import Check, Element, EvaluationRequest, Issue, Judge, Judgement
-from ..images import open_reduced
+from ..images import preview
 
 SHARPNESS_TARGET = 0.030  # edge energy of a crisp render at the analysis size
 SOFT_LIMIT = 0.012
@@ -72,15 +72,15 @@ def _colour_share(hsv: np.ndarray, name: str) -> float:
     return float(mask.mean())
 
 
-def measure(data: bytes, colours: tuple[str, ...], analysis_side: int = 384) -> Measurements:
-    im, (width, height) = open_reduced(data, analysis_side)
+def measure(data: bytes, colours: tuple[str, ...], analysis_side: int = 320) -> Measurements:
+    im, (width, height) = preview(data, analysis_side)
     rgb = np.asarray(im, dtype=np.float32)
     luma = (rgb @ np.array([0.2126, 0.7152, 0.0722], np.float32)) / 255.0
     lap = 4 * luma[1:-1, 1:-1] - luma[:-2, 1:-1] - luma[2:, 1:-1] - luma[1:-1, :-2] - luma[1:-1, 2:]
     rg = rgb[..., 0] - rgb[..., 1]
     yb = 0.5 * (rgb[..., 0] + rgb[..., 1]) - rgb[..., 2]
     colourfulness = float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
-    hsv = np.asarray(im.convert("HSV"))
+    hsv = np.asarray(im.convert("HSV")) if colours else None
     return Measurements(
         width=width,
         height=height,
@@ -88,7 +88,7 @@ def measure(data: bytes, colours: tuple[str, ...], analysis_side: int = 384) -> 
         contrast=float(luma.std()),
         sharpness=float(np.abs(lap).mean()),
         colourfulness=colourfulness,
-        colour_share={c: _colour_share(hsv, c) for c in colours},
+        colour_share={c: _colour_share(hsv, c) for c in colours} if hsv is not None else {},
     )
 
 
@@ -111,7 +111,7 @@ class OfflineJudge(Judge):
     def judge_sync(self, request: EvaluationRequest) -> Judgement:
         intent = lexicon.read(request.original_prompt)
         wanted = tuple(dict.fromkeys([*intent.colours, *intent.avoided_colours]))
-        m = measure(request.image, wanted, int(self.settings.get("analysis_side", 384)))
+        m = measure(request.image, wanted, int(self.settings.get("analysis_side", 320)))
         criteria: dict[str, float | None] = {}
         issues: list[Issue] = []
 
