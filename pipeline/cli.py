@@ -24,8 +24,16 @@ from .progress import LogLines, TerminalBar
 from .promptset import Limits, load_file
 from .runner import RunExecutor, RunOutcome
 from .runs import (
-    RunConfig, check_output_dir_free, claim_for_resume, create_run, get_run, import_prompt_set, item_states, list_runs,
-    output_dir_of, recover_orphans,
+    RunConfig,
+    check_output_dir_free,
+    claim_for_resume,
+    create_run,
+    get_run,
+    import_prompt_set,
+    item_states,
+    list_runs,
+    output_dir_of,
+    recover_orphans,
 )
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -167,7 +175,7 @@ def cmd_resume(args: argparse.Namespace, settings: Settings, out: TextIO) -> int
 def _table(rows: list[list[str]], out: TextIO) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip(), file=out)
+        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip(), file=out)
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:

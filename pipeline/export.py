@@ -24,7 +24,7 @@ from sqlmodel import Session, col, select
 
 from .config import Settings
 from .errors import ExportError
-from .models import Evaluation, Iteration, Prompt, Rating, Refinement, Run, RunItem
+from .models import Evaluation, Iteration, Prompt, Rating, RunItem
 from .runs import get_run, output_dir_of
 
 MANIFEST_FIELDS = [

@@ -179,7 +179,7 @@ def read(text: str) -> VisualIntent:
                 if i > 0 and tokens[i - 1] == "dominant" and name not in dominant:
                     dominant.append(name)
     implied: list[str] = []
-    for i, tok in enumerate(tokens):
+    for tok in tokens:
         for c in IMPLIED_PALETTES.get(tok, ()):
             if c not in implied and c not in avoided:
                 implied.append(c)

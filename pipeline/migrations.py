@@ -37,7 +37,7 @@ def _pk() -> sa.Column:
 @migration
 def m001_initial(conn: Connection) -> None:
     md = sa.MetaData()
-    S, I, F, B = sa.String, sa.Integer, sa.Float, sa.Boolean
+    S, I, F, B = sa.String, sa.Integer, sa.Float, sa.Boolean  # noqa: E741  (column-type shorthands)
     DT = sa.DateTime(timezone=True)
     sa.Table(
         "prompt_set", md, _pk(),

@@ -21,7 +21,15 @@ from sqlmodel import Session, col, select
 from .config import Settings
 from .errors import InputError, RunStateError
 from .models import (
-    TERMINAL_ITEM_STATUSES, Evaluation, Iteration, Prompt, PromptSet, ProviderCall, Run, RunItem, utcnow,
+    TERMINAL_ITEM_STATUSES,
+    Evaluation,
+    Iteration,
+    Prompt,
+    PromptSet,
+    ProviderCall,
+    Run,
+    RunItem,
+    utcnow,
 )
 from .promptset import PromptSetSpec
 

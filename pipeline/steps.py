@@ -18,14 +18,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.engine import Engine
 from sqlalchemy import update
+from sqlalchemy.engine import Engine
 from sqlmodel import select
 
 from . import prices, scoring, sidecars
 from .components import (
-    Check, Element, EvaluationRequest, GenerationRequest, ImageProvider, Issue, Judge, Judgement,
-    RefinementRequest, Refiner,
+    Check,
+    Element,
+    EvaluationRequest,
+    GenerationRequest,
+    ImageProvider,
+    Issue,
+    Judge,
+    Judgement,
+    RefinementRequest,
+    Refiner,
 )
 from .config import Settings
 from .db import session

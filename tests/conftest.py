@@ -80,7 +80,8 @@ def create_run(engine, settings: Settings, prompts: list[dict], tmp_path: Path, 
     """Queue a run through the same functions the CLI uses; return its id."""
     from pipeline.db import session
     from pipeline.promptset import load_file
-    from pipeline.runs import RunConfig, create_run as create, import_prompt_set
+    from pipeline.runs import RunConfig, import_prompt_set
+    from pipeline.runs import create_run as create
 
     spec = load_file(write_prompt_set(tmp_path / f"set_{len(prompts)}_{id(prompts)}.json", prompts))
     with session(engine) as s:

@@ -13,7 +13,10 @@ from pipeline.promptset import Limits, PromptSpec, compose_prompt, load_file, pa
 GOOD = {"id": "scene_001", "title": "Neon", "scene": "alley", "mood": "calm", "prompt": "A fox"}
 
 
-def problems_of(doc: object, limits: Limits = Limits()) -> list[str]:
+DEFAULT_LIMITS = Limits()
+
+
+def problems_of(doc: object, limits: Limits = DEFAULT_LIMITS) -> list[str]:
     with pytest.raises(PromptSetInvalid) as info:
         validate_document(doc, limits)
     return [str(p) for p in info.value.problems]

@@ -165,3 +165,30 @@ def test_ctrl_c_lets_in_flight_steps_finish_exits_130_and_resume_continues(tmp_p
     assert resumed.returncode == 0, resumed.stderr
     assert max(collections.Counter(_journal(journal)).values()) == 1, "a step was done twice"
     assert "20 completed" in resumed.stdout
+
+
+def test_a_cancel_asked_from_elsewhere_stops_the_run_as_cancelled(tmp_path: Path, settings, engine) -> None:
+    """The dashboard cancels through the database; the runner notices on its heartbeat."""
+    from pipeline.runs import request_cancel
+
+    run_id = create_run(engine, settings, make_prompts(6), tmp_path, providers=["fake"], iterations=1, concurrency=1)
+    release = asyncio.Event()
+    FakeProvider.gates["p001"] = release
+
+    def cancel_then_release(request) -> None:  # type: ignore[no-untyped-def]
+        if request.prompt_id == "p001":
+            with session(engine) as s:
+                request_cancel(s, run_id)
+                s.commit()
+            asyncio.get_running_loop().call_later(2.5, release.set)  # after the next heartbeat
+
+    FakeProvider.on_call = cancel_then_release
+    outcome = asyncio.run(RunExecutor(engine, settings, run_id).execute())
+    assert (outcome.status, outcome.completed) == ("cancelled", 1)
+    assert [r.prompt_id for r in FakeProvider.history] == ["p000", "p001"]
+    with session(engine) as s:
+        # p001's in-flight generation finished and was kept; the prompt waits for a resume.
+        assert [it.status for it in s.exec(select(Iteration).order_by(Iteration.id))] == ["ok", "ok"]
+    FakeProvider.on_call = None
+    assert run_cli("resume", str(run_id)).code == 0  # a cancelled run can still be resumed
+    assert [r.prompt_id for r in FakeProvider.history].count("p001") == 1

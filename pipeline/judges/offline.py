@@ -115,46 +115,44 @@ class OfflineJudge(Judge):
         criteria: dict[str, float | None] = {}
         issues: list[Issue] = []
 
-        def shortfall(criterion: str, direction: str, score: float, description: str) -> None:
+        def grade(criterion: str, value: float, measured: str, fmt: str, *, problem: str,
+                  at_least: float | None = None, at_most: float | None = None) -> None:
+            """Score ``value`` against a floor or a ceiling; a score under 7 becomes an issue."""
+            if at_most is not None:
+                score, direction, want = _ceiling_score(value, at_most), "high", f"≤ {at_most:{fmt}}"
+            else:
+                assert at_least is not None
+                score, direction, want = _ratio_score(value, at_least), "low", f"≥ {at_least:{fmt}}"
+            criteria[criterion] = score
             if score < 7.0:
                 # Quality shortfalls rank below a missing element (severity 1.0): fix what was asked first.
-                issues.append(Issue(kind=criterion, description=description, suggestion=SUGGESTIONS[(criterion, direction)],
-                                    severity=round(0.95 * (10.0 - score) / 10.0, 3)))
+                issues.append(Issue(kind=criterion, description=f"{problem}: {measured} {value:{fmt}}, want {want}",
+                                    suggestion=SUGGESTIONS[(criterion, direction)], severity=round(0.95 * (10.0 - score) / 10.0, 3)))
 
-        # Exposure against the band the prompt asks for.
+        # Exposure: a band the prompt's light words ask for, scored by the distance outside it.
         low, high = intent.exposure_band
         distance = max(low - m.exposure, m.exposure - high, 0.0)
         criteria["exposure"] = round(max(0.0, 10.0 - 40.0 * distance), 2)
-        if m.exposure < low:
-            shortfall("exposure", "low", criteria["exposure"], f"underexposed: mean luminance {m.exposure:.2f}, want {low:.2f}–{high:.2f}")
-        elif m.exposure > high:
-            shortfall("exposure", "high", criteria["exposure"], f"overexposed: mean luminance {m.exposure:.2f}, want {low:.2f}–{high:.2f}")
+        if criteria["exposure"] < 7.0:
+            direction = "low" if m.exposure < low else "high"
+            issues.append(Issue(kind="exposure", suggestion=SUGGESTIONS[("exposure", direction)],
+                                description=f"{'under' if direction == 'low' else 'over'}exposed: mean luminance {m.exposure:.2f}, want {low:.2f}–{high:.2f}",
+                                severity=round(0.95 * (10.0 - criteria["exposure"]) / 10.0, 3)))
 
         if intent.contrast == "low":
-            criteria["contrast"] = _ceiling_score(m.contrast, 0.14)
-            shortfall("contrast", "high", criteria["contrast"], f"too contrasty for a soft scene: RMS contrast {m.contrast:.3f}, want ≤ 0.14")
+            grade("contrast", m.contrast, "RMS contrast", ".2f", problem="too contrasty for a soft scene", at_most=0.14)
         else:
-            target = 0.24 if intent.contrast == "high" else 0.16
-            criteria["contrast"] = _ratio_score(m.contrast, target)
-            shortfall("contrast", "low", criteria["contrast"], f"flat: RMS contrast {m.contrast:.3f}, want ≥ {target:.2f}")
-
+            grade("contrast", m.contrast, "RMS contrast", ".2f", problem="flat", at_least=0.24 if intent.contrast == "high" else 0.16)
         if intent.detail == "soft":
-            criteria["sharpness"] = _ceiling_score(m.sharpness, SOFT_LIMIT)
-            shortfall("sharpness", "high", criteria["sharpness"], f"too crisp for the soft focus asked: edge energy {m.sharpness:.3f}, want ≤ {SOFT_LIMIT}")
+            grade("sharpness", m.sharpness, "edge energy", ".3f", problem="too crisp for the soft focus asked", at_most=SOFT_LIMIT)
         else:
-            criteria["sharpness"] = _ratio_score(m.sharpness, SHARPNESS_TARGET)
-            shortfall("sharpness", "low", criteria["sharpness"], f"soft or blurry: edge energy {m.sharpness:.3f}, want ≥ {SHARPNESS_TARGET}")
-
-        if intent.saturation == "mono":
-            criteria["colourfulness"] = _ceiling_score(m.colourfulness, 6.0)
-            shortfall("colourfulness", "high", criteria["colourfulness"], f"not monochrome: colourfulness {m.colourfulness:.0f}, want ≤ 6")
-        elif intent.saturation == "muted":
-            criteria["colourfulness"] = _ceiling_score(m.colourfulness, 40.0)
-            shortfall("colourfulness", "high", criteria["colourfulness"], f"too saturated for a muted palette: colourfulness {m.colourfulness:.0f}, want ≤ 40")
+            grade("sharpness", m.sharpness, "edge energy", ".3f", problem="soft or blurry", at_least=SHARPNESS_TARGET)
+        if intent.saturation in ("mono", "muted"):
+            grade("colourfulness", m.colourfulness, "colourfulness", ".0f", at_most=6.0 if intent.saturation == "mono" else 40.0,
+                  problem="not monochrome" if intent.saturation == "mono" else "too saturated for a muted palette")
         else:
-            target = 70.0 if intent.saturation == "vivid" else 40.0
-            criteria["colourfulness"] = _ratio_score(m.colourfulness, target)
-            shortfall("colourfulness", "low", criteria["colourfulness"], f"dull colours: colourfulness {m.colourfulness:.0f}, want ≥ {target:.0f}")
+            grade("colourfulness", m.colourfulness, "colourfulness", ".0f", problem="dull colours",
+                  at_least=70.0 if intent.saturation == "vivid" else 40.0)
 
         present = {c: share >= COLOUR_PRESENT_SHARE for c, share in m.colour_share.items()}
         if intent.colours:

@@ -44,9 +44,9 @@ class Look:
 
 def _adjust(rgb: RGB, saturation: float, warmth: str | None) -> RGB:
     r, g, b = (c / 255 for c in rgb)
-    h, l, s = colorsys.rgb_to_hls(r, g, b)
-    s = max(0.0, min(1.0, s * saturation))
-    r, g, b = colorsys.hls_to_rgb(h, l, s)
+    hue, lightness, sat = colorsys.rgb_to_hls(r, g, b)
+    sat = max(0.0, min(1.0, sat * saturation))
+    r, g, b = colorsys.hls_to_rgb(hue, lightness, sat)
     if warmth == "warm":
         r, b = min(1.0, r * 1.1 + 0.03), b * 0.85
     elif warmth == "cool":
