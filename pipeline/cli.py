@@ -25,7 +25,8 @@ from .promptset import Limits, load_file
 from .runner import RunExecutor, RunOutcome
 from .runs import (
     RunConfig,
-    check_output_dir_free,
+    check_output_dir_empty,
+    check_output_dir_unclaimed,
     claim_for_resume,
     create_run,
     get_run,
@@ -137,15 +138,15 @@ def cmd_run(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     _check_components(config)
     spec = load_file(args.prompt_set, Limits.from_settings(settings))
     output_dir = args.output.resolve() if args.output else None
-    if output_dir is not None and (output_dir / "results").is_dir() and any((output_dir / "results").iterdir()):
-        raise InputError(f"{output_dir / 'results'} is not empty; choose another --output so no earlier files are overwritten")
+    if output_dir is not None:
+        check_output_dir_empty(output_dir)
     # Inputs are valid: from here on things are written.
     log_path = setup_logging(settings.logs_dir, console_level=logging.WARNING if sys.stderr.isatty() else logging.INFO)
     engine = open_database(settings)
     with session(engine) as s:
         recover_orphans(s)
         if output_dir is not None:
-            check_output_dir_free(settings, s, output_dir)
+            check_output_dir_unclaimed(settings, s, output_dir)
         prompt_set = import_prompt_set(s, spec)
         run = create_run(s, settings, prompt_set, config, output_dir=output_dir, name=args.name)
         s.commit()

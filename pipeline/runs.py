@@ -139,18 +139,21 @@ def create_run(s: Session, settings: Settings, prompt_set: PromptSet, config: Ru
     return run
 
 
-def check_output_dir_free(settings: Settings, s: Session, output_dir: Path) -> None:
-    """Refuse an output folder that another run writes to: its records point at those files."""
-    stored = stored_output_dir(settings, output_dir)
-    other = s.exec(select(Run).where(Run.output_dir == stored)).first()
-    if other is not None:
-        raise InputError(
-            f"{output_dir} already holds the results of run {other.id} ({other.status}); "
-            f"choose another --output, or resume that run with: python -m pipeline resume {other.id}"
-        )
+def check_output_dir_empty(output_dir: Path) -> None:
+    """Refuse a folder whose results/ already holds files (checked before anything is written)."""
     results = output_dir / "results"
     if results.is_dir() and any(results.iterdir()):
         raise InputError(f"{results} is not empty; choose another --output so no earlier files are overwritten")
+
+
+def check_output_dir_unclaimed(settings: Settings, s: Session, output_dir: Path) -> None:
+    """Refuse an output folder another run writes to, even an empty one: its records point there."""
+    other = s.exec(select(Run).where(Run.output_dir == stored_output_dir(settings, output_dir))).first()
+    if other is not None:
+        raise InputError(
+            f"{output_dir} already belongs to run {other.id} ({other.status}); "
+            f"choose another --output, or resume that run with: python -m pipeline resume {other.id}"
+        )
 
 
 # ---- Reading ----------------------------------------------------------------------------------
@@ -249,7 +252,7 @@ def request_cancel(s: Session, run_id: int) -> Run:
     return run
 
 
-def best_evaluations(s: Session, run_item_id: int) -> list[tuple[Iteration, Evaluation | None]]:
+def iterations_with_evaluations(s: Session, run_item_id: int) -> list[tuple[Iteration, Evaluation | None]]:
     rows = s.exec(
         select(Iteration, Evaluation).join(Evaluation, Evaluation.iteration_id == Iteration.id, isouter=True)
         .where(Iteration.run_item_id == run_item_id).order_by(Iteration.number)

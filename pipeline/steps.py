@@ -42,7 +42,7 @@ from .files import atomic_write_bytes
 from .images import inspect_image, make_thumbnail, thumbnail_path
 from .models import Evaluation, Iteration, Prompt, PromptElement, ProviderCall, Refinement, Run, RunItem, utcnow
 from .promptset import PromptSpec, compose_prompt, parse_size
-from .runs import RunConfig, best_evaluations, default_seed, stored_output_dir
+from .runs import RunConfig, default_seed, iterations_with_evaluations, stored_output_dir
 
 log = logging.getLogger("pipeline.steps")
 
@@ -111,7 +111,7 @@ class PromptJob:
         # This job is the only writer of its prompt's rows, so their state is read once here
         # and kept current in memory as each step commits.
         with session(ctx.engine) as s:
-            rows = best_evaluations(s, item_id)
+            rows = iterations_with_evaluations(s, item_id)
             refinements = s.exec(select(Refinement).where(Refinement.run_item_id == item_id)).all()
         self.iterations: dict[int, Iteration] = {it.number: it for it, _ in rows}
         self.evaluations: dict[int, Evaluation] = {it.number: ev for it, ev in rows if ev is not None}

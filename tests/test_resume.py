@@ -92,6 +92,14 @@ def _finished_generations(db: Path) -> set[tuple[str, str]]:
     return {(k, t) for k, t in rows}
 
 
+def _query(db: Path, sql: str) -> list[tuple]:
+    con = sqlite3.connect(db)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
 def _wait_for(predicate, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -106,17 +114,23 @@ def _start(tmp_path: Path, data: Path, journal: Path, prompts: int) -> subproces
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def _run_then_signal(tmp_path: Path, prompts: int, finished: int, sig: signal.Signals) -> tuple[Path, Path, Path, subprocess.Popen]:
+    """Start a run in a subprocess, send ``sig`` once ``finished`` generations are committed."""
+    data, journal = tmp_path / "data", tmp_path / "journal.tsv"
+    db = data / "darkroom.db"
+    proc = _start(tmp_path, data, journal, prompts=prompts)
+    _wait_for(lambda: db.exists() and len(_finished_generations(db)) >= finished)
+    proc.send_signal(sig)
+    return data, journal, db, proc
+
+
 def _resume(data: Path, journal: Path) -> subprocess.CompletedProcess:
     env = subprocess_env(data, DARKROOM_FAKE_JOURNAL=str(journal))
     return subprocess.run([PYTHON, "-m", "pipeline", "resume", "1"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
 
 
 def test_kill_9_mid_run_then_resume_completes_without_repeating_finished_steps(tmp_path: Path) -> None:
-    data, journal = tmp_path / "data", tmp_path / "journal.tsv"
-    db = data / "darkroom.db"
-    proc = _start(tmp_path, data, journal, prompts=30)
-    _wait_for(lambda: db.exists() and len(_finished_generations(db)) >= 12)
-    proc.send_signal(signal.SIGKILL)
+    data, journal, db, proc = _run_then_signal(tmp_path, prompts=30, finished=12, sig=signal.SIGKILL)
     proc.communicate(timeout=30)
     finished_at_kill = _finished_generations(db)
     calls_at_kill = len(_journal(journal))
@@ -133,34 +147,21 @@ def test_kill_9_mid_run_then_resume_completes_without_repeating_finished_steps(t
     assert repeated == [], "a generation that had finished before the kill was paid for again"
     # Each generation was asked at most twice: once before the kill (half-done) and once after.
     assert max(collections.Counter(_journal(journal)).values()) <= 2
-    con = sqlite3.connect(db)
-    try:
-        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        assert con.execute("SELECT status FROM run WHERE id = 1").fetchone()[0] == "completed"
-        dupes = con.execute("SELECT step_key, COUNT(*) FROM provider_call WHERE outcome = 'ok' GROUP BY step_key HAVING COUNT(*) > 1").fetchall()
-        assert dupes == []
-    finally:
-        con.close()
+    assert _query(db, "PRAGMA integrity_check") == [("ok",)]
+    assert _query(db, "SELECT status FROM run WHERE id = 1") == [("completed",)]
+    assert _query(db, "SELECT step_key FROM provider_call WHERE outcome = 'ok' GROUP BY step_key HAVING COUNT(*) > 1") == []
     results = data / "runs" / "1" / "results"
     assert leftover_temp_files(results) == []
     assert len(list(results.glob("*/summary.json"))) == 30
 
 
 def test_ctrl_c_lets_in_flight_steps_finish_exits_130_and_resume_continues(tmp_path: Path) -> None:
-    data, journal = tmp_path / "data", tmp_path / "journal.tsv"
-    db = data / "darkroom.db"
-    proc = _start(tmp_path, data, journal, prompts=20)
-    _wait_for(lambda: db.exists() and len(_finished_generations(db)) >= 6)
-    proc.send_signal(signal.SIGINT)
+    data, journal, db, proc = _run_then_signal(tmp_path, prompts=20, finished=6, sig=signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "Continue with: python -m pipeline resume 1" in out
-    con = sqlite3.connect(db)
-    try:
-        assert con.execute("SELECT status FROM run WHERE id = 1").fetchone()[0] == "interrupted"
-        assert con.execute("SELECT COUNT(*) FROM iteration WHERE status = 'running'").fetchone()[0] == 0
-    finally:
-        con.close()
+    assert _query(db, "SELECT status FROM run WHERE id = 1") == [("interrupted",)]
+    assert _query(db, "SELECT COUNT(*) FROM iteration WHERE status = 'running'") == [(0,)]
     resumed = _resume(data, journal)
     assert resumed.returncode == 0, resumed.stderr
     assert max(collections.Counter(_journal(journal)).values()) == 1, "a step was done twice"
