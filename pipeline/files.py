@@ -6,19 +6,36 @@ one file system), is flushed to disk, then renamed over the destination with ``o
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
-import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
 TEMP_PREFIX = ".tmp-"
+_counter = itertools.count()
+_counter_lock = threading.Lock()
+
+
+def _open_temp(folder: Path, name: str) -> tuple[int, str]:
+    """Create a new temporary file beside the destination (unique per process, thread and call).
+
+    ``tempfile.mkstemp`` would do, but its random names cost more than the write itself here.
+    """
+    with _counter_lock:
+        n = next(_counter)
+    tmp_name = str(folder / f"{TEMP_PREFIX}{os.getpid()}-{n}-{name}")
+    return os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), tmp_name
 
 
 def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None:
     """Write ``data`` to ``path`` atomically; ``durable`` also fsyncs before the rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=path.suffix, dir=path.parent)
+    try:
+        fd, tmp_name = _open_temp(path.parent, path.name)
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = _open_temp(path.parent, path.name)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -96,7 +96,8 @@ def open_reduced(data: bytes, longest_side: int) -> tuple[Image.Image, tuple[int
     im = im.convert("RGB")
     if max(im.size) > longest_side:
         scale = longest_side / max(im.size)
-        im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.Resampling.BILINEAR)
+        # BOX averages the pixels each output pixel covers: right for shrinking, and the fastest that is.
+        im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.Resampling.BOX)
     return im, original_size
 
 
@@ -126,13 +127,13 @@ def preview(data: bytes, side: int, sha256: str | None = None) -> tuple[Image.Im
     return made
 
 
-def thumbnail_path(thumbs_dir: Path, sha256: str, fmt: str = "WEBP") -> Path:
+def thumbnail_path(thumbs_dir: Path, sha256: str, fmt: str = "JPEG") -> Path:
     """Thumbnails are addressed by the image's hash, so one image gets one thumbnail, made once."""
-    ext = FORMATS.get(fmt.upper(), ("", "webp"))[1]
+    ext = FORMATS.get(fmt.upper(), ("", "jpg"))[1]
     return thumbs_dir / sha256[:2] / f"{sha256}.{ext}"
 
 
-def make_thumbnail(data: bytes, dest: Path, *, side: int = 320, fmt: str = "WEBP", quality: int = 80,
+def make_thumbnail(data: bytes, dest: Path, *, side: int = 320, fmt: str = "JPEG", quality: int = 82,
                    sha256: str | None = None) -> Path:
     if dest.exists():
         return dest

@@ -10,6 +10,7 @@ prompt changes the render in exactly the way the judge checks.
 from __future__ import annotations
 
 import colorsys
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -161,7 +162,9 @@ class VisualIntent:
         return EXPOSURE_BANDS[self.light or "balanced"]
 
 
+@functools.lru_cache(maxsize=4096)
 def read(text: str) -> VisualIntent:
+    """The visual intent of ``text`` (cached: the judge, refiner and renderer all read the same prompts)."""
     tokens = words(text)
     colours: list[str] = []
     avoided: list[str] = []

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import insert, update
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
 from . import prices, scoring, sidecars
@@ -101,6 +102,15 @@ class PromptJob:
         with session(ctx.engine) as s:
             self.item = s.get(RunItem, item_id)
             self.prompt = s.get(Prompt, self.item.prompt_id)
+            # This job is the only writer of its prompt's rows, so their state is read once here
+            # and kept current in memory as each step commits.
+            rows = iterations_with_evaluations(s, item_id)
+            refinements = s.exec(select(Refinement).where(Refinement.run_item_id == item_id)).all()
+            self.stored_elements = s.exec(select(PromptElement).where(PromptElement.prompt_id == self.prompt.id)
+                                          .order_by(PromptElement.number)).all()
+        self.iterations: dict[int, Iteration] = {it.number: it for it, _ in rows}
+        self.evaluations: dict[int, Evaluation] = {it.number: ev for it, ev in rows if ev is not None}
+        self.refinements: dict[int, Refinement] = {r.from_iteration: r for r in refinements}
         p = self.prompt
         self.spec = PromptSpec(id=p.key, prompt=p.prompt, title=p.title, scene=p.scene, mood=p.mood)
         self.original_text = compose_prompt(self.spec, ctx.template)
@@ -108,20 +118,13 @@ class PromptJob:
         self.width, self.height = size if isinstance(size, tuple) else (1024, 1024)
         self.seed = p.seed if p.seed is not None else default_seed(p.key)
         self.folder = ctx.output_dir / "results" / p.key
-        # This job is the only writer of its prompt's rows, so their state is read once here
-        # and kept current in memory as each step commits.
-        with session(ctx.engine) as s:
-            rows = iterations_with_evaluations(s, item_id)
-            refinements = s.exec(select(Refinement).where(Refinement.run_item_id == item_id)).all()
-        self.iterations: dict[int, Iteration] = {it.number: it for it, _ in rows}
-        self.evaluations: dict[int, Evaluation] = {it.number: ev for it, ev in rows if ev is not None}
-        self.refinements: dict[int, Refinement] = {r.from_iteration: r for r in refinements}
+        self._item_dirty = False
 
     # ---- the loop ------------------------------------------------------------------------
     async def run(self) -> str:
         """Take the prompt as far as it goes; return its final status (``pending`` if stopped)."""
         ctx = self.ctx
-        self._set_item(status="running", started=True)
+        self._set_item(status="running", started=True, defer=True)
         try:
             self.mirror_sidecars()
             elements = await self.elements()
@@ -140,6 +143,7 @@ class PromptJob:
                 text = refinement.new_prompt
         except Stopped:
             self._set_item(status="pending")
+            self._write_summary()  # what is done so far; rewritten when the prompt finishes
             return "pending"
         except StepFailed as e:
             self._set_item(status=e.status, error=(e.kind, e.message), finished=True)
@@ -159,19 +163,20 @@ class PromptJob:
 
     # ---- elements (once per prompt) ----------------------------------------------------------
     async def elements(self) -> tuple[Element, ...]:
-        with session(self.ctx.engine) as s:
-            rows = s.exec(select(PromptElement).where(PromptElement.prompt_id == self.prompt.id).order_by(PromptElement.number)).all()
+        rows = list(self.stored_elements)
         if not rows:
             made = await self.ctx.judge.decompose(self.original_text)
-            with session(self.ctx.engine) as s:
-                # Another run of the same prompt set may have stored them meanwhile.
-                rows = s.exec(select(PromptElement).where(PromptElement.prompt_id == self.prompt.id).order_by(PromptElement.number)).all()
-                if not rows:
-                    rows = [PromptElement(prompt_id=self.prompt.id, number=e.number, category=e.category, question=e.question,
-                                          tuple_text=e.tuple_text, parent_numbers=list(e.parent_numbers), critical=e.critical,
-                                          source=self.ctx.judge.name) for e in made]
+            rows = [PromptElement(prompt_id=self.prompt.id, number=e.number, category=e.category, question=e.question,
+                                  tuple_text=e.tuple_text, parent_numbers=list(e.parent_numbers), critical=e.critical,
+                                  source=self.ctx.judge.name) for e in made]
+            try:
+                with session(self.ctx.engine) as s:
                     s.add_all(rows)
-                    s.commit()
+                    self._commit(s)
+            except IntegrityError:  # another run of the same prompt stored them first: use those
+                with session(self.ctx.engine) as s:
+                    rows = list(s.exec(select(PromptElement).where(PromptElement.prompt_id == self.prompt.id)
+                                       .order_by(PromptElement.number)))
         return tuple(Element(number=r.number, category=r.category, question=r.question, tuple_text=r.tuple_text,
                              parent_numbers=tuple(r.parent_numbers), critical=r.critical) for r in rows)
 
@@ -194,8 +199,8 @@ class PromptJob:
             it.parameters = {"width": self.width, "height": self.height}
             it.status, it.error_kind, it.error_message = "running", "", ""
             it.started_at, it.finished_at = utcnow(), None
-            it = s.merge(it)
-            s.commit()
+            s.add(it)  # re-attaches a known row without reading it again
+            self._commit(s)
         self.iterations[number] = it
         request = GenerationRequest(prompt=text, width=self.width, height=self.height, seed=self.seed,
                                     negative_prompt=self.prompt.negative_prompt, prompt_id=self.prompt.key)
@@ -212,8 +217,8 @@ class PromptJob:
             it.status, it.error_kind, it.error_message = status, e.kind, str(e)
             it.latency_ms, it.finished_at = latency, utcnow()
             with session(ctx.engine) as s:
-                s.merge(it)
-                s.commit()
+                s.add(it)
+                self._commit(s)
             self._write_results(it)
             raise StepFailed(status, e.kind, f"iteration {number}: {provider.name} {'blocked the prompt' if status == 'blocked' else 'failed'}: {e}") from None
         latency = (time.perf_counter() - t0) * 1000
@@ -222,7 +227,7 @@ class PromptJob:
             cost = prices.table_cost(provider.settings, result.model or provider.model, info.width, info.height)
         image_path = self.folder / f"iteration_{number}.{info.extension}"
         images_cfg = ctx.settings.section("images")
-        thumb_fmt = str(images_cfg.get("thumbnail_format", "WEBP"))
+        thumb_fmt = str(images_cfg.get("thumbnail_format", "JPEG"))
         thumb = thumbnail_path(ctx.settings.thumbs_dir, info.sha256, thumb_fmt)
 
         def store() -> None:
@@ -238,11 +243,11 @@ class PromptJob:
         it.sha256, it.byte_size = info.sha256, info.byte_size
         it.latency_ms, it.cost_usd, it.finished_at = latency, cost, utcnow()
         with session(ctx.engine) as s:
-            s.merge(it)
-            s.add(self._call_row(provider, "generate", key, started, latency, "ok", cost=cost,
+            s.add(it)
+            s.exec(self._call_row(provider, "generate", key, started, latency, "ok", cost=cost,
                                  http_status=result.http_status, iteration_id=it.id))
             self._add_cost(s, cost)
-            s.commit()
+            self._commit(s)
         self._write_results(it)
         ctx.on_step()
         return it
@@ -286,16 +291,15 @@ class PromptJob:
                 raw_response=judgement.raw_response, latency_ms=latency, cost_usd=cost,
             )
             s.add(ev)
-            s.add(self._call_row(judge, "evaluate", key, started, latency, "ok", cost=cost, iteration_id=it.id))
+            s.exec(self._call_row(judge, "evaluate", key, started, latency, "ok", cost=cost, iteration_id=it.id))
             self._add_cost(s, cost)
             best = max(self.evaluations.values(), key=lambda e: e.overall_score, default=None)
             if best is None or score >= best.overall_score:
                 s.exec(update(RunItem).where(RunItem.id == self.item_id).values(best_score=score, final_iteration=it.number))  # type: ignore[call-overload]
                 self.item.best_score, self.item.final_iteration = score, it.number
-            s.commit()
+            self._commit(s)
         self.evaluations[it.number] = ev
         sidecars.write_iteration_evaluation(self.folder, sidecars.iteration_evaluation(self.prompt, it, ev))
-        self._write_summary()
         ctx.on_step()
         return ev
 
@@ -332,9 +336,9 @@ class PromptJob:
                              refiner=refiner.name, model=refined.model or refiner.model, rationale=refined.rationale,
                              edits=refined.edits, latency_ms=latency, cost_usd=cost)
             s.add(ref)
-            s.add(self._call_row(refiner, "refine", key, started, latency, "ok", cost=cost, iteration_id=it.id))
+            s.exec(self._call_row(refiner, "refine", key, started, latency, "ok", cost=cost, iteration_id=it.id))
             self._add_cost(s, cost)
-            s.commit()
+            self._commit(s)
         self.refinements[it.number] = ref
         ctx.on_step()
         return ref
@@ -342,19 +346,20 @@ class PromptJob:
     # ---- records -------------------------------------------------------------------------------
     def _call_row(self, component: Any, operation: str, key: str, started: Any, latency: float, outcome: str, *,
                   cost: float | None = None, http_status: int | None = None, error: ProviderError | None = None,
-                  iteration_id: int | None = None) -> ProviderCall:
-        return ProviderCall(
+                  iteration_id: int | None = None) -> Any:
+        """An INSERT of one call-log row (a plain statement: the log is append-only, no object needed)."""
+        return insert(ProviderCall).values(
             run_id=self.ctx.run.id, iteration_id=iteration_id, step_key=key, provider=component.name,
             model=component.model, operation=operation, started_at=started, latency_ms=latency, outcome=outcome,
             http_status=error.http_status if error else http_status, error_kind=error.kind if error else "",
-            error_message=str(error)[:2000] if error else "", cost_usd=cost,
+            error_message=str(error)[:2000] if error else "", attempt=1, cost_usd=cost,
         )
 
     def _record_call(self, component: Any, operation: str, key: str, started: Any, latency: float, error: ProviderError,
                      iteration_id: int | None = None) -> None:
         outcome = "blocked" if isinstance(error, ContentBlocked) else "error"
         with session(self.ctx.engine) as s:
-            s.add(self._call_row(component, operation, key, started, latency, outcome, error=error, iteration_id=iteration_id))
+            s.exec(self._call_row(component, operation, key, started, latency, outcome, error=error, iteration_id=iteration_id))
             s.commit()
         log.warning("%s: %s %s %s: %s", self.prompt.key, component.name, operation, outcome, error)
 
@@ -363,7 +368,9 @@ class PromptJob:
             s.exec(update(RunItem).where(RunItem.id == self.item_id).values(cost_usd=RunItem.cost_usd + cost))
             self.item.cost_usd += cost
 
-    def _set_item(self, *, status: str, error: tuple[str, str] | None = None, started: bool = False, finished: bool = False) -> None:
+    def _set_item(self, *, status: str, error: tuple[str, str] | None = None, started: bool = False,
+                  finished: bool = False, defer: bool = False) -> None:
+        """Record the prompt's status; ``defer`` lets the next step's commit carry it (one commit fewer)."""
         item = self.item
         item.status = status
         if error is not None:
@@ -372,13 +379,22 @@ class PromptJob:
             item.started_at = utcnow()
         if finished:
             item.finished_at = utcnow()
-        with session(self.ctx.engine) as s:
+        self._item_dirty = True
+        if not defer:
+            with session(self.ctx.engine) as s:
+                self._commit(s)
+        if finished:
+            self._write_summary()
+
+    def _commit(self, s: Any) -> None:
+        """Commit ``s``, with the prompt's own status if it changed since the last commit."""
+        if self._item_dirty:
+            item = self.item
             s.exec(update(RunItem).where(RunItem.id == self.item_id).values(  # type: ignore[call-overload]
                 status=item.status, error_kind=item.error_kind, error_message=item.error_message,
                 started_at=item.started_at, finished_at=item.finished_at))
-            s.commit()
-        if finished:
-            self._write_summary()
+            self._item_dirty = False
+        s.commit()
 
     def _write_results(self, it: Iteration) -> None:
         ref = self.refinements.get(it.number - 1)

@@ -52,7 +52,7 @@ def test_offline_run_writes_the_tree_the_sidecars_and_the_db_and_they_agree(tmp_
                 assert summary["iterations"][it.number - 1]["score"] == ev.overall_score
                 thumb = settings.data_dir / it.thumb_path
                 with Image.open(thumb) as t:
-                    assert max(t.size) <= 320 and t.format == "WEBP"
+                    assert max(t.size) <= 320 and t.format == "JPEG"
             if len(iterations) == 2:
                 ref = s.exec(select(Refinement).where(Refinement.run_item_id == item.id)).one()
                 assert iterations[1].prompt_text == ref.new_prompt != iterations[0].prompt_text

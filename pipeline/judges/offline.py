@@ -55,10 +55,8 @@ class Measurements:
     colour_share: dict[str, float]
 
 
-def _colour_share(hsv: np.ndarray, name: str) -> float:
-    h = hsv[..., 0].astype(np.float32) * (360.0 / 255.0)
-    s = hsv[..., 1].astype(np.float32) / 255.0
-    v = hsv[..., 2].astype(np.float32) / 255.0
+def _colour_share(h: np.ndarray, s: np.ndarray, v: np.ndarray, name: str) -> float:
+    """Share of pixels of colour ``name``; ``h`` in degrees, ``s`` and ``v`` in 0–1."""
     if name in lexicon.ACHROMATIC:
         grey = s < 0.18
         mask = {
@@ -80,7 +78,11 @@ def measure(data: bytes, colours: tuple[str, ...], analysis_side: int = 320) -> 
     rg = rgb[..., 0] - rgb[..., 1]
     yb = 0.5 * (rgb[..., 0] + rgb[..., 1]) - rgb[..., 2]
     colourfulness = float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
-    hsv = np.asarray(im.convert("HSV")) if colours else None
+    shares: dict[str, float] = {}
+    if colours:  # a share of pixels needs no fine detail: a half-size copy is plenty
+        hsv = np.asarray(im.reduce(2).convert("HSV"), dtype=np.float32)
+        h, s, v = hsv[..., 0] * (360.0 / 255.0), hsv[..., 1] / 255.0, hsv[..., 2] / 255.0
+        shares = {c: _colour_share(h, s, v, c) for c in colours}
     return Measurements(
         width=width,
         height=height,
@@ -88,7 +90,7 @@ def measure(data: bytes, colours: tuple[str, ...], analysis_side: int = 320) -> 
         contrast=float(luma.std()),
         sharpness=float(np.abs(lap).mean()),
         colourfulness=colourfulness,
-        colour_share={c: _colour_share(hsv, c) for c in colours} if hsv is not None else {},
+        colour_share=shares,
     )
 
 
