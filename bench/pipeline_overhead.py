@@ -12,6 +12,7 @@ Prints three figures, measured on PartiPrompts prompts in a temporary data folde
 3. end to end: wall time of N prompts x 2 iterations on the offline stack, default settings
 
 Targets (issue 2): overhead <= 15 ms per image; 200 x 2 in under 30 s on 2 cores.
+Set BENCH_TMP=/dev/shm to put the data folder in memory and see what the disk adds.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def parti_prompts(n: int) -> list[dict]:
 
 def run_once(prompts: list[dict], provider: str, concurrency: int, iterations: int = 2) -> tuple[float, float, int]:
     """Run the prompts in a fresh data folder; return (wall seconds, CPU seconds of all threads, images)."""
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
         os.environ["DARKROOM_DATA_DIR"] = tmp
         settings = Settings.from_env()
         engine = open_database(settings)

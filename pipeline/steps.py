@@ -46,6 +46,7 @@ from .promptset import PromptSpec, compose_prompt, parse_size
 from .runs import RunConfig, default_seed, iterations_with_evaluations, stored_output_dir
 
 log = logging.getLogger("pipeline.steps")
+ITERATION_FIELDS = tuple(c.name for c in Iteration.__table__.columns if c.name not in ("id", "run_item_id", "number"))
 
 
 @dataclass
@@ -95,6 +96,18 @@ def _judgement_from_row(ev: Evaluation) -> Judgement:
     )
 
 
+def _insert(s: Any, obj: Any) -> None:
+    """INSERT ``obj``'s row with a plain statement and set its id (no ORM unit of work on the hot path)."""
+    table = type(obj).__table__
+    values = {c.name: getattr(obj, c.name) for c in table.columns if c.name != "id"}
+    obj.id = s.exec(insert(table).values(**values).returning(table.c.id)).scalar_one()
+
+
+def _update(s: Any, obj: Any, *fields: str) -> None:
+    table = type(obj).__table__
+    s.exec(update(table).where(table.c.id == obj.id).values({f: getattr(obj, f) for f in fields}))
+
+
 class PromptJob:
     def __init__(self, ctx: RunContext, item_id: int) -> None:
         self.ctx = ctx
@@ -119,6 +132,7 @@ class PromptJob:
         self.seed = p.seed if p.seed is not None else default_seed(p.key)
         self.folder = ctx.output_dir / "results" / p.key
         self._item_dirty = False
+        self._fresh_image: tuple[int, bytes] | None = None
 
     # ---- the loop ------------------------------------------------------------------------
     async def run(self) -> str:
@@ -189,19 +203,23 @@ class PromptJob:
         self._check_stop()
         provider = ctx.provider
         self.evaluations.pop(number, None)  # a regenerated image needs a fresh judgement
+        new = it is None
+        if it is None:
+            it = Iteration(run_item_id=self.item_id, number=number, prompt_text=text)
+        it.prompt_text, it.negative_prompt = text, self.prompt.negative_prompt
+        it.provider, it.model, it.seed = provider.name, provider.model, self.seed
+        it.parameters = {"width": self.width, "height": self.height}
+        it.status, it.error_kind, it.error_message = "running", "", ""
+        it.started_at, it.finished_at = utcnow(), None
         with session(ctx.engine) as s:
-            if it is None:
-                it = Iteration(run_item_id=self.item_id, number=number, prompt_text=text)
-            else:
+            if new:
+                _insert(s, it)
+            else:  # a half-done or failed attempt: the same row is reused, and any old judgement dropped
                 s.exec(Evaluation.__table__.delete().where(Evaluation.iteration_id == it.id))  # type: ignore[call-overload]
-            it.prompt_text, it.negative_prompt = text, self.prompt.negative_prompt
-            it.provider, it.model, it.seed = provider.name, provider.model, self.seed
-            it.parameters = {"width": self.width, "height": self.height}
-            it.status, it.error_kind, it.error_message = "running", "", ""
-            it.started_at, it.finished_at = utcnow(), None
-            s.add(it)  # re-attaches a known row without reading it again
+                _update(s, it, *ITERATION_FIELDS)
             self._commit(s)
         self.iterations[number] = it
+        self._fresh_image = None
         request = GenerationRequest(prompt=text, width=self.width, height=self.height, seed=self.seed,
                                     negative_prompt=self.prompt.negative_prompt, prompt_id=self.prompt.key)
         key = step_key(ctx.run.id, self.item_id, number, "generate")
@@ -217,7 +235,7 @@ class PromptJob:
             it.status, it.error_kind, it.error_message = status, e.kind, str(e)
             it.latency_ms, it.finished_at = latency, utcnow()
             with session(ctx.engine) as s:
-                s.add(it)
+                _update(s, it, "status", "error_kind", "error_message", "latency_ms", "finished_at")
                 self._commit(s)
             self._write_results(it)
             raise StepFailed(status, e.kind, f"iteration {number}: {provider.name} {'blocked the prompt' if status == 'blocked' else 'failed'}: {e}") from None
@@ -236,6 +254,7 @@ class PromptJob:
                            quality=int(images_cfg.get("thumbnail_quality", 80)), sha256=info.sha256)
 
         await asyncio.to_thread(store)
+        self._fresh_image = (number, result.data)  # the judge needs these bytes next: no need to read them back
         it.status, it.model = "ok", result.model or provider.model
         it.image_path = str(image_path.relative_to(ctx.output_dir))
         it.thumb_path = stored_output_dir(ctx.settings, thumb)
@@ -243,10 +262,10 @@ class PromptJob:
         it.sha256, it.byte_size = info.sha256, info.byte_size
         it.latency_ms, it.cost_usd, it.finished_at = latency, cost, utcnow()
         with session(ctx.engine) as s:
-            s.add(it)
+            _update(s, it, *ITERATION_FIELDS)
             s.exec(self._call_row(provider, "generate", key, started, latency, "ok", cost=cost,
                                  http_status=result.http_status, iteration_id=it.id))
-            self._add_cost(s, cost)
+            self._add_cost(cost)
             self._commit(s)
         self._write_results(it)
         ctx.on_step()
@@ -268,7 +287,8 @@ class PromptJob:
             return self.evaluations[it.number]
         self._check_stop()
         judge = ctx.judge
-        data = (ctx.output_dir / it.image_path).read_bytes()
+        fresh = self._fresh_image
+        data = fresh[1] if fresh and fresh[0] == it.number else (ctx.output_dir / it.image_path).read_bytes()
         request = EvaluationRequest(original_prompt=self.original_text, sent_prompt=it.prompt_text, elements=elements,
                                     image=data, mime_type=it.mime_type, requested_width=self.width, requested_height=self.height)
         key = step_key(ctx.run.id, self.item_id, it.number, "evaluate")
@@ -290,13 +310,13 @@ class PromptJob:
                 top_suggestion=(top.suggestion or top.description) if top else "",
                 raw_response=judgement.raw_response, latency_ms=latency, cost_usd=cost,
             )
-            s.add(ev)
+            _insert(s, ev)
             s.exec(self._call_row(judge, "evaluate", key, started, latency, "ok", cost=cost, iteration_id=it.id))
-            self._add_cost(s, cost)
+            self._add_cost(cost)
             best = max(self.evaluations.values(), key=lambda e: e.overall_score, default=None)
             if best is None or score >= best.overall_score:
-                s.exec(update(RunItem).where(RunItem.id == self.item_id).values(best_score=score, final_iteration=it.number))  # type: ignore[call-overload]
                 self.item.best_score, self.item.final_iteration = score, it.number
+                self._item_dirty = True
             self._commit(s)
         self.evaluations[it.number] = ev
         sidecars.write_iteration_evaluation(self.folder, sidecars.iteration_evaluation(self.prompt, it, ev))
@@ -335,9 +355,9 @@ class PromptJob:
             ref = Refinement(run_item_id=self.item_id, from_iteration=it.number, new_prompt=refined.prompt,
                              refiner=refiner.name, model=refined.model or refiner.model, rationale=refined.rationale,
                              edits=refined.edits, latency_ms=latency, cost_usd=cost)
-            s.add(ref)
+            _insert(s, ref)
             s.exec(self._call_row(refiner, "refine", key, started, latency, "ok", cost=cost, iteration_id=it.id))
-            self._add_cost(s, cost)
+            self._add_cost(cost)
             self._commit(s)
         self.refinements[it.number] = ref
         ctx.on_step()
@@ -363,10 +383,10 @@ class PromptJob:
             s.commit()
         log.warning("%s: %s %s %s: %s", self.prompt.key, component.name, operation, outcome, error)
 
-    def _add_cost(self, s: Any, cost: float | None) -> None:
+    def _add_cost(self, cost: float | None) -> None:
         if cost:
-            s.exec(update(RunItem).where(RunItem.id == self.item_id).values(cost_usd=RunItem.cost_usd + cost))
             self.item.cost_usd += cost
+            self._item_dirty = True
 
     def _set_item(self, *, status: str, error: tuple[str, str] | None = None, started: bool = False,
                   finished: bool = False, defer: bool = False) -> None:
@@ -387,12 +407,17 @@ class PromptJob:
             self._write_summary()
 
     def _commit(self, s: Any) -> None:
-        """Commit ``s``, with the prompt's own status if it changed since the last commit."""
+        """Commit ``s`` together with the prompt's own row (status, cost, best) if it changed.
+
+        The job is the only writer of that row, so one UPDATE of its in-memory copy per commit
+        keeps it exact, and the step's result and the prompt's totals land in one transaction.
+        """
         if self._item_dirty:
             item = self.item
             s.exec(update(RunItem).where(RunItem.id == self.item_id).values(  # type: ignore[call-overload]
                 status=item.status, error_kind=item.error_kind, error_message=item.error_message,
-                started_at=item.started_at, finished_at=item.finished_at))
+                started_at=item.started_at, finished_at=item.finished_at, cost_usd=item.cost_usd,
+                best_score=item.best_score, final_iteration=item.final_iteration))
             self._item_dirty = False
         s.commit()
 
