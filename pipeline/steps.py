@@ -275,10 +275,12 @@ class PromptJob:
         """A finished generation counts only while its file is there with the recorded hash."""
         path = self.ctx.output_dir / it.image_path
         try:
-            return hashlib.sha256(path.read_bytes()).hexdigest() == it.sha256
+            intact = hashlib.sha256(path.read_bytes()).hexdigest() == it.sha256
         except OSError:
-            log.warning("%s: iteration %d image missing at %s; generating it again", self.prompt.key, it.number, path)
-            return False
+            intact = False
+        if not intact:
+            log.warning("%s: iteration %d image missing or changed at %s; generating it again", self.prompt.key, it.number, path)
+        return intact
 
     # ---- judge -------------------------------------------------------------------------------
     async def evaluated(self, it: Iteration, elements: tuple[Element, ...]) -> Evaluation:

@@ -193,3 +193,18 @@ def test_a_cancel_asked_from_elsewhere_stops_the_run_as_cancelled(tmp_path: Path
     FakeProvider.on_call = None
     assert run_cli("resume", str(run_id)).code == 0  # a cancelled run can still be resumed
     assert [r.prompt_id for r in FakeProvider.history].count("p001") == 1
+
+
+def test_a_finished_image_deleted_from_disk_is_generated_again_on_resume(tmp_path: Path, settings, engine) -> None:
+    run_id = create_run(engine, settings, make_prompts(2), tmp_path, providers=["fake"], iterations=1, concurrency=1)
+    assert asyncio.run(RunExecutor(engine, settings, run_id).execute()).status == "completed"
+    image = settings.runs_dir / str(run_id) / "results" / "p001" / "iteration_1.png"
+    image.unlink()
+    with session(engine) as s:
+        s.get(RunItem, 2).status = "pending"  # as if the run had stopped before this prompt was finished
+        s.get(Run, run_id).status = "interrupted"
+        s.commit()
+    before = len(FakeProvider.history)
+    assert run_cli("resume", str(run_id)).code == 0
+    assert [r.prompt_id for r in FakeProvider.history[before:]] == ["p001"]
+    assert image.exists()
