@@ -1,6 +1,6 @@
 """Benchmark: the pipeline's own cost per image, and 200 prompts x 2 iterations end to end.
 
-    python bench/pipeline_overhead.py [--prompts 200] [--overhead-prompts 100]
+    python bench/pipeline_overhead.py [--prompts 200] [--overhead-prompts 200]
 
 Prints three figures, measured on PartiPrompts prompts in a temporary data folder:
 
@@ -95,7 +95,7 @@ def run_once(prompts: list[dict], provider: str, concurrency: int, iterations: i
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", type=int, default=200)
-    parser.add_argument("--overhead-prompts", type=int, default=100)
+    parser.add_argument("--overhead-prompts", type=int, default=200)
     args = parser.parse_args()
     registry.ensure_loaded()
     registry.providers.register(ReplayProvider)

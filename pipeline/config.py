@@ -4,7 +4,7 @@ Runtime paths come from environment variables; model IDs, prices and limits from
 (``pipeline/defaults.toml`` merged with an override file), never from code.
 
 - ``DARKROOM_DATA_DIR``: the data folder (default: ``data/`` beside the ``pipeline`` package).
-  The database, run outputs, thumbnails, logs and exports all live below it.
+  The database (with the gallery thumbnails), run outputs, logs and exports all live below it.
 - ``DARKROOM_DATABASE_URL``: any SQLAlchemy URL (default: SQLite at ``<data dir>/darkroom.db``).
 - ``DARKROOM_CONFIG``: a TOML file merged over the defaults (default: ``<data dir>/darkroom.toml``
   when it exists).
@@ -73,10 +73,6 @@ class Settings:
     @property
     def logs_dir(self) -> Path:
         return self.data_dir / "logs"
-
-    @property
-    def thumbs_dir(self) -> Path:
-        return self.data_dir / "thumbs"
 
     @property
     def exports_dir(self) -> Path:

@@ -13,12 +13,10 @@ import threading
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
 
 from PIL import Image
 
 from .errors import BadImage
-from .files import atomic_write_bytes
 
 # Pillow format name -> (mime type, file extension)
 FORMATS: dict[str, tuple[str, str]] = {
@@ -127,19 +125,19 @@ def preview(data: bytes, side: int, sha256: str | None = None) -> tuple[Image.Im
     return made
 
 
-def thumbnail_path(thumbs_dir: Path, sha256: str, fmt: str = "JPEG") -> Path:
-    """Thumbnails are addressed by the image's hash, so one image gets one thumbnail, made once."""
-    ext = FORMATS.get(fmt.upper(), ("", "jpg"))[1]
-    return thumbs_dir / sha256[:2] / f"{sha256}.{ext}"
+@dataclass(frozen=True)
+class Thumb:
+    data: bytes
+    mime_type: str
+    width: int
+    height: int
 
 
-def make_thumbnail(data: bytes, dest: Path, *, side: int = 320, fmt: str = "JPEG", quality: int = 82,
-                   sha256: str | None = None) -> Path:
-    if dest.exists():
-        return dest
+def make_thumbnail(data: bytes, *, side: int = 320, fmt: str = "JPEG", quality: int = 82, sha256: str | None = None) -> Thumb:
+    """A small copy for the gallery, no longer than ``side`` on its longest edge."""
     im, _ = preview(data, side, sha256)
     buf = io.BytesIO()
-    options = {"quality": quality, "method": 0} if fmt.upper() == "WEBP" else {"quality": quality}
-    im.save(buf, fmt.upper(), **options)
-    atomic_write_bytes(dest, buf.getvalue(), durable=False)
-    return dest
+    fmt = fmt.upper()
+    options = {"quality": quality, "method": 0} if fmt == "WEBP" else {"quality": quality}
+    im.save(buf, fmt, **options)
+    return Thumb(data=buf.getvalue(), mime_type=FORMATS[fmt][0], width=im.width, height=im.height)

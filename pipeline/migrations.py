@@ -136,7 +136,14 @@ def m001_initial(conn: Connection) -> None:
 def m002_elements_thumbnails_step_keys(conn: Connection) -> None:
     """Per-prompt DSG elements, gallery thumbnails, and step keys that recognise a repeated call."""
     md = sa.MetaData()
-    sa.Table("prompt", md, _pk())  # the existing table, named so the foreign key resolves
+    sa.Table("prompt", md, _pk())  # existing tables, named so the foreign keys resolve
+    sa.Table("iteration", md, _pk())
+    thumbnail = sa.Table(
+        "thumbnail", md,
+        sa.Column("iteration_id", sa.Integer, sa.ForeignKey("iteration.id"), primary_key=True),
+        sa.Column("mime_type", sa.String, nullable=False), sa.Column("width", sa.Integer, nullable=False),
+        sa.Column("height", sa.Integer, nullable=False), sa.Column("data", sa.LargeBinary, nullable=False),
+    )
     element = sa.Table(
         "prompt_element", md, _pk(),
         sa.Column("prompt_id", sa.Integer, sa.ForeignKey("prompt.id"), nullable=False, index=True),
@@ -147,7 +154,7 @@ def m002_elements_thumbnails_step_keys(conn: Connection) -> None:
         sa.UniqueConstraint("prompt_id", "number", name="uq_element_prompt_number"),
     )
     element.create(conn)
-    conn.execute(sa.text("ALTER TABLE iteration ADD COLUMN thumb_path VARCHAR NOT NULL DEFAULT ''"))
+    thumbnail.create(conn)
     conn.execute(sa.text("ALTER TABLE provider_call ADD COLUMN step_key VARCHAR NOT NULL DEFAULT ''"))
     conn.execute(sa.text("CREATE INDEX ix_provider_call_step_key ON provider_call (step_key)"))
 

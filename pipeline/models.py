@@ -5,7 +5,8 @@ Anything JSON is stored in a JSON column so that SQLite and PostgreSQL both work
 
     prompt_set ─┬─ prompt ─── prompt_element          (what the team asked for)
                 └─ run ─── run_item ─┬─ iteration ─┬─ evaluation
-                                     │             └─ rating
+                                     │             ├─ rating
+                                     │             └─ thumbnail (small JPEG/WebP bytes for the gallery)
                                      └─ refinement
     provider_call                                     (one row per external call attempt)
 """
@@ -133,7 +134,6 @@ class Iteration(SQLModel, table=True):
     parameters: dict[str, Any] = json_field()
     status: str = Field(default="running", index=True)
     image_path: str = ""  # relative to the run's output folder
-    thumb_path: str = ""  # relative to the data folder
     mime_type: str = ""
     width: int | None = None
     height: int | None = None
@@ -145,6 +145,21 @@ class Iteration(SQLModel, table=True):
     error_message: str = ""
     started_at: datetime = Field(default_factory=utcnow)
     finished_at: datetime | None = None
+
+
+class Thumbnail(SQLModel, table=True):
+    """The gallery's small copy of an iteration's image, kept in the database.
+
+    Small blobs read faster from SQLite than from files, a gallery page gets all its
+    thumbnails in one query, and no extra file is created per image.
+    """
+
+    __tablename__ = "thumbnail"
+    iteration_id: int = Field(foreign_key="iteration.id", primary_key=True)
+    mime_type: str
+    width: int
+    height: int
+    data: bytes
 
 
 class Evaluation(SQLModel, table=True):

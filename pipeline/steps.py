@@ -41,10 +41,10 @@ from .config import Settings
 from .db import session
 from .errors import ContentBlocked, ProviderError
 from .files import atomic_write_bytes
-from .images import inspect_image, make_thumbnail, thumbnail_path
-from .models import Evaluation, Iteration, Prompt, PromptElement, ProviderCall, Refinement, Run, RunItem, utcnow
+from .images import Thumb, inspect_image, make_thumbnail
+from .models import Evaluation, Iteration, Prompt, PromptElement, ProviderCall, Refinement, Run, RunItem, Thumbnail, utcnow
 from .promptset import PromptSpec, compose_prompt, parse_size
-from .runs import RunConfig, default_seed, iterations_with_evaluations, stored_output_dir
+from .runs import RunConfig, default_seed, iterations_with_evaluations
 
 log = logging.getLogger("pipeline.steps")
 ITEM_FIELDS = ("status", "error_kind", "error_message", "started_at", "finished_at", "cost_usd", "best_score", "final_iteration")
@@ -231,7 +231,8 @@ class PromptJob:
             if new:
                 _insert(s, it)
             else:  # a half-done or failed attempt: the same row is reused, and any old judgement dropped
-                s.exec(Evaluation.__table__.delete().where(Evaluation.iteration_id == it.id))  # type: ignore[call-overload]
+                for table in (Evaluation.__table__, Thumbnail.__table__):
+                    s.exec(table.delete().where(table.c.iteration_id == it.id))  # type: ignore[call-overload]
                 _update(s, it, *ITERATION_FIELDS)
             self._commit(s)
         self.iterations[number] = it
@@ -261,24 +262,24 @@ class PromptJob:
             cost = prices.table_cost(provider.settings, result.model or provider.model, info.width, info.height)
         image_path = self.folder / f"iteration_{number}.{info.extension}"
         images_cfg = ctx.settings.section("images")
-        thumb_fmt = str(images_cfg.get("thumbnail_format", "JPEG"))
-        thumb = thumbnail_path(ctx.settings.thumbs_dir, info.sha256, thumb_fmt)
 
-        def store() -> None:
+        def store() -> Thumb:
             atomic_write_bytes(image_path, result.data)
-            make_thumbnail(result.data, thumb, side=int(images_cfg.get("thumbnail_side", 320)), fmt=thumb_fmt,
-                           quality=int(images_cfg.get("thumbnail_quality", 80)), sha256=info.sha256)
+            return make_thumbnail(result.data, side=int(images_cfg.get("thumbnail_side", 320)),
+                                  fmt=str(images_cfg.get("thumbnail_format", "JPEG")),
+                                  quality=int(images_cfg.get("thumbnail_quality", 82)), sha256=info.sha256)
 
-        await asyncio.to_thread(store)
+        thumb = await asyncio.to_thread(store)
         self._fresh_image = (number, result.data)  # the judge needs these bytes next: no need to read them back
         it.status, it.model = "ok", result.model or provider.model
         it.image_path = str(image_path.relative_to(ctx.output_dir))
-        it.thumb_path = stored_output_dir(ctx.settings, thumb)
         it.mime_type, it.width, it.height = info.mime_type, info.width, info.height
         it.sha256, it.byte_size = info.sha256, info.byte_size
         it.latency_ms, it.cost_usd, it.finished_at = latency, cost, utcnow()
         with session(ctx.engine) as s:
             _update(s, it, *ITERATION_FIELDS)
+            s.connection().execute(_insert_statement(Thumbnail.__table__, False), {
+                "iteration_id": it.id, "mime_type": thumb.mime_type, "width": thumb.width, "height": thumb.height, "data": thumb.data})
             self._log_call(s, self._call_row(provider, "generate", key, started, latency, "ok", cost=cost,
                                  http_status=result.http_status, iteration_id=it.id))
             self._add_cost(cost)

@@ -38,8 +38,9 @@ def test_a_version_1_database_upgrades_and_keeps_its_data(settings: Settings) ->
     assert applied(upgraded) == [m.__name__ for m in MIGRATIONS]
     with upgraded.connect() as conn:
         assert conn.execute(sa.text("SELECT name FROM run WHERE id = 1")).scalar() == "old run"
-        assert conn.execute(sa.text("SELECT image_path, thumb_path FROM iteration WHERE id = 1")).one() == ("results/p1/iteration_1.jpg", "")
+        assert conn.execute(sa.text("SELECT image_path FROM iteration WHERE id = 1")).scalar() == "results/p1/iteration_1.jpg"
         assert conn.execute(sa.text("SELECT COUNT(*) FROM prompt_element")).scalar() == 0
+        assert conn.execute(sa.text("SELECT COUNT(*) FROM thumbnail")).scalar() == 0
     # Starting again applies nothing more.
     assert migrate(upgraded) == []
 

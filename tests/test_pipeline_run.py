@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import json
 import re
 from pathlib import Path
@@ -13,7 +14,7 @@ from sqlmodel import select
 
 from pipeline.db import session
 from pipeline.errors import ProviderError
-from pipeline.models import Evaluation, Iteration, Prompt, ProviderCall, Refinement, Run, RunItem
+from pipeline.models import Evaluation, Iteration, Prompt, ProviderCall, Refinement, Run, RunItem, Thumbnail
 from pipeline.runner import RunExecutor
 from tests.conftest import SAMPLES, create_run, make_prompts, run_cli, write_prompt_set
 from tests.fakes import FakeProvider
@@ -50,9 +51,10 @@ def test_offline_run_writes_the_tree_the_sidecars_and_the_db_and_they_agree(tmp_
                 evaluation = json.loads((folder / f"iteration_{it.number}_evaluation.json").read_text())
                 assert evaluation["overall_score"] == ev.overall_score and evaluation["judge"] == "offline"
                 assert summary["iterations"][it.number - 1]["score"] == ev.overall_score
-                thumb = settings.data_dir / it.thumb_path
-                with Image.open(thumb) as t:
-                    assert max(t.size) <= 320 and t.format == "JPEG"
+                thumb = s.get(Thumbnail, it.id)
+                with Image.open(io.BytesIO(thumb.data)) as t:
+                    assert (t.format, t.size, thumb.mime_type) == ("JPEG", (thumb.width, thumb.height), "image/jpeg")
+                    assert max(t.size) == 320
             if len(iterations) == 2:
                 ref = s.exec(select(Refinement).where(Refinement.run_item_id == item.id)).one()
                 assert iterations[1].prompt_text == ref.new_prompt != iterations[0].prompt_text
