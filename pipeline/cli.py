@@ -241,6 +241,10 @@ def main(argv: list[str] | None = None, *, out: TextIO | None = None, err: TextI
     except DarkroomError as e:
         print(f"error: {e}", file=err)
         return EXIT_FAILED
+    except OSError as e:  # disk full, permission denied, …: say what and where, no traceback
+        where = f": {e.filename}" if e.filename else ""
+        print(f"error: {e.strerror or e}{where}", file=err)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("interrupted", file=err)
         return EXIT_INTERRUPTED

@@ -2,8 +2,9 @@
 
 The zip holds each image's original bytes, stored (not deflated: images are compressed
 already), in one folder per prompt id (under ``run_<id>/`` when several runs are exported),
-plus ``manifest.csv`` and ``manifest.json``. It is written to a temporary file beside the
-destination and renamed into place, so a failed export leaves nothing behind. Files are
+plus ``manifest.csv`` and ``manifest.json``. It is written through
+``files.atomic_file`` (a temporary file beside the destination, renamed into place), so a
+failed export leaves nothing behind. Files are
 streamed from disk in chunks, so memory stays flat however large the export.
 """
 
@@ -12,8 +13,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from sqlmodel import Session, col, select
 
 from .config import Settings
 from .errors import ExportError
+from .files import atomic_file
 from .models import Evaluation, Iteration, Prompt, Rating, RunItem
 from .runs import get_run, output_dir_of
 
@@ -93,23 +93,15 @@ def build_zip(s: Session, settings: Settings, run_ids: list[int], dest: Path, *,
         listed = "\n  ".join(missing[:10]) + (f"\n  … and {len(missing) - 10} more" if len(missing) > 10 else "")
         raise ExportError(f"{len(missing)} image file(s) recorded in the database are missing on disk:\n  {listed}")
     dest = dest.resolve()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".zip", dir=dest.parent)
-    os.close(fd)
-    try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-            for row in rows:
-                zf.write(row["_source"], row["file"], compress_type=zipfile.ZIP_STORED)
-            public = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
-            text = io.StringIO()
-            writer = csv.DictWriter(text, fieldnames=MANIFEST_FIELDS)
-            writer.writeheader()
-            writer.writerows(public)
-            zf.writestr("manifest.csv", text.getvalue(), compress_type=zipfile.ZIP_DEFLATED)
-            zf.writestr("manifest.json", json.dumps({"runs": run_ids, "approved_only": approved_only, "images": public},
-                                                    indent=2, ensure_ascii=False), compress_type=zipfile.ZIP_DEFLATED)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(dest) as out, zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for row in rows:
+            zf.write(row["_source"], row["file"], compress_type=zipfile.ZIP_STORED)
+        public = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=MANIFEST_FIELDS)
+        writer.writeheader()
+        writer.writerows(public)
+        zf.writestr("manifest.csv", text.getvalue(), compress_type=zipfile.ZIP_DEFLATED)
+        zf.writestr("manifest.json", json.dumps({"runs": run_ids, "approved_only": approved_only, "images": public},
+                                                indent=2, ensure_ascii=False), compress_type=zipfile.ZIP_DEFLATED)
     return ExportResult(path=dest, images=len(rows), bytes_written=dest.stat().st_size)

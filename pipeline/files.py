@@ -10,8 +10,10 @@ import itertools
 import json
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 TEMP_PREFIX = ".tmp-"
 _counter = itertools.count()
@@ -29,8 +31,13 @@ def _open_temp(folder: Path, name: str) -> tuple[int, str]:
     return os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), tmp_name
 
 
-def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None:
-    """Write ``data`` to ``path`` atomically; ``durable`` also fsyncs before the rename."""
+@contextmanager
+def atomic_file(path: Path, *, durable: bool = True) -> Iterator[IO[bytes]]:
+    """A binary file that becomes ``path`` only when the ``with`` block ends without error.
+
+    ``durable`` also fsyncs before the rename. On any error, or Ctrl-C, the temporary file is
+    removed and ``path`` keeps whatever it held before.
+    """
     try:
         fd, tmp_name = _open_temp(path.parent, path.name)
     except FileNotFoundError:
@@ -38,7 +45,7 @@ def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None
         fd, tmp_name = _open_temp(path.parent, path.name)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             if durable:
                 f.flush()
                 os.fsync(f.fileno())
@@ -49,6 +56,12 @@ def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None
         except FileNotFoundError:
             pass
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` atomically; ``durable`` also fsyncs before the rename."""
+    with atomic_file(path, durable=durable) as f:
+        f.write(data)
 
 
 def atomic_write_json(path: Path, payload: Any, *, durable: bool = False) -> None:

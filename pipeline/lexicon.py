@@ -147,7 +147,6 @@ class VisualIntent:
     dominant: tuple[str, ...] = ()           # colours asked to dominate ("dominant teal tones")
     implied_colours: tuple[str, ...] = ()    # from words like "sunset", "forest"
     light: str | None = None                 # key of EXPOSURE_BANDS
-    light_words: tuple[str, ...] = ()
     contrast: str | None = None              # "high" | "low"
     detail: str | None = None                # "sharp" | "soft"
     saturation: str | None = None            # "vivid" | "muted" | "mono"
@@ -218,7 +217,7 @@ def read(text: str) -> VisualIntent:
     )
     return VisualIntent(
         colours=tuple(colours), avoided_colours=tuple(avoided), dominant=tuple(dominant),
-        implied_colours=tuple(implied), light=light, light_words=tuple(p for _, p, _ in light_hits),
+        implied_colours=tuple(implied), light=light,
         contrast=contrast, detail=detail, saturation=saturation, warmth=warmth,
         exposure_shift=max(-0.3, min(0.3, shift)), saturation_factor=max(0.3, min(1.6, factor)),
         composition=composition, subject_words=subject,
