@@ -1,45 +1,101 @@
-"""Runs: every run with its status and counts, and one run's prompts (read-only for now)."""
+"""Runs: every run with live progress, one run's prompts, and Cancel / Resume."""
 
 import streamlit as st
 
+from pipeline import display
 from pipeline.db import session
-from pipeline.registry import judges, providers, refiners
-from pipeline.runs import item_states, list_runs, output_dir_of, recover_orphans
+from pipeline.errors import RunStateError
+from pipeline.runs import ACTIVE_RUN_STATUSES, claim_for_resume, get_run, item_states, run_summaries
 
-
-def component_label(registry, name: str) -> str:  # type: ignore[no-untyped-def]
-    try:
-        return registry.get_class(name).display_name()
-    except Exception:
-        return f"{name} (not installed)"
-
+settings, engine, runner = st.session_state["settings"], st.session_state["engine"], st.session_state["runner"]
+POLL_SECONDS = 1.5
 
 st.title("Runs")
-settings, engine = st.session_state["settings"], st.session_state["engine"]
+for message in st.session_state.pop("toasts", []):
+    st.toast(message, icon=":material/notifications:")
+
 with session(engine) as s:
-    recover_orphans(s)
-    s.commit()
-    runs = list_runs(s)
-    if not runs:
-        st.info("No runs yet. Start one from a terminal: `python -m pipeline run data/samples/seed.json`")
-        st.stop()
-    st.dataframe(
-        [{"run": r.id, "name": r.name, "status": r.status, "completed": r.completed, "failed": r.failed,
-          "blocked": r.blocked, "total": r.total, "cost ($)": round(r.cost_usd, 4),
-          "providers": ", ".join(r.config.get("providers", [])), "created": r.created_at} for r in runs],
-        hide_index=True,
-    )
-    chosen = st.selectbox("Run", [r.id for r in runs], format_func=lambda i: f"Run {i}")
-    run = next(r for r in runs if r.id == chosen)
-    config = run.config
-    st.caption(
-        f"Provider: {', '.join(component_label(providers, p) for p in config.get('providers', []))} · "
-        f"judge: {component_label(judges, config.get('judge', ''))} · refiner: {component_label(refiners, config.get('refiner', ''))} · "
-        f"output: `{output_dir_of(settings, run)}`"
-    )
+    summaries = run_summaries(s)
+if not summaries:
+    st.info("No runs yet. Start one on the **New run** page (no keys needed: the offline stack works anywhere).")
+    st.page_link("pages/new_run.py", label="New run", icon=":material/add_circle:")
+    st.stop()
+
+ids = [r.id for r in summaries]
+if st.session_state.get("runs_selected") not in ids:
+    st.session_state["runs_selected"] = ids[0]
+selected = st.selectbox("Run", ids, key="runs_selected",
+                        format_func=lambda i: next(f"Run {r.id} · {r.name} · {r.status}" for r in summaries if r.id == i))
+chosen = next(r for r in summaries if r.id == selected)
+
+# Controls for the chosen run (outside the polling fragment, so a tick never races a click).
+controls = st.columns([1, 1, 1, 3])
+if chosen.status in ACTIVE_RUN_STATUSES:
+    if controls[0].button("Cancel", icon=":material/stop:", help="Take no new prompts; steps in flight finish. Resumable."):
+        status = runner.cancel(chosen.id)
+        st.session_state.setdefault("toasts", []).append(f"Run {chosen.id}: cancel requested ({status})")
+        st.rerun()
+else:
+    retry = chosen.failed + chosen.blocked > 0
+    can_resume = chosen.status in ("interrupted", "cancelled", "failed") or (chosen.status == "completed" and retry)
+    retry_failed = controls[1].checkbox("Retry failed and blocked", value=chosen.status == "completed", disabled=not retry)
+    if controls[0].button("Resume", icon=":material/play_arrow:", disabled=not can_resume,
+                          help="Queue the run again: only unfinished steps are done."):
+        try:
+            with session(engine) as s:
+                claim_for_resume(s, get_run(s, chosen.id), retry_failed=retry_failed)
+                s.commit()
+            runner.wake()
+            st.session_state.setdefault("toasts", []).append(f"Run {chosen.id} queued again")
+        except RunStateError as e:
+            st.session_state.setdefault("toasts", []).append(str(e))
+        st.rerun()
+
+
+def run_row(r) -> None:  # type: ignore[no-untyped-def]
+    with st.container(border=True):
+        head, numbers = st.columns([3, 2])
+        head.markdown(f"**Run {r.id}** · {r.name}  \n{display.status(r.status)} · "
+                      f"{', '.join(display.component_label('providers', p) for p in r.config.get('providers', []))}")
+        numbers.markdown(f"{r.done}/{r.total} done · **{r.failed}** failed · **{r.blocked}** blocked  \n"
+                         f"elapsed {display.duration(r.elapsed_s)} · cost {display.money(r.cost_usd)}")
+        st.progress(r.fraction, text=f"{r.completed} completed of {r.total}" + (f" · {r.running} in progress" if r.running else ""))
+        if r.error:
+            st.error(r.error)
+
+
+@st.fragment(run_every=POLL_SECONDS if any(r.active for r in summaries) else None)
+def live() -> None:
+    """Redrawn on a timer while a run is queued or running; a full rerun stops the timer at the end."""
+    with session(engine) as s:
+        now = run_summaries(s)
+        chosen_items = item_states(s, st.session_state["runs_selected"])
+    seen = st.session_state.setdefault("runs_seen_status", {})
+    finished = []
+    for r in now:
+        if seen.get(r.id) in ACTIVE_RUN_STATUSES and not r.active:
+            finished.append(f"Run {r.id} {r.status}: {r.completed} completed, {r.failed} failed, {r.blocked} blocked")
+        seen[r.id] = r.status
+    for r in now[:10]:
+        run_row(r)
+    if len(now) > 10:
+        with st.expander(f"{len(now) - 10} older run(s)"):
+            st.dataframe([{"run": r.id, "name": r.name, "status": r.status, "done": r.done, "total": r.total,
+                           "cost": display.money(r.cost_usd)} for r in now[10:]], hide_index=True)
+    st.subheader(f"Prompts of run {st.session_state['runs_selected']}")
     st.dataframe(
         [{"prompt": x.prompt_key, "title": x.title, "status": x.status, "iterations": x.iterations,
-          "best": x.final_iteration, "score": x.best_score, "cost ($)": round(x.cost_usd, 4), "error": x.error}
-         for x in item_states(s, run.id)],
-        hide_index=True,
+          "best": x.final_iteration, "score": x.best_score, "cost": display.money(x.cost_usd), "error": x.error}
+         for x in chosen_items],
+        hide_index=True, width="stretch",
+        column_config={"score": st.column_config.NumberColumn(format="%.2f"), "error": st.column_config.TextColumn(width="large")},
     )
+    if finished:
+        st.session_state.setdefault("toasts", []).extend(finished)
+        if not any(r.active for r in now):
+            st.rerun()  # full rerun: shows the toasts and stops the timer
+        for message in st.session_state.pop("toasts", []):
+            st.toast(message, icon=":material/notifications:")
+
+
+live()

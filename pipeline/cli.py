@@ -80,7 +80,11 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="write a zip of a run's images and a manifest")
     export.add_argument("run_id", type=int)
     export.add_argument("--out", type=Path, required=True, help="the zip file to write")
-    export.add_argument("--approved-only", action="store_true", help="only images whose latest decision is approved")
+    chosen = export.add_mutually_exclusive_group()
+    chosen.add_argument("--approved-only", action="store_const", dest="selection", const="approved",
+                        help="only images whose latest decision is approved")
+    chosen.add_argument("--best", action="store_const", dest="selection", const="best", help="each prompt's best-scoring iteration")
+    export.set_defaults(selection="all")
     return parser
 
 
@@ -148,7 +152,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
         if output_dir is not None:
             check_output_dir_unclaimed(settings, s, output_dir)
         prompt_set = import_prompt_set(s, spec)
-        run = create_run(s, settings, prompt_set, config, output_dir=output_dir, name=args.name)
+        run = create_run(s, settings, prompt_set, config, output_dir=output_dir, name=args.name, claim=True)
         s.commit()
         run_id = run.id
     log.info("run %s created from %s (%d prompts); log file %s", run_id, args.prompt_set, len(spec.prompts), log_path)
@@ -161,7 +165,7 @@ def cmd_resume(args: argparse.Namespace, settings: Settings, out: TextIO) -> int
     with session(engine) as s:
         recover_orphans(s)
         run = get_run(s, args.run_id)
-        claim_for_resume(s, run, retry_failed=args.retry_failed)
+        claim_for_resume(s, run, retry_failed=args.retry_failed, claim=True)
         config = RunConfig.from_dict(run.config)
         if args.concurrency is not None:
             config.concurrency = args.concurrency
@@ -212,7 +216,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings, out: TextIO) -> int
 def cmd_export(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     engine = open_database(settings)
     with session(engine) as s:
-        result = build_zip(s, settings, [args.run_id], args.out, approved_only=args.approved_only)
+        result = build_zip(s, settings, [args.run_id], args.out, selection=args.selection)
     print(f"Wrote {result.path}: {result.images} image(s), {result.bytes_written:,} bytes", file=out)
     return EXIT_OK
 

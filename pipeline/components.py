@@ -28,7 +28,10 @@ class Component(ABC):
     kind: ClassVar[str]  # "providers" | "judges" | "refiners": the configuration table they read
     label: ClassVar[str] = ""  # shown wherever the component appears; offline ones say so
     offline: ClassVar[bool] = False
-    key_env_var: ClassVar[str | None] = None
+    key_env_var: ClassVar[str | None] = None  # the secret it needs; its value is never logged or stored
+    base_url_env_var: ClassVar[str | None] = None  # override for proxies, self-hosting and tests
+    default_base_url: ClassVar[str] = ""
+    required_env_vars: ClassVar[tuple[str, ...]] = ()  # other settings it cannot work without
 
     def __init__(self, settings: dict[str, Any] | None = None) -> None:
         self.settings = dict(settings or {})

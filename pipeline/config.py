@@ -78,6 +78,11 @@ class Settings:
     def exports_dir(self) -> Path:
         return self.data_dir / "exports"
 
+    @property
+    def samples_dir(self) -> Path:
+        """The sample prompt sets shipped with the code (not under a custom data folder)."""
+        return PROJECT_DIR / "data" / "samples"
+
     # ---- Configuration values ---------------------------------------------------------------
     def section(self, *keys: str) -> dict[str, Any]:
         """A nested table of the configuration, ``{}`` when absent."""

@@ -24,13 +24,20 @@ from sqlmodel import Session, col, select
 from .config import Settings
 from .errors import ExportError
 from .files import atomic_file
-from .models import Evaluation, Iteration, Prompt, Rating, RunItem
+from .models import Evaluation, Iteration, Prompt, Rating, RunItem, utcnow
 from .runs import get_run, output_dir_of
 
 MANIFEST_FIELDS = [
     "run_id", "prompt_id", "title", "scene", "mood", "final_prompt", "iteration", "file", "provider", "model", "seed",
     "judge_score", "stars", "decision", "reviewer", "note", "cost_usd", "sha256",
 ]
+
+
+SELECTIONS = {
+    "approved": "approved images (latest decision)",
+    "best": "each prompt's best-scoring iteration",
+    "all": "every generated image",
+}
 
 
 @dataclass(frozen=True)
@@ -52,7 +59,12 @@ def latest_ratings(s: Session, iteration_ids: list[int]) -> dict[int, Rating]:
     return {r.iteration_id: r for r in rows}
 
 
-def manifest_rows(s: Session, settings: Settings, run_ids: list[int], *, approved_only: bool) -> list[dict[str, Any]]:
+def manifest_rows(s: Session, settings: Settings, run_ids: list[int], *, selection: str = "approved") -> list[dict[str, Any]]:
+    """One row per image to export; ``selection`` is a key of :data:`SELECTIONS`."""
+    if selection not in SELECTIONS:
+        raise ExportError(f"selection {selection!r} is not one of {', '.join(SELECTIONS)}")
+    if not run_ids:
+        raise ExportError("choose at least one run to export")
     runs = {rid: get_run(s, rid) for rid in run_ids}
     rows = s.exec(
         select(Iteration, RunItem, Prompt, Evaluation)
@@ -67,7 +79,9 @@ def manifest_rows(s: Session, settings: Settings, run_ids: list[int], *, approve
     out = []
     for it, item, prompt, ev in rows:
         rating = ratings.get(it.id)
-        if approved_only and (rating is None or rating.decision != "approved"):
+        if selection == "approved" and (rating is None or rating.decision != "approved"):
+            continue
+        if selection == "best" and it.number != item.final_iteration:
             continue
         folder = f"run_{item.run_id}/{prompt.key}" if prefix_runs else prompt.key
         out.append({
@@ -82,12 +96,13 @@ def manifest_rows(s: Session, settings: Settings, run_ids: list[int], *, approve
     return out
 
 
-def build_zip(s: Session, settings: Settings, run_ids: list[int], dest: Path, *, approved_only: bool = True) -> ExportResult:
-    rows = manifest_rows(s, settings, run_ids, approved_only=approved_only)
+def build_zip(s: Session, settings: Settings, run_ids: list[int], dest: Path, *, selection: str = "approved") -> ExportResult:
+    rows = manifest_rows(s, settings, run_ids, selection=selection)
     runs_text = ", ".join(str(r) for r in run_ids)
     if not rows:
-        what = "approved images" if approved_only else "generated images"
-        raise ExportError(f"run {runs_text} has no {what} to export; nothing was written")
+        what = {"approved": "approved images", "best": "scored images", "all": "generated images"}[selection]
+        raise ExportError(f"run{'s' if len(run_ids) > 1 else ''} {runs_text} {'have' if len(run_ids) > 1 else 'has'} "
+                          f"no {what} to export; nothing was written")
     missing = [str(r["_source"]) for r in rows if not r["_source"].is_file()]
     if missing:
         listed = "\n  ".join(missing[:10]) + (f"\n  … and {len(missing) - 10} more" if len(missing) > 10 else "")
@@ -102,6 +117,12 @@ def build_zip(s: Session, settings: Settings, run_ids: list[int], dest: Path, *,
         writer.writeheader()
         writer.writerows(public)
         zf.writestr("manifest.csv", text.getvalue(), compress_type=zipfile.ZIP_DEFLATED)
-        zf.writestr("manifest.json", json.dumps({"runs": run_ids, "approved_only": approved_only, "images": public},
+        zf.writestr("manifest.json", json.dumps({"runs": run_ids, "selection": selection, "images": public},
                                                 indent=2, ensure_ascii=False), compress_type=zipfile.ZIP_DEFLATED)
     return ExportResult(path=dest, images=len(rows), bytes_written=dest.stat().st_size)
+
+
+def export_path(settings: Settings, run_ids: list[int], selection: str) -> Path:
+    """Where the dashboard writes an export: ``data/exports/darkroom_run-1-2_approved_<time>.zip``."""
+    stamp = utcnow().strftime("%Y%m%d_%H%M%S_%f")
+    return settings.exports_dir / f"darkroom_run-{'-'.join(str(r) for r in sorted(run_ids))}_{selection}_{stamp}.zip"

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from sqlmodel import Session, select
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
 
 from .errors import InputError
-from .models import DECISIONS, Iteration, Rating, utcnow
+from .models import DECISIONS, Iteration, Rating, RunItem, utcnow
 
 _UNSET = object()
+
+
+def _find(s: Session, iteration_id: int, reviewer: str) -> Rating | None:
+    return s.exec(select(Rating).where(Rating.iteration_id == iteration_id, Rating.reviewer == reviewer)).first()
 
 
 def rate(s: Session, iteration_id: int, reviewer: str, *, stars: int | None | object = _UNSET,
@@ -22,9 +27,16 @@ def rate(s: Session, iteration_id: int, reviewer: str, *, stars: int | None | ob
         raise InputError(f"stars: {stars!r} is not a whole number from 1 to 5")
     if decision is not _UNSET and decision not in DECISIONS:
         raise InputError(f"decision: {decision!r} is not one of {', '.join(DECISIONS)}")
-    rating = s.exec(select(Rating).where(Rating.iteration_id == iteration_id, Rating.reviewer == reviewer)).first()
+    rating = _find(s, iteration_id, reviewer)
     if rating is None:
-        rating = Rating(iteration_id=iteration_id, reviewer=reviewer)
+        # Two tabs of one reviewer may insert at once: the loser of the unique key updates instead.
+        try:
+            with s.begin_nested():
+                rating = Rating(iteration_id=iteration_id, reviewer=reviewer)
+                s.add(rating)
+                s.flush()
+        except IntegrityError:
+            rating = _find(s, iteration_id, reviewer)
     if stars is not _UNSET:
         rating.stars = stars  # type: ignore[assignment]
     if decision is not _UNSET:
@@ -34,3 +46,23 @@ def rate(s: Session, iteration_id: int, reviewer: str, *, stars: int | None | ob
     rating.rated_at = utcnow()
     s.add(rating)
     return rating
+
+
+def best_iterations(s: Session, min_score: float, run_ids: tuple[int, ...] = ()) -> list[int]:
+    """The best iteration of every prompt whose best score is at least ``min_score`` (all runs if none given)."""
+    q = (
+        select(Iteration.id).join(RunItem, RunItem.id == Iteration.run_item_id)
+        .where(Iteration.number == RunItem.final_iteration, Iteration.status == "ok", col(RunItem.best_score) >= min_score)
+        .order_by(RunItem.run_id, RunItem.id)
+    )
+    if run_ids:
+        q = q.where(col(RunItem.run_id).in_(run_ids))
+    return list(s.exec(q).all())
+
+
+def approve_best(s: Session, reviewer: str, min_score: float, run_ids: tuple[int, ...] = ()) -> int:
+    """Approve, as ``reviewer``, the best iteration of every prompt scoring at least ``min_score``."""
+    ids = best_iterations(s, min_score, run_ids)
+    for iteration_id in ids:
+        rate(s, iteration_id, reviewer, decision="approved")
+    return len(ids)

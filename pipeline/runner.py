@@ -89,6 +89,11 @@ class RunExecutor:
             log.warning("run %s: stopping: no new work; in-flight steps finish (interrupt again to cancel them)", self.run_id)
         self._stop = True
 
+    def cancel(self) -> None:
+        """A user's cancel: like :meth:`request_stop`, but the run ends ``cancelled``."""
+        self._cancelled_by_user = True
+        self.request_stop()
+
     def abort(self) -> None:
         self._stop = True
         log.warning("run %s: cancelling in-flight steps", self.run_id)
@@ -172,8 +177,7 @@ class RunExecutor:
                 s.commit()
                 if run.cancel_requested and not self._stop:
                     log.warning("run %s: cancel requested", self.run_id)
-                    self._cancelled_by_user = True
-                    self.request_stop()
+                    self.cancel()
 
     def _step_done(self) -> None:
         self._steps += 1

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func
+from sqlalchemy import func, update
 from sqlmodel import Session, col, select
 
 from .config import Settings
@@ -126,9 +126,15 @@ def output_dir_of(settings: Settings, run: Run) -> Path:
 
 
 def create_run(s: Session, settings: Settings, prompt_set: PromptSet, config: RunConfig, *,
-               output_dir: Path | None = None, name: str = "") -> Run:
-    """Queue a run of every prompt in ``prompt_set``. ``output_dir`` defaults to ``data/runs/<id>``."""
+               output_dir: Path | None = None, name: str = "", claim: bool = False) -> Run:
+    """Queue a run of every prompt in ``prompt_set``. ``output_dir`` defaults to ``data/runs/<id>``.
+
+    ``claim=True`` (the CLI, which executes the run itself) creates it already owned by this
+    process, so a dashboard's background runner sharing the database never picks it up.
+    """
     run = Run(prompt_set_id=prompt_set.id, name=name or prompt_set.name, config=config.to_dict(), status="queued")
+    if claim:
+        _claim(run)
     s.add(run)
     s.flush()
     run.output_dir = stored_output_dir(settings, output_dir or settings.runs_dir / str(run.id))
@@ -198,6 +204,68 @@ def item_states(s: Session, run_id: int) -> list[ItemState]:
     ]
 
 
+@dataclass(frozen=True)
+class RunSummary:
+    """A run as the Runs page shows it: counts straight from its prompts, so they are live."""
+
+    id: int
+    name: str
+    status: str
+    total: int
+    completed: int
+    failed: int
+    blocked: int
+    running: int
+    cost_usd: float
+    elapsed_s: float | None
+    created_at: datetime
+    config: dict[str, Any]
+    error: str
+
+    @property
+    def done(self) -> int:
+        return self.completed + self.failed + self.blocked
+
+    @property
+    def fraction(self) -> float:
+        return self.done / self.total if self.total else 0.0
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE_RUN_STATUSES
+
+
+ACTIVE_RUN_STATUSES = ("queued", "running")
+
+
+def run_summaries(s: Session, limit: int = 50, now: datetime | None = None) -> list[RunSummary]:
+    """The newest runs with their live counts and cost: three queries whatever the number of runs."""
+    runs = list_runs(s, limit)
+    if not runs:
+        return []
+    ids = [r.id for r in runs]
+    counts: dict[int, dict[str, int]] = {}
+    for run_id, status, n in s.exec(
+        select(RunItem.run_id, RunItem.status, func.count()).where(col(RunItem.run_id).in_(ids)).group_by(RunItem.run_id, RunItem.status)
+    ).all():
+        counts.setdefault(run_id, {})[status] = n
+    costs = dict(s.exec(
+        select(ProviderCall.run_id, func.coalesce(func.sum(ProviderCall.cost_usd), 0.0))
+        .where(col(ProviderCall.run_id).in_(ids)).group_by(ProviderCall.run_id)
+    ).all())
+    now = now or utcnow()
+    out = []
+    for r in runs:
+        c = counts.get(r.id, {})
+        elapsed = ((r.finished_at or now) - r.started_at).total_seconds() if r.started_at else None
+        out.append(RunSummary(
+            id=r.id, name=r.name, status=r.status, total=sum(c.values()), completed=c.get("completed", 0), failed=c.get("failed", 0),
+            blocked=c.get("blocked", 0), running=c.get("running", 0), cost_usd=float(costs.get(r.id) or 0.0), elapsed_s=elapsed,
+            created_at=r.created_at, config=r.config, error=r.error,
+        ))
+    return out
+
+
 def refresh_counts(s: Session, run: Run) -> None:
     """Recompute the run's counts and cost from its items and calls (derived, never drifted)."""
     counts = dict(s.exec(select(RunItem.status, func.count()).where(RunItem.run_id == run.id).group_by(RunItem.status)).all())
@@ -231,8 +299,26 @@ def recover_orphans(s: Session) -> list[int]:
     return recovered
 
 
-def claim_for_resume(s: Session, run: Run, *, retry_failed: bool = False) -> None:
-    """Check that ``run`` can be resumed and make it queued again."""
+def _claim(run: Run) -> None:
+    run.status, run.owner, run.heartbeat_at = "running", this_owner(), utcnow()
+
+
+def claim_next_queued(s: Session) -> int | None:
+    """Take the oldest queued run for this process, or None. Atomic: of several processes
+    sharing the database, exactly one gets each run."""
+    for run_id in s.exec(select(Run.id).where(Run.status == "queued").order_by(Run.id)).all():
+        taken = s.execute(
+            update(Run).where(Run.id == run_id, Run.status == "queued")
+            .values(status="running", owner=this_owner(), heartbeat_at=utcnow())
+        )
+        s.commit()
+        if taken.rowcount == 1:  # type: ignore[attr-defined]
+            return run_id
+    return None
+
+
+def claim_for_resume(s: Session, run: Run, *, retry_failed: bool = False, claim: bool = False) -> None:
+    """Check that ``run`` can be resumed and queue it again (``claim=True``: owned by this process)."""
     if run.status == "running" and owner_alive(run):
         raise RunStateError(f"run {run.id} is being executed right now by {run.owner}")
     if run.status == "completed" and not retry_failed:
@@ -241,6 +327,8 @@ def claim_for_resume(s: Session, run: Run, *, retry_failed: bool = False) -> Non
         for item in s.exec(select(RunItem).where(RunItem.run_id == run.id, col(RunItem.status).in_(("failed", "blocked")))):
             item.status, item.error_kind, item.error_message, item.finished_at = "pending", "", "", None
     run.status, run.cancel_requested, run.error, run.finished_at = "queued", False, "", None
+    if claim:
+        _claim(run)
 
 
 def request_cancel(s: Session, run_id: int) -> Run:

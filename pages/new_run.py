@@ -1,0 +1,103 @@
+"""New run: upload (or pick) a prompt set, check it, choose the services, see the cost, launch."""
+
+import streamlit as st
+
+from pipeline import display
+from pipeline.catalog import configured_names
+from pipeline.db import session
+from pipeline.errors import InputError, PromptSetInvalid
+from pipeline.estimate import estimate_run
+from pipeline.promptset import DEFAULT_TEMPLATE, Limits, compose_prompt, parse_bytes
+from pipeline.runs import RunConfig, create_run, import_prompt_set
+
+settings, engine, runner = st.session_state["settings"], st.session_state["engine"], st.session_state["runner"]
+run_defaults = settings.section("run")
+template = str(settings.section("prompt").get("template") or DEFAULT_TEMPLATE)
+
+st.title("New run")
+source = st.segmented_control("Prompt set from", ["Upload", "Samples"], default="Upload", key="new_run_source")
+raw: bytes | None = None
+name = ""
+if source == "Samples":
+    samples = sorted(settings.samples_dir.glob("*.json"))
+    sample = st.selectbox("Sample prompt set", samples, format_func=lambda p: p.name)
+    if sample is not None:
+        raw, name = sample.read_bytes(), sample.name
+else:
+    upload = st.file_uploader("Prompt set (JSON)", type=["json"],
+                              help="A JSON list of prompts with id, title, scene, mood and prompt (see the README).")
+    if upload is not None:
+        raw, name = upload.getvalue(), upload.name
+if raw is None:
+    st.info("Upload a prompt set, or pick one of the samples, to see its prompts and launch a run.")
+    st.stop()
+
+try:
+    spec = parse_bytes(raw, Limits.from_settings(settings), source=name)
+except PromptSetInvalid as e:
+    st.error(f"**{name}** has {len(e.problems)} problem(s). Fix them and upload the file again; nothing was saved.")
+    st.dataframe([{"where (JSON path)": p.path or "(whole file)", "problem": p.message} for p in e.problems],
+                 hide_index=True, width="stretch")
+    st.stop()
+
+st.subheader(f"{spec.name}: {len(spec.prompts)} prompt(s)")
+st.dataframe(
+    [{"id": p.id, "title": p.title, "scene": p.scene, "mood": p.mood, "prompt": p.prompt,
+      "sent to the provider": compose_prompt(p, template), "tags": ", ".join(p.tags)}
+     for p in spec.prompts],
+    hide_index=True, width="stretch", height=min(420, 38 + 35 * len(spec.prompts)),
+)
+
+st.subheader("Services and loop")
+provider_names = configured_names("providers")
+judge_names, refiner_names = configured_names("judges"), configured_names("refiners")
+left, right = st.columns(2)
+with left:
+    chain = st.multiselect(
+        "Provider chain (in order)", provider_names, default=[n for n in ["offline"] if n in provider_names],
+        format_func=lambda n: display.component_label("providers", n),
+        help="The first provider generates the images; the order is kept with the run. Only configured services are offered "
+             "(see Settings).",
+    )
+    judge = st.selectbox("Judge", judge_names, index=judge_names.index("offline") if "offline" in judge_names else 0,
+                         format_func=lambda n: display.component_label("judges", n))
+    refiner = st.selectbox("Refiner", refiner_names, index=refiner_names.index("offline") if "offline" in refiner_names else 0,
+                           format_func=lambda n: display.component_label("refiners", n))
+with right:
+    iterations = st.slider("Iterations per prompt", 1, int(run_defaults.get("max_iterations", 5)), int(run_defaults.get("iterations", 2)))
+    stop_early = st.toggle("Stop a prompt early at a target score")
+    target = st.slider("Target judge score", 0.0, 10.0, 8.0, 0.5, disabled=not stop_early)
+    concurrency = st.number_input("Prompts at once", 1, int(run_defaults.get("max_concurrency", 32)),
+                                  int(run_defaults.get("concurrency", 3)))
+    run_name = st.text_input("Run name", value=spec.name)
+
+config = RunConfig(providers=chain, judge=judge or "", refiner=refiner or "", iterations=iterations,
+                   target_score=target if stop_early else None, concurrency=int(concurrency))
+problem = ""
+try:
+    config.validate(settings)
+except InputError as e:
+    problem = str(e).replace("--providers", "Provider chain").replace("--", "")
+
+if not problem:
+    estimate = estimate_run(settings, config, spec.prompts)
+    a, b, c = st.columns(3)
+    a.metric("Calls (at most)", f"{estimate.calls:,}",
+             help=f"{estimate.generations} generations, {estimate.evaluations} judgements, {estimate.refinements} refinements")
+    b.metric("Estimated cost (at most)", display.money(estimate.cost_usd), help="From the price table in the configuration.")
+    c.metric("Prompts", len(spec.prompts))
+    if estimate.unpriced:
+        st.warning(f"No price in the configuration for {', '.join(estimate.unpriced)}; their calls are not in the estimate.")
+else:
+    st.error(problem)
+
+if st.button("Launch run", type="primary", disabled=bool(problem)):
+    with session(engine) as s:
+        prompt_set = import_prompt_set(s, spec)
+        run = create_run(s, settings, prompt_set, config, name=run_name.strip())
+        s.commit()
+        run_id = run.id
+    runner.wake()
+    st.session_state["runs_selected"] = run_id
+    st.session_state.setdefault("toasts", []).append(f"Run {run_id} queued: {len(spec.prompts)} prompts")
+    st.switch_page("pages/runs.py")

@@ -1,0 +1,41 @@
+"""Providers: success, latency, outcomes and cost from the call log; how the judge agrees with reviewers."""
+
+import streamlit as st
+
+from pipeline import charts, stats
+from pipeline.db import session
+
+engine = st.session_state["engine"]
+
+st.title("Providers")
+with session(engine) as s:
+    calls = stats.calls(s)
+    costs = stats.cost_by_run(s)
+    scored = stats.scores(s)
+    starred = stats.stars_against_scores(s)
+if not calls:
+    st.info("No calls logged yet. Charts of success rate, latency, outcomes and cost appear here once a run has started.")
+    st.stop()
+
+ok = sum(c.outcome == "ok" for c in calls)
+a, b, c, d = st.columns(4)
+a.metric("Calls logged", f"{len(calls):,}")
+b.metric("Succeeded", f"{ok / len(calls):.1%}")
+c.metric("Spent", f"${sum(x.cost_usd for x in calls):,.4f}")
+d.metric("Runs", len(costs))
+
+left, right = st.columns(2)
+left.plotly_chart(charts.success_rate(calls), width="stretch")
+right.plotly_chart(charts.latency(calls), width="stretch")
+left.plotly_chart(charts.outcomes(calls), width="stretch")
+right.plotly_chart(charts.cost(costs), width="stretch")
+if scored:
+    left.plotly_chart(charts.score_distribution(scored), width="stretch")
+with right:
+    if starred:
+        st.plotly_chart(charts.stars_vs_score(starred), width="stretch")
+        rho = stats.spearman([x for x, _, _ in starred], [float(y) for _, y, _ in starred])
+        st.caption(f"Rank agreement (Spearman ρ) between judge and reviewers: {rho:.2f} over {len(starred)} rating(s)"
+                   if rho is not None else "Too few starred images to measure agreement yet (at least 3 with different values).")
+    else:
+        st.info("Star some images in the Gallery to see how well the judge agrees with the reviewers.")

@@ -1,0 +1,36 @@
+"""Settings: which services are configured (never showing a key), and where things are kept."""
+
+import streamlit as st
+from sqlalchemy.engine import make_url
+
+from pipeline.catalog import catalog
+
+settings = st.session_state["settings"]
+
+st.title("Settings")
+st.subheader("Services")
+st.caption("Keys come from environment variables or `.streamlit/secrets.toml` (root-level keys; see "
+           "`.streamlit/secrets.toml.example`). Only whether a key is present is shown, never its value.")
+kinds = {"providers": "Image provider", "judges": "Judge", "refiners": "Refiner"}
+st.dataframe(
+    [{"kind": kinds[i.kind], "name": i.display_name, "state": "ready" if i.configured else "missing " + ", ".join(i.missing),
+      "key": (f"{i.key_env_var}: {'present' if i.key_present else 'missing'}" if i.key_env_var else "none needed"),
+      "base URL": (f"{i.base_url or '(default)'}  [{i.base_url_env_var}]" if i.base_url_env_var else "–")}
+     for i in catalog()],
+    hide_index=True, width="stretch",
+)
+st.subheader("Storage")
+st.markdown(
+    f"- Data folder: `{settings.data_dir}` (`DARKROOM_DATA_DIR`)\n"
+    f"- Database: `{make_url(settings.database_url).render_as_string(hide_password=True)}` (`DARKROOM_DATABASE_URL`)\n"
+    f"- Run outputs: `{settings.runs_dir}` · exports: `{settings.exports_dir}` · logs: `{settings.logs_dir}`"
+)
+st.subheader("Defaults")
+run = settings.section("run")
+st.markdown(
+    f"- Iterations {run.get('iterations')} (at most {run.get('max_iterations')}), {run.get('concurrency')} prompts at once "
+    f"(at most {run.get('max_concurrency')})\n"
+    f"- Prompt template: `{settings.section('prompt').get('template')}`\n"
+    "- Model IDs and prices live in `pipeline/defaults.toml`; override them in `data/darkroom.toml` or the file named by "
+    "`DARKROOM_CONFIG`."
+)
