@@ -65,3 +65,13 @@ class FakeProvider(ImageProvider):
 
 
 providers.register(FakeProvider)
+
+
+class KeyedProvider(FakeProvider):
+    """A fake that needs a key, for checking how keys are reported (never shown)."""
+
+    name = "keyed"
+    label = "test fake with a key"
+    key_env_var = "KEYED_API_KEY"
+    base_url_env_var = "KEYED_BASE_URL"
+    default_base_url = "https://keyed.invalid"

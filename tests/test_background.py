@@ -1,0 +1,126 @@
+"""The dashboard's background runner: queued runs one after another, cancel, resume, recovery."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlmodel import select
+
+from pipeline.background import BackgroundRunner
+from pipeline.db import session
+from pipeline.models import Run, RunItem, utcnow
+from pipeline.runs import claim_for_resume, claim_next_queued, get_run
+from tests.conftest import create_run, make_prompts
+from tests.fakes import FakeProvider
+
+
+@pytest.fixture
+def runner(engine, settings) -> Iterator[BackgroundRunner]:  # type: ignore[no-untyped-def]
+    r = BackgroundRunner(engine, settings, poll_seconds=0.1)
+    yield r
+    r.stop()
+
+
+def wait_for(engine, run_id: int, statuses: tuple[str, ...], timeout: float = 60) -> Run:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while True:
+        with session(engine) as s:
+            run = get_run(s, run_id)
+        if run.status in statuses:
+            return run
+        assert time.monotonic() < deadline, f"run {run_id} still {run.status}"
+        time.sleep(0.05)
+
+
+def test_queued_runs_execute_one_after_another(runner, engine, settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    first = create_run(engine, settings, make_prompts(3), tmp_path, iterations=1)
+    second = create_run(engine, settings, make_prompts(2), tmp_path, iterations=1)
+    runner.start(log_to_file=False)
+    a = wait_for(engine, first, ("completed",))
+    b = wait_for(engine, second, ("completed",))
+    assert (a.completed, b.completed) == (3, 2)
+    assert b.started_at >= a.finished_at
+    assert runner.alive
+
+
+def test_cancel_finishes_in_flight_steps_and_resume_repeats_none(runner, engine, settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    FakeProvider.delays = {f"p{i:03d}": 0.15 for i in range(8)}
+    run_id = create_run(engine, settings, make_prompts(8), tmp_path, providers=["fake"], iterations=1, concurrency=1)
+    runner.start(log_to_file=False)
+    deadline = time.monotonic() + 30
+    while True:
+        with session(engine) as s:
+            done = len(s.exec(select(RunItem).where(RunItem.run_id == run_id, RunItem.status == "completed")).all())
+        if done >= 1:
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    runner.cancel(run_id)
+    run = wait_for(engine, run_id, ("cancelled",))
+    with session(engine) as s:
+        statuses = Counter(i.status for i in s.exec(select(RunItem).where(RunItem.run_id == run_id)))
+    assert statuses["completed"] < 8 and statuses["running"] == 0
+    assert statuses["completed"] + statuses["pending"] == 8
+
+    with session(engine) as s:
+        claim_for_resume(s, get_run(s, run_id))
+        s.commit()
+    runner.wake()
+    run = wait_for(engine, run_id, ("completed",))
+    assert run.completed == 8
+    generated = Counter(r.prompt_id for r in FakeProvider.history)
+    assert set(generated.values()) == {1}, "a finished prompt was generated again"
+
+
+def test_cancel_of_a_queued_run_takes_effect_at_once(runner, engine, settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    run_id = create_run(engine, settings, make_prompts(2), tmp_path)
+    assert runner.cancel(run_id) == "cancelled"
+    runner.start(log_to_file=False)
+    time.sleep(0.3)
+    with session(engine) as s:
+        assert get_run(s, run_id).status == "cancelled"
+    assert FakeProvider.history == []
+
+
+def test_start_marks_runs_of_dead_processes_interrupted(engine, settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    run_id = create_run(engine, settings, make_prompts(2), tmp_path)
+    with session(engine) as s:
+        run = get_run(s, run_id)
+        run.status, run.owner, run.heartbeat_at = "running", "another-host:4242", utcnow() - timedelta(minutes=5)
+        s.commit()
+    runner = BackgroundRunner(engine, settings, poll_seconds=0.1)
+    try:
+        assert runner.start(log_to_file=False) == [run_id]
+        with session(engine) as s:
+            assert get_run(s, run_id).status == "interrupted"
+    finally:
+        runner.stop()
+
+
+def test_a_queued_run_is_claimed_by_exactly_one_process(engine, settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    run_id = create_run(engine, settings, make_prompts(1), tmp_path)
+    with session(engine) as s:
+        assert claim_next_queued(s) == run_id
+    with session(engine) as s:
+        assert claim_next_queued(s) is None
+        assert get_run(s, run_id).status == "running"
+
+
+def test_runs_the_cli_executes_are_never_taken_by_the_dashboard(engine, settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from pipeline.promptset import load_file
+    from pipeline.runs import RunConfig, import_prompt_set
+    from pipeline.runs import create_run as create
+    from tests.conftest import write_prompt_set
+
+    spec = load_file(write_prompt_set(tmp_path / "s.json", make_prompts(1)))
+    with session(engine) as s:
+        run = create(s, settings, import_prompt_set(s, spec), RunConfig(), claim=True)
+        s.commit()
+        assert run.status == "running"
+    with session(engine) as s:
+        assert claim_next_queued(s) is None

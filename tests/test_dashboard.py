@@ -1,0 +1,254 @@
+"""Every dashboard page through Streamlit's AppTest (no browser), over a real database."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from sqlmodel import func, select
+from streamlit.testing.v1 import AppTest
+
+from pipeline.db import open_database, session
+from pipeline.models import Iteration, PromptSet, Rating, Run
+from tests.conftest import ROOT, make_prompts, run_cli, write_prompt_set
+
+PAGES = ["new_run", "runs", "gallery", "export", "providers", "settings"]
+TITLES = {"new_run": "New run", "runs": "Runs", "gallery": "Gallery", "export": "Export", "providers": "Providers",
+          "settings": "Settings"}
+
+AppFactory = Callable[..., AppTest]
+
+
+@pytest.fixture
+def app() -> Iterator[AppFactory]:
+    """A fresh AppTest per call; process-wide singletons (engine, runner thread) are released after the test."""
+    st.cache_resource.clear()
+
+    def make(page: str | None = None, reviewer: str = "") -> AppTest:
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=30)
+        if reviewer:
+            at.session_state["reviewer"] = reviewer
+        at.run()
+        if page:
+            at.switch_page(f"pages/{page}.py").run()
+        assert not at.exception, [e.value for e in at.exception]
+        return at
+
+    yield make
+    st.cache_resource.clear()  # on_release stops the background runner
+
+
+@pytest.fixture
+def seeded(tmp_path: Path) -> Path:
+    """Two runs on the offline stack: 6 tagged prompts × 2 iterations, and 2 more prompts × 1."""
+    prompts = make_prompts(6)
+    for i, p in enumerate(prompts):
+        p["tags"] = ["night"] if i % 2 else ["day"]
+    assert run_cli("run", write_prompt_set(tmp_path / "a.json", prompts), "--iterations", "2").code == 0
+    assert run_cli("run", write_prompt_set(tmp_path / "b.json", make_prompts(2)), "--iterations", "1").code == 0
+    return tmp_path
+
+
+def db():  # type: ignore[no-untyped-def]
+    from pipeline.config import Settings
+
+    return open_database(Settings.from_env())
+
+
+def texts(at: AppTest) -> str:
+    parts = [e.value for kind in ("markdown", "caption", "info", "warning", "error", "success", "title", "subheader")
+             for e in getattr(at, kind)]
+    return "\n".join(str(p) for p in parts)
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_renders_on_an_empty_database(app: AppFactory, page: str) -> None:
+    at = app(page)
+    assert at.title[0].value == TITLES[page]
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_renders_on_a_seeded_database(app: AppFactory, seeded: Path, page: str) -> None:
+    at = app(page, reviewer="ana")
+    assert at.title[0].value == TITLES[page]
+    assert "No runs yet" not in texts(at) and "Nothing" not in texts(at)
+
+
+def test_navigation_has_the_six_pages_in_order() -> None:
+    source = (ROOT / "app.py").read_text()
+    titles = [line.split('title="')[1].split('"')[0] for line in source.splitlines() if "st.Page(" in line]
+    assert titles == ["New run", "Runs", "Gallery", "Export", "Providers", "Settings"]
+
+
+def test_invalid_upload_lists_every_problem_with_its_path_and_saves_nothing(app: AppFactory, settings) -> None:  # type: ignore[no-untyped-def]
+    at = app("new_run")
+    bad = {"prompts": [{"id": "a", "prompt": "x"}, {"id": "A", "prompt": ""}, {"title": "no id"}]}
+    at.file_uploader[0].set_value(("bad.json", json.dumps(bad).encode(), "application/json")).run()
+    assert not at.exception
+    assert "bad.json" in at.error[0].value and "nothing was saved" in at.error[0].value
+    table = at.dataframe[0].value
+    paths = table["where (JSON path)"].tolist()
+    assert "prompts[1].id" in paths and "prompts[2].id" in paths and "prompts[1].prompt" in paths
+    assert not [b for b in at.button if b.label == "Launch run"]
+    with session(db()) as s:
+        assert s.exec(select(func.count()).select_from(PromptSet)).one() == 0
+        assert s.exec(select(func.count()).select_from(Run)).one() == 0
+    assert not settings.runs_dir.exists()
+
+
+def test_valid_upload_previews_estimates_and_launches_a_run_the_background_thread_completes(app: AppFactory) -> None:
+    at = app("new_run")
+    prompts = make_prompts(3, title="Lantern", mood="calm")
+    at.file_uploader[0].set_value(("three.json", json.dumps({"prompts": prompts}).encode(), "application/json")).run()
+    assert not at.exception
+    preview = at.dataframe[0].value
+    assert preview["id"].tolist() == ["p000", "p001", "p002"]
+    assert preview["sent to the provider"][0].startswith("Lantern. A red lantern")
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Calls (at most)"] == "15"  # 3 prompts × (2 generations + 2 judgements + 1 refinement)
+    assert metrics["Estimated cost (at most)"] == "$0.0000"
+    assert "offline (offline" in at.multiselect[0].format_func("offline")
+    [launch] = [b for b in at.button if b.label == "Launch run"]
+    launch.click().run()
+    assert not at.exception
+    deadline = time.monotonic() + 60
+    while True:
+        with session(db()) as s:
+            run = s.exec(select(Run)).one()
+        if run.status == "completed" or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert (run.status, run.completed, run.total) == ("completed", 3, 3)
+    assert run.config["providers"] == ["offline"]
+
+
+def test_runs_page_shows_progress_prompts_and_offers_resume_only_when_it_applies(app: AppFactory, seeded: Path) -> None:
+    at = app("runs")
+    assert "8 completed" not in texts(at)  # runs are separate
+    assert "6/6 done" in texts(at) and "2/2 done" in texts(at)
+    prompts_table = at.dataframe[-1].value
+    assert prompts_table["prompt"].tolist() == ["p000", "p001"]  # newest run selected first
+    assert set(prompts_table["status"]) == {"completed"}
+    [resume] = [b for b in at.button if b.label == "Resume"]
+    assert resume.disabled  # completed with nothing failed: nothing to resume
+
+
+def gallery_count(at: AppTest) -> int:
+    caption = next(c.value for c in at.caption if "image(s)" in c.value)
+    return int(caption.split()[0].replace(",", ""))
+
+
+def test_gallery_filters_change_what_the_grid_shows(app: AppFactory, seeded: Path) -> None:
+    at = app("gallery", reviewer="ana")
+    assert gallery_count(at) == 14
+    assert len([b for b in at.button if b.label == "Open"]) == 14
+    at.multiselect(key="g_runs").set_value([1]).run()
+    assert gallery_count(at) == 12
+    at.multiselect(key="g_tags").set_value(["night"]).run()
+    assert gallery_count(at) == 6
+    at.toggle(key="g_best").set_value(True).run()
+    assert gallery_count(at) == 3
+    at.text_input(key="g_text").set_value("number 3").run()
+    assert gallery_count(at) == 1
+    at.text_input(key="g_text").set_value("no such words").run()
+    assert "No images match" in at.info[0].value
+
+
+def test_rating_and_decision_are_saved_with_the_reviewer_and_drive_the_filters(app: AppFactory, seeded: Path) -> None:
+    at = app("gallery", reviewer="ana")
+    next(b for b in at.button if b.label == "Open").click().run()
+    assert not at.exception
+    assert at.title[0].value.startswith("p000")  # newest run first: run 2's first prompt
+    it_id = int(next(b.key for b in at.button if b.key and b.key.startswith("approve-")).split("-")[1])
+    at.feedback(key=f"stars-{it_id}-ana").set_value(3).run()  # the fourth star (0-based)
+    at.button(key=f"approve-{it_id}").click().run()
+    at.text_input(key=f"note-{it_id}-ana").set_value("keep").run()
+    assert not at.exception
+    with session(db()) as s:
+        [rating] = s.exec(select(Rating)).all()
+    assert (rating.iteration_id, rating.reviewer, rating.stars, rating.decision, rating.note) == (it_id, "ana", 4, "approved", "keep")
+
+    grid = app("gallery", reviewer="ana")
+    grid.multiselect(key="g_decision").set_value(["approved"]).run()
+    assert gallery_count(grid) == 1
+    grid.multiselect(key="g_decision").set_value([]).run()
+    grid.multiselect(key="g_stars").set_value([4]).run()
+    assert gallery_count(grid) == 1
+
+
+def test_review_buttons_are_disabled_until_the_reviewer_gives_a_name(app: AppFactory, seeded: Path) -> None:
+    at = app("gallery")
+    next(b for b in at.button if b.label == "Open").click().run()
+    assert "Enter your name" in texts(at)
+    assert all(b.disabled for b in at.button if b.label in ("Approve", "Reject"))
+
+
+def test_detail_shows_the_refinement_diff_and_score_change(app: AppFactory, seeded: Path) -> None:
+    at = app("gallery", reviewer="ana")
+    at.multiselect(key="g_runs").set_value([1]).run()
+    next(b for b in at.button if b.label == "Open").click().run()
+    assert [m.label for m in at.metric] == ["Judge score", "Judge score"]
+    assert at.metric[1].delta is not None
+    html = " ".join(h.proto.body for h in at.get("html"))
+    assert "<ins" in html
+    assert any("words" in c.value for c in at.caption)
+
+
+def test_export_page_builds_a_zip_and_says_so_when_nothing_is_approved(app: AppFactory, seeded: Path, settings) -> None:  # type: ignore[no-untyped-def]
+    at = app("export")
+    at.button[0].click().run()
+    assert "no approved images" in at.warning[0].value
+    assert not list(settings.exports_dir.glob("*.zip"))
+    at.radio(key="export_selection").set_value("best").run()
+    next(b for b in at.button if b.label == "Build zip").click().run()
+    assert not at.exception
+    assert "2 image(s)" in at.success[0].value
+    [zip_path] = settings.exports_dir.glob("*.zip")
+    assert zip_path.name.startswith("darkroom_run-2_best_")
+    assert at.get("download_button")
+
+
+def test_providers_page_charts_the_call_log(app: AppFactory, seeded: Path) -> None:
+    at = app("providers")
+    assert len(at.get("plotly_chart")) == 5  # stars-vs-score waits for ratings
+    assert {m.label for m in at.metric} == {"Calls logged", "Succeeded", "Spent", "Runs"}
+    with session(db()) as s:
+        for i, it in enumerate(s.exec(select(Iteration)).all()):
+            s.add(Rating(iteration_id=it.id, reviewer="ana", stars=1 + i % 5))
+        s.commit()
+    at = app("providers")
+    assert len(at.get("plotly_chart")) == 6
+    assert any("Spearman" in c.value for c in at.caption)
+
+
+def test_settings_page_shows_whether_a_key_is_present_never_its_value(app: AppFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline import registry
+    from tests.fakes import KeyedProvider
+
+    registry.providers.register(KeyedProvider)
+    try:
+        monkeypatch.setenv("KEYED_API_KEY", "sk-test-SECRET-value-123")
+        at = app("settings")
+        table = at.dataframe[0].value
+        row = table[table["name"].str.startswith("keyed")].iloc[0]
+        assert row["key"] == "KEYED_API_KEY: present" and row["state"] == "ready"
+        assert "SECRET" not in table.to_csv() and "SECRET" not in texts(at)
+        monkeypatch.delenv("KEYED_API_KEY")
+        at = app("settings")
+        table = at.dataframe[0].value
+        assert table[table["name"].str.startswith("keyed")].iloc[0]["state"] == "missing KEYED_API_KEY"
+        new_run = app("new_run")
+        new_run.segmented_control(key="new_run_source").set_value("Samples").run()
+        offered = [str(o) for o in new_run.multiselect[0].options]
+        assert any(o.startswith("offline") for o in offered)
+        assert not any(o.startswith("keyed") for o in offered)  # only configured services are offered
+        monkeypatch.setenv("KEYED_API_KEY", "sk-test-SECRET-value-123")
+        new_run = app("new_run")
+        new_run.segmented_control(key="new_run_source").set_value("Samples").run()
+        assert any(str(o).startswith("keyed") for o in new_run.multiselect[0].options)
+    finally:
+        registry.providers.unregister("keyed")
