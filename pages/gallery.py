@@ -53,8 +53,13 @@ def full_size(iteration_id: int) -> None:
         st.error(f"The image file is missing on disk: {path}")
 
 
-@st.dialog("Approve the best iterations?")
+def forget_bulk() -> None:
+    st.session_state.pop("g_bulk_pending", None)
+
+
+@st.dialog("Approve the best iterations?", on_dismiss=forget_bulk)
 def confirm_bulk(min_score: float, run_ids: tuple[int, ...]) -> None:
+    """Shown while ``g_bulk_pending`` is set, so it survives reruns until approved or dismissed."""
     with session(engine) as s:
         count = len(best_iterations(s, min_score, run_ids))
     scope = f"run(s) {', '.join(map(str, run_ids))}" if run_ids else "every run"
@@ -64,6 +69,7 @@ def confirm_bulk(min_score: float, run_ids: tuple[int, ...]) -> None:
         with session(engine) as s:
             approved = approve_best(s, reviewer, min_score, run_ids)
             s.commit()
+        forget_bulk()
         st.session_state["gallery_notice"] = f"Approved {approved} image(s)."
         st.rerun()
 
@@ -174,7 +180,9 @@ def grid() -> None:
         scope = "the runs chosen in the filter" if run_ids else "every run"
         if st.button(f"Approve best ≥ {threshold:.1f} in {scope}…", disabled=not reviewer,
                      help=None if reviewer else "Enter your name in the sidebar first"):
-            confirm_bulk(threshold, tuple(run_ids))
+            st.session_state["g_bulk_pending"] = (threshold, tuple(run_ids))
+        if pending := st.session_state.get("g_bulk_pending"):
+            confirm_bulk(*pending)
 
     page_no = st.session_state.get("g_page", 1)
     with session(engine) as s:

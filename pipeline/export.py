@@ -13,9 +13,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 import zipfile
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from sqlalchemy import func
@@ -24,7 +25,8 @@ from sqlmodel import Session, col, select
 from .config import Settings
 from .errors import ExportError
 from .files import atomic_file
-from .models import Evaluation, Iteration, Prompt, Rating, RunItem, utcnow
+from .models import Evaluation, Iteration, Prompt, RunItem, utcnow
+from .ratings import latest_ratings_query
 from .runs import get_run, output_dir_of
 
 MANIFEST_FIELDS = [
@@ -47,53 +49,60 @@ class ExportResult:
     bytes_written: int
 
 
-def latest_ratings(s: Session, iteration_ids: list[int]) -> dict[int, Rating]:
-    """The most recent rating of each iteration, whoever gave it (that decision is the one in force)."""
-    if not iteration_ids:
-        return {}
-    newest = (
-        select(Rating.iteration_id, func.max(Rating.rated_at).label("at"))
-        .where(col(Rating.iteration_id).in_(iteration_ids)).group_by(Rating.iteration_id).subquery()
-    )
-    rows = s.exec(select(Rating).join(newest, (Rating.iteration_id == newest.c.iteration_id) & (Rating.rated_at == newest.c.at))).all()
-    return {r.iteration_id: r for r in rows}
-
-
 def manifest_rows(s: Session, settings: Settings, run_ids: list[int], *, selection: str = "approved") -> list[dict[str, Any]]:
     """One row per image to export; ``selection`` is a key of :data:`SELECTIONS`."""
     if selection not in SELECTIONS:
         raise ExportError(f"selection {selection!r} is not one of {', '.join(SELECTIONS)}")
     if not run_ids:
         raise ExportError("choose at least one run to export")
-    runs = {rid: get_run(s, rid) for rid in run_ids}
-    rows = s.exec(
-        select(Iteration, RunItem, Prompt, Evaluation)
+    folders = {rid: output_dir_of(settings, get_run(s, rid)) for rid in run_ids}
+    latest = latest_ratings_query()
+    q = (
+        select(RunItem.run_id, Prompt.key, Prompt.title, Prompt.scene, Prompt.mood, Iteration.prompt_text, Iteration.number,
+               Iteration.image_path, Iteration.provider, Iteration.model, Iteration.seed, Evaluation.overall_score, latest.c.stars,
+               func.coalesce(latest.c.decision, "none"), func.coalesce(latest.c.reviewer, ""), func.coalesce(latest.c.note, ""),
+               Iteration.cost_usd, Iteration.sha256)
+        .select_from(Iteration)
         .join(RunItem, RunItem.id == Iteration.run_item_id)
         .join(Prompt, Prompt.id == RunItem.prompt_id)
         .join(Evaluation, Evaluation.iteration_id == Iteration.id, isouter=True)
+        .join(latest, latest.c.iteration_id == Iteration.id, isouter=True)
         .where(col(RunItem.run_id).in_(run_ids), Iteration.status == "ok")
         .order_by(RunItem.run_id, Prompt.position, Iteration.number)
-    ).all()
-    ratings = latest_ratings(s, [it.id for it, *_ in rows])
+    )
+    if selection == "approved":
+        q = q.where(latest.c.decision == "approved")
+    elif selection == "best":
+        q = q.where(Iteration.number == RunItem.final_iteration)
     prefix_runs = len(run_ids) > 1
     out = []
-    for it, item, prompt, ev in rows:
-        rating = ratings.get(it.id)
-        if selection == "approved" and (rating is None or rating.decision != "approved"):
-            continue
-        if selection == "best" and it.number != item.final_iteration:
-            continue
-        folder = f"run_{item.run_id}/{prompt.key}" if prefix_runs else prompt.key
+    for (run_id, key, title, scene, mood, text, number, image_path, provider, model, seed, score, stars, decision, reviewer, note,
+         cost, sha) in s.exec(q).all():
+        folder = f"run_{run_id}/{key}" if prefix_runs else key
         out.append({
-            "run_id": item.run_id, "prompt_id": prompt.key, "title": prompt.title, "scene": prompt.scene, "mood": prompt.mood,
-            "final_prompt": it.prompt_text, "iteration": it.number, "file": f"{folder}/{Path(it.image_path).name}",
-            "provider": it.provider, "model": it.model, "seed": it.seed,
-            "judge_score": ev.overall_score if ev else None, "stars": rating.stars if rating else None,
-            "decision": rating.decision if rating else "none", "reviewer": rating.reviewer if rating else "",
-            "note": rating.note if rating else "", "cost_usd": it.cost_usd, "sha256": it.sha256,
-            "_source": output_dir_of(settings, runs[item.run_id]) / it.image_path,
+            "run_id": run_id, "prompt_id": key, "title": title, "scene": scene, "mood": mood, "final_prompt": text,
+            "iteration": number, "file": f"{folder}/{PurePosixPath(image_path).name}", "provider": provider, "model": model,
+            "seed": seed, "judge_score": score, "stars": stars, "decision": decision, "reviewer": reviewer, "note": note,
+            "cost_usd": cost, "sha256": sha, "_source": folders[run_id] / image_path,
         })
     return out
+
+
+def manifest_json(run_ids: list[int], selection: str, images: list[dict[str, Any]]) -> str:
+    """One image per line: readable, and written by the C encoder (``indent=`` would use the slow Python one)."""
+    lines = ",\n".join("    " + json.dumps(row, ensure_ascii=False) for row in images)
+    return f'{{"runs": {json.dumps(run_ids)}, "selection": {json.dumps(selection)},\n "images": [\n{lines}\n]}}\n'
+
+
+COPY_CHUNK = 1 << 20  # zipfile.write copies in 8 KiB pieces; 1 MiB keeps pace with `zip -0`
+
+
+def _add_stored(zf: zipfile.ZipFile, source: Path, name: str) -> None:
+    """Add a file uncompressed, streamed from disk (never whole in memory)."""
+    info = zipfile.ZipInfo.from_file(source, name)
+    info.compress_type = zipfile.ZIP_STORED
+    with open(source, "rb") as src, zf.open(info, "w") as dest:
+        shutil.copyfileobj(src, dest, COPY_CHUNK)
 
 
 def build_zip(s: Session, settings: Settings, run_ids: list[int], dest: Path, *, selection: str = "approved") -> ExportResult:
@@ -110,15 +119,14 @@ def build_zip(s: Session, settings: Settings, run_ids: list[int], dest: Path, *,
     dest = dest.resolve()
     with atomic_file(dest) as out, zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
         for row in rows:
-            zf.write(row["_source"], row["file"], compress_type=zipfile.ZIP_STORED)
+            _add_stored(zf, row["_source"], row["file"])
         public = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
         text = io.StringIO()
         writer = csv.DictWriter(text, fieldnames=MANIFEST_FIELDS)
         writer.writeheader()
         writer.writerows(public)
         zf.writestr("manifest.csv", text.getvalue(), compress_type=zipfile.ZIP_DEFLATED)
-        zf.writestr("manifest.json", json.dumps({"runs": run_ids, "selection": selection, "images": public},
-                                                indent=2, ensure_ascii=False), compress_type=zipfile.ZIP_DEFLATED)
+        zf.writestr("manifest.json", manifest_json(run_ids, selection, public), compress_type=zipfile.ZIP_DEFLATED)
     return ExportResult(path=dest, images=len(rows), bytes_written=dest.stat().st_size)
 
 

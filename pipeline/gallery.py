@@ -18,6 +18,7 @@ from sqlmodel import Session, col, select
 from .config import Settings
 from .errors import InputError
 from .models import Evaluation, Iteration, Prompt, PromptElement, Rating, Refinement, Run, RunItem, Thumbnail
+from .ratings import latest_ratings_query
 from .runs import output_dir_of
 from .textdiff import Part, word_diff
 
@@ -75,18 +76,9 @@ class GalleryPage:
         return max(1, math.ceil(self.total / self.per_page))
 
 
-def _latest_ratings():  # type: ignore[no-untyped-def]
-    """Each iteration's most recent rating (a window query, so still one pass)."""
-    ranked = select(
-        Rating.iteration_id, Rating.stars, Rating.decision,
-        func.row_number().over(partition_by=Rating.iteration_id, order_by=(col(Rating.rated_at).desc(), col(Rating.id).desc())).label("rn"),
-    ).subquery()
-    return select(ranked.c.iteration_id, ranked.c.stars, ranked.c.decision).where(ranked.c.rn == 1).subquery()
-
-
 def _query(f: GalleryFilter, columns):  # type: ignore[no-untyped-def]
     """The filtered selection of ``columns(latest, decision)``: one statement for count and page alike."""
-    latest = _latest_ratings()
+    latest = latest_ratings_query()
     decision = func.coalesce(latest.c.decision, "none")
     q = (
         select(*columns(latest, decision))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sqlalchemy import Subquery, func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -66,3 +67,16 @@ def approve_best(s: Session, reviewer: str, min_score: float, run_ids: tuple[int
     for iteration_id in ids:
         rate(s, iteration_id, reviewer, decision="approved")
     return len(ids)
+
+
+def latest_ratings_query() -> Subquery:
+    """Each iteration's most recent rating, whoever gave it: the decision in force.
+
+    Columns ``iteration_id, stars, decision, reviewer, note``; ties on time go to the newer row.
+    """
+    ranked = select(
+        Rating.iteration_id, Rating.stars, Rating.decision, Rating.reviewer, Rating.note,
+        func.row_number().over(partition_by=Rating.iteration_id, order_by=(col(Rating.rated_at).desc(), col(Rating.id).desc())).label("rn"),
+    ).subquery()
+    return (select(ranked.c.iteration_id, ranked.c.stars, ranked.c.decision, ranked.c.reviewer, ranked.c.note)
+            .where(ranked.c.rn == 1).subquery("latest_rating"))

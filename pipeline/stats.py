@@ -14,8 +14,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
-from .export import latest_ratings
 from .models import Evaluation, Iteration, ProviderCall, Rating, Run, RunItem
+from .ratings import latest_ratings_query
 
 OUTCOMES = ("ok", "retried", "error", "blocked")
 _BUCKETS = [timedelta(minutes=m) for m in (1, 5, 15, 60, 360, 1440, 10080)]
@@ -104,11 +104,13 @@ def cost_by_run(s: Session, limit: int = 30) -> list[RunCost]:
     ids = [r.id for r in runs]
     costs = dict(s.exec(select(ProviderCall.run_id, func.coalesce(func.sum(ProviderCall.cost_usd), 0.0))
                         .where(col(ProviderCall.run_id).in_(ids)).group_by(ProviderCall.run_id)).all())
-    its = s.exec(select(Iteration.id, RunItem.run_id).join(RunItem, RunItem.id == Iteration.run_item_id)
-                 .where(col(RunItem.run_id).in_(ids), Iteration.status == "ok")).all()
-    ratings = latest_ratings(s, [i for i, _ in its])
-    approved = Counter(run_id for i, run_id in its if i in ratings and ratings[i].decision == "approved")
-    return [RunCost(r.id, r.name, float(costs.get(r.id) or 0.0), approved[r.id]) for r in reversed(runs)]
+    latest = latest_ratings_query()
+    approved = dict(s.exec(
+        select(RunItem.run_id, func.count()).select_from(Iteration).join(RunItem, RunItem.id == Iteration.run_item_id)
+        .join(latest, latest.c.iteration_id == Iteration.id)
+        .where(col(RunItem.run_id).in_(ids), Iteration.status == "ok", latest.c.decision == "approved").group_by(RunItem.run_id)
+    ).all())
+    return [RunCost(r.id, r.name, float(costs.get(r.id) or 0.0), approved.get(r.id, 0)) for r in reversed(runs)]
 
 
 @dataclass(frozen=True)

@@ -252,3 +252,19 @@ def test_settings_page_shows_whether_a_key_is_present_never_its_value(app: AppFa
         assert any(str(o).startswith("keyed") for o in new_run.multiselect[0].options)
     finally:
         registry.providers.unregister("keyed")
+
+
+def test_bulk_approve_asks_first_then_approves_each_prompts_best(app: AppFactory, seeded: Path) -> None:
+    at = app("gallery", reviewer="ana")
+    at.slider(key="g_bulk").set_value(0.0).run()
+    next(b for b in at.button if b.label.startswith("Approve best ≥ 0.0")).click().run()
+    assert not at.exception
+    with session(db()) as s:
+        assert s.exec(select(func.count()).select_from(Rating)).one() == 0  # nothing yet: a confirmation comes first
+    assert any("best iteration of **8** prompt(s)" in m.value for m in at.markdown)
+    next(b for b in at.button if b.label == "Approve them").click().run()
+    assert not at.exception
+    with session(db()) as s:
+        ratings = s.exec(select(Rating)).all()
+    assert len(ratings) == 8 and {(r.reviewer, r.decision) for r in ratings} == {("ana", "approved")}
+    assert "Approved 8 image(s)." in at.success[0].value

@@ -97,16 +97,18 @@ def test_ratings_are_validated(finished_run: Path, engine) -> None:
 def test_an_export_failing_half_way_leaves_no_zip_and_no_temporary(tmp_path: Path, finished_run: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     dest = tmp_path / "exports" / "all.zip"
-    real_write = zipfile.ZipFile.write
+    from pipeline import export
+
+    real_add = export._add_stored
     written = []
 
-    def write_then_fail(self, filename, arcname=None, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def add_then_fail(zf, source, name):  # type: ignore[no-untyped-def]
         if len(written) == 3:
             raise OSError("disk full")
-        written.append(arcname)
-        return real_write(self, filename, arcname, *args, **kwargs)
+        written.append(name)
+        return real_add(zf, source, name)
 
-    monkeypatch.setattr(zipfile.ZipFile, "write", write_then_fail)
+    monkeypatch.setattr(export, "_add_stored", add_then_fail)
     result = run_cli("export", "1", "--out", dest)
     assert (result.code, result.err) == (1, "error: disk full\n") and len(written) == 3
     assert not dest.exists()
