@@ -25,11 +25,11 @@ ids = [r.id for r in summaries]
 if st.session_state.get("runs_selected") not in ids:
     st.session_state["runs_selected"] = ids[0]
 selected = st.selectbox("Run", ids, key="runs_selected",
-                        format_func=lambda i: next(f"Run {r.id} · {r.name} · {r.status}" for r in summaries if r.id == i))
+                        format_func=lambda i: next(f"Run {r.id} · {r.name}" for r in summaries if r.id == i))
 chosen = next(r for r in summaries if r.id == selected)
 
 # Controls for the chosen run (outside the polling fragment, so a tick never races a click).
-controls = st.columns([1, 1, 1, 3])
+controls = st.columns([1, 2, 3])
 if chosen.status in ACTIVE_RUN_STATUSES:
     if controls[0].button("Cancel", icon=":material/stop:", help="Take no new prompts; steps in flight finish. Resumable."):
         status = runner.cancel(chosen.id)

@@ -3,7 +3,7 @@
 Upload a sample prompt set, launch it on the offline stack, wait on Runs until it completes,
 rate and approve an image in the Gallery, build and download the zip, and check its manifest.
 A screenshot of every page goes to ``test-artifacts/`` (set DARKROOM_DOCS_SCREENSHOTS=1 to
-refresh the ones in ``docs/``). Needs Debian's chromium (``.ci/run`` installs it); without it the
+refresh the README's in ``docs/``). Needs Debian's chromium (``.ci/run`` installs it); without it the
 test is skipped, unless DARKROOM_REQUIRE_BROWSER=1 (as in CI) makes that a failure.
 """
 
@@ -29,6 +29,7 @@ from tests.conftest import PYTHON, ROOT, SAMPLES, subprocess_env
 
 CHROMIUM = Path(os.environ.get("DARKROOM_CHROMIUM", "/usr/bin/chromium"))
 ARTIFACTS = Path(os.environ.get("DARKROOM_ARTIFACTS", ROOT / "test-artifacts"))
+DOCS_SHOTS = {"gallery", "gallery_detail"}  # the ones the README shows
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 
@@ -104,7 +105,7 @@ def shoot(page, name: str) -> None:  # type: ignore[no-untyped-def]
     page.evaluate("document.querySelectorAll('[data-testid=stMain], [data-testid=stAppViewContainer]').forEach(e => e.scrollTo(0, 0))")
     page.wait_for_timeout(800)  # let tables and charts draw
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
-    if os.environ.get("DARKROOM_DOCS_SCREENSHOTS") == "1":
+    if os.environ.get("DARKROOM_DOCS_SCREENSHOTS") == "1" and name in DOCS_SHOTS:
         shutil.copy(ARTIFACTS / f"{name}.png", ROOT / "docs" / f"{name}.png")
 
 

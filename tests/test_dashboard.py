@@ -268,3 +268,16 @@ def test_bulk_approve_asks_first_then_approves_each_prompts_best(app: AppFactory
         ratings = s.exec(select(Rating)).all()
     assert len(ratings) == 8 and {(r.reviewer, r.decision) for r in ratings} == {("ana", "approved")}
     assert "Approved 8 image(s)." in at.success[0].value
+
+
+def test_paging_then_narrowing_the_filter_shows_the_last_page_there_is(app: AppFactory, seeded: Path) -> None:
+    at = app("gallery", reviewer="ana")
+    at.select_slider(key="g_per_page").set_value(12).run()
+    at.session_state["g_page"] = 2
+    at.run()
+    assert "page 2 of 2" in next(c.value for c in at.caption if "image(s)" in c.value)
+    assert len(at.image) == 2
+    at.multiselect(key="g_runs").set_value([2]).run()  # 2 images: one page
+    assert not at.exception
+    assert "page 1 of 1" in next(c.value for c in at.caption if "image(s)" in c.value)
+    assert len(at.image) == 2
