@@ -32,6 +32,7 @@ class Component(ABC):
     base_url_env_var: ClassVar[str | None] = None  # override for proxies, self-hosting and tests
     default_base_url: ClassVar[str] = ""
     required_env_vars: ClassVar[tuple[str, ...]] = ()  # other settings it cannot work without
+    model_env_var: ClassVar[str | None] = None  # overrides the configured model
 
     def __init__(self, settings: dict[str, Any] | None = None) -> None:
         self.settings = dict(settings or {})

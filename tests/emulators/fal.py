@@ -1,0 +1,73 @@
+"""fal.ai queue API emulator (docs.fal.ai queue endpoints; status bodies as fal_client parses them)."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from . import RETRY_AFTER_S, SLOW_S, Emulator, Reply, Request
+
+KEY = "fal-test-key-0000"
+
+
+class FalEmulator(Emulator):
+    def __init__(self, key: str = KEY, polls_before_done: int = 2) -> None:
+        super().__init__()
+        self.key = key
+        self.polls_before_done = polls_before_done
+        self.polls: dict[str, int] = {}
+        self.cancelled: list[str] = []
+        self.stuck = False  # never finishes (for the cancel-on-timeout test)
+
+    def error(self, status: int, detail: object, error_type: str = "", **headers: str) -> Reply:
+        body = {"detail": detail}
+        if error_type:
+            body["error_type"] = error_type
+            headers["X-Fal-Error-Type"] = error_type
+        return Reply.json(body, status, **headers)
+
+    def handle(self, req: Request) -> Reply:
+        if req.headers.get("authorization") != f"Key {self.key}":
+            return self.error(401, "Invalid API key")
+        if req.path.startswith("/files/"):
+            return self.image_reply()
+        m = re.fullmatch(r"/(?P<app>[^/]+/[^/]+)/requests/(?P<rid>[^/]+)(?P<rest>/status|/cancel)?", req.path)
+        if m and req.method == "PUT" and m["rest"] == "/cancel":
+            self.cancelled.append(m["rid"])
+            return Reply.json({"status": "CANCELLATION_REQUESTED"}, 202)
+        if m and m["rest"] == "/status":
+            n = self.polls[m["rid"]] = self.polls.get(m["rid"], 0) + 1
+            if self.stuck or n < self.polls_before_done:
+                return Reply.json({"status": "IN_PROGRESS" if n > 1 else "IN_QUEUE", "queue_position": 0, "logs": None,
+                                   "response_url": f"{self.url}/{m['app']}/requests/{m['rid']}"}, 202)
+            return Reply.json({"status": "COMPLETED", "logs": None, "metrics": {"inference_time": 0.4},
+                               "response_url": f"{self.url}/{m['app']}/requests/{m['rid']}"})
+        if m and req.method == "GET":
+            nsfw = self.fault == "blocked_200"
+            return Reply.json({"images": [{"url": f"{self.url}/files/{m['rid']}.png", "width": 64, "height": 48, "content_type": "image/png"}],
+                               "timings": {"inference": 0.4}, "seed": 42, "has_nsfw_concepts": [nsfw], "prompt": "…"})
+        if req.method == "POST":  # submit: /{owner}/{alias}[/{subpath}]
+            body = req.json()
+            if not isinstance(body, dict) or not body.get("prompt"):
+                return self.error(422, [{"loc": ["body", "prompt"], "msg": "field required", "type": "missing"}])
+            fault = self.fault
+            if fault == "400":
+                return self.error(400, "Bad request: image_size is invalid", "bad_request")
+            if fault == "401":
+                return self.error(401, "Invalid API key")
+            if fault == "429":
+                return self.error(429, "Too many concurrent requests", **{"Retry-After": str(RETRY_AFTER_S)})
+            if fault == "500":
+                return self.error(500, "Internal server error", "internal_error")
+            if fault == "timeout":
+                return Reply(200, {}, delay=SLOW_S)
+            if fault == "malformed":
+                return Reply(200, "<html>upstream gateway</html>", {"Content-Type": "text/html"})
+            if fault == "blocked":
+                return self.error(422, [{"loc": ["body", "prompt"], "msg": "The prompt was flagged by the content checker",
+                                         "type": "content_policy_violation", "url": "https://docs.fal.ai/errors/#content_policy_violation"}])
+            rid = uuid.uuid4().hex
+            app = "/".join(req.path.strip("/").split("/")[:2])
+            base = f"{self.url}/{app}/requests/{rid}"
+            return Reply.json({"request_id": rid, "response_url": base, "status_url": f"{base}/status", "cancel_url": f"{base}/cancel"})
+        return Reply.json({"detail": "Not found"}, 404)

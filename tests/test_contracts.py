@@ -1,0 +1,148 @@
+"""Contract tests: every networked provider, judge and refiner against its loopback emulator.
+
+The same faults for every service: success; 400; 401; 429 with Retry-After; 500; timeout;
+malformed body; content-policy block; a non-image and an oversized image (checked by the same
+Pillow inspection the pipeline applies). Each service answers them in its own wire format.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from pipeline import registry
+from pipeline.components import GenerationRequest, ImageProvider
+from pipeline.config import Settings
+from pipeline.errors import BadImage, ContentBlocked, ProviderError
+from pipeline.images import inspect_image
+from tests.emulators import FAULTS, RETRY_AFTER_S, Emulator
+from tests.emulators.fal import KEY as FAL_KEY
+from tests.emulators.fal import FalEmulator
+
+FAST = {"timeout_s": 1.0, "poll_initial_s": 0.01, "poll_max_s": 0.05}
+EXPECTED_ERRORS = {  # fault -> (kind, retryable, retry_after)
+    "400": ("bad_request", False, None),
+    "401": ("auth", False, None),
+    "429": ("rate_limited", True, RETRY_AFTER_S),
+    "500": ("server", True, None),
+    "timeout": ("timeout", True, None),
+    "malformed": ("malformed", True, None),
+    "blocked": ("blocked", False, None),
+}
+
+
+@dataclass(frozen=True)
+class ProviderCase:
+    name: str
+    emulator: Callable[[], Emulator]
+    env: Callable[[Emulator], dict[str, str]]
+    extra: dict[str, Any]
+
+
+PROVIDERS = [
+    ProviderCase("fal", FalEmulator, lambda e: {"FAL_KEY": FAL_KEY, "FAL_BASE_URL": e.url}, {}),
+]
+
+
+@pytest.fixture(params=PROVIDERS, ids=lambda c: c.name)
+def provider_case(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[ProviderCase, Emulator, ImageProvider]]:
+    case: ProviderCase = request.param
+    emulator = case.emulator().start()
+    try:
+        for k, v in case.env(emulator).items():
+            monkeypatch.setenv(k, v)
+        cls = registry.providers.get_class(case.name)
+        provider = cls({**Settings.from_env().component("providers", case.name), **FAST, **case.extra})
+        yield case, emulator, provider
+    finally:
+        emulator.stop()
+
+
+def generate(provider: ImageProvider, prompt: str = "a red fox in the snow") -> Any:
+    return asyncio.run(provider.generate(GenerationRequest(prompt=prompt, width=1024, height=768, seed=7, prompt_id="p1")))
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_provider_contract(provider_case, fault: str) -> None:  # type: ignore[no-untyped-def]
+    case, emulator, provider = provider_case
+    emulator.fault = fault
+    if fault == "ok":
+        result = generate(provider)
+        info = inspect_image(result.data, claimed_mime=result.mime_type)
+        assert (info.width, info.height, info.mime_type) == (64, 48, "image/png")
+        assert result.model == provider.model
+        return
+    if fault in ("not_image", "oversized"):
+        result = generate(provider)
+        with pytest.raises(BadImage):
+            inspect_image(result.data, claimed_mime=result.mime_type)
+        return
+    with pytest.raises(ProviderError) as caught:
+        generate(provider)
+    kind, retryable, retry_after = EXPECTED_ERRORS[fault]
+    error = caught.value
+    assert (error.kind, error.retryable) == (kind, retryable), str(error)
+    assert isinstance(error, ContentBlocked) == (fault == "blocked")
+    if retry_after is not None:
+        assert error.retry_after == retry_after
+    assert case.name in str(error)
+
+
+def test_provider_never_puts_its_key_in_an_error(provider_case) -> None:  # type: ignore[no-untyped-def]
+    case, emulator, provider = provider_case
+    for fault in EXPECTED_ERRORS:
+        emulator.fault = fault
+        with pytest.raises(ProviderError) as caught:
+            generate(provider)
+        assert provider._key not in str(caught.value)
+
+
+# ---- service-specific behaviour --------------------------------------------------------------------------------
+@pytest.fixture
+def fal(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FalEmulator, ImageProvider]]:
+    emulator = FalEmulator().start()
+    monkeypatch.setenv("FAL_KEY", FAL_KEY)
+    monkeypatch.setenv("FAL_BASE_URL", emulator.url)
+    try:
+        yield emulator, registry.providers.get_class("fal")({**Settings.from_env().component("providers", "fal"), **FAST})
+    finally:
+        emulator.stop()
+
+
+def test_fal_submits_to_the_model_and_polls_the_urls_it_was_given(fal) -> None:  # type: ignore[no-untyped-def]
+    emulator, provider = fal
+    result = generate(provider)
+    submit = emulator.calls("POST")[0]
+    assert submit.path == "/fal-ai/flux/schnell"
+    body = submit.json()
+    assert body["prompt"] == "a red fox in the snow" and body["image_size"] == {"width": 1024, "height": 768} and body["seed"] == 7
+    statuses = emulator.calls("GET", "/status")
+    assert len(statuses) == 2 and all(r.path.startswith("/fal-ai/flux/requests/") for r in statuses)  # no subpath
+    assert result.metadata["request_id"] in statuses[0].path
+
+
+def test_fal_nsfw_flag_on_a_200_is_a_block(fal) -> None:  # type: ignore[no-untyped-def]
+    emulator, provider = fal
+    emulator.fault = "blocked_200"
+    with pytest.raises(ContentBlocked, match="has_nsfw_concepts"):
+        generate(provider)
+    assert not emulator.calls("GET", "/files/")  # the flagged image is never downloaded
+
+
+def test_fal_cancels_a_request_that_outlives_the_timeout(fal) -> None:  # type: ignore[no-untyped-def]
+    emulator, provider = fal
+    emulator.stuck = True
+    with pytest.raises(ProviderError) as caught:
+        generate(provider)
+    assert caught.value.kind == "timeout" and "cancelled" in str(caught.value)
+    assert len(emulator.cancelled) == 1
+
+
+def test_a_missing_key_is_a_configuration_error_naming_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FAL_KEY", raising=False)
+    with pytest.raises(registry.ConfigError, match="FAL_KEY"):
+        registry.providers.create("fal", Settings.from_env())
