@@ -1,8 +1,12 @@
 """Built-in image providers, registered by name."""
 
 from ..registry import providers
+from .cloudflare import CloudflareProvider
 from .fal import FalProvider
 from .offline import OfflineProvider
+from .worker import WorkerProvider
 
 providers.register(OfflineProvider)
 providers.register(FalProvider)
+providers.register(CloudflareProvider)
+providers.register(WorkerProvider)

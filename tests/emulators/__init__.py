@@ -23,7 +23,7 @@ from PIL import Image
 
 FAULTS = ("ok", "400", "401", "429", "500", "timeout", "malformed", "blocked", "not_image", "oversized")
 RETRY_AFTER_S = 7
-SLOW_S = 3.0  # longer than the contract tests' client timeout
+SLOW_S = 1.5  # longer than the contract tests' client timeout
 
 
 @lru_cache(maxsize=8)
@@ -119,7 +119,7 @@ class Emulator:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        threading.Thread(target=self._server.serve_forever, name=f"{type(self).__name__}", daemon=True).start()
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, name=f"{type(self).__name__}", daemon=True).start()
         return self
 
     def stop(self) -> None:

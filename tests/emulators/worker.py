@@ -1,0 +1,34 @@
+"""A user-deployed image worker: GET ?prompt=… or POST JSON, Bearer token, image bytes back."""
+
+from __future__ import annotations
+
+from . import RETRY_AFTER_S, SLOW_S, Emulator, Reply, Request
+
+TOKEN = "worker-test-token-0000"
+
+
+class WorkerEmulator(Emulator):
+    def handle(self, req: Request) -> Reply:
+        if req.path != "/generate":
+            return Reply.json({"error": "not found"}, 404)
+        if req.headers.get("authorization") != f"Bearer {TOKEN}":
+            return Reply.json({"error": "bad token"}, 401)
+        prompt = req.query.get("prompt", [""])[0] if req.method == "GET" else (req.json() or {}).get("prompt", "")
+        if not prompt:
+            return Reply.json({"error": "prompt is required"}, 400)
+        fault = self.fault
+        if fault == "400":
+            return Reply.json({"error": "width must be a multiple of 64"}, 400)
+        if fault == "401":
+            return Reply.json({"error": "bad token"}, 401)
+        if fault == "429":
+            return Reply.json({"error": "busy"}, 429, **{"Retry-After": str(RETRY_AFTER_S)})
+        if fault == "500":
+            return Reply(500, "Traceback (most recent call last): …", {"Content-Type": "text/plain"})
+        if fault == "timeout":
+            return Reply(200, b"", {"Content-Type": "image/png"}, delay=SLOW_S)
+        if fault == "malformed":
+            return Reply(200, "<html>cold start</html>", {"Content-Type": "text/html"})
+        if fault == "blocked":
+            return Reply.json({"error": "prompt refused by the safety filter", "blocked": True}, 451)
+        return self.image_reply()
