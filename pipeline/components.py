@@ -52,6 +52,7 @@ class GenerationRequest:
     seed: int
     negative_prompt: str = ""
     prompt_id: str = ""
+    reference_images: tuple[bytes, ...] = ()  # for providers that edit from references (OpenAI image[])
 
 
 @dataclass

@@ -19,7 +19,7 @@ from pipeline.components import GenerationRequest, ImageProvider
 from pipeline.config import Settings
 from pipeline.errors import BadImage, ContentBlocked, ProviderError
 from pipeline.images import inspect_image
-from tests.emulators import FAULTS, RETRY_AFTER_S, Emulator, cloudflare, worker
+from tests.emulators import FAULTS, RETRY_AFTER_S, Emulator, cloudflare, openai, worker
 from tests.emulators.fal import KEY as FAL_KEY
 from tests.emulators.fal import FalEmulator
 
@@ -50,6 +50,7 @@ PROVIDERS = [
     ProviderCase("cloudflare-sdxl", cloudflare.CloudflareEmulator, lambda e: {
         "CLOUDFLARE_API_TOKEN": cloudflare.TOKEN, "CLOUDFLARE_ACCOUNT_ID": cloudflare.ACCOUNT, "CLOUDFLARE_BASE_URL": e.url,
         "CLOUDFLARE_MODEL": "@cf/stabilityai/stable-diffusion-xl-base-1.0"}, {}),
+    ProviderCase("openai", openai.OpenAIEmulator, lambda e: {"OPENAI_API_KEY": openai.KEY, "OPENAI_BASE_URL": f"{e.url}/v1"}, {}),
     ProviderCase("worker", worker.WorkerEmulator, lambda e: {
         "WORKER_URL": f"{e.url}/generate", "WORKER_TOKEN": worker.TOKEN, "WORKER_METHOD": "POST"}, {}),
     ProviderCase("worker-get", worker.WorkerEmulator, lambda e: {
@@ -192,3 +193,21 @@ def test_cloudflare_daily_allocation_used_up_is_not_retried(monkeypatch: pytest.
             generate(make("cloudflare"))
     assert (caught.value.kind, caught.value.retryable) == ("rate_limited", False)
     assert "daily free allocation" in str(caught.value) and Reply  # the service's own words reach the user
+
+
+def test_openai_picks_the_nearest_size_prices_from_usage_and_edits_with_references(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.emulators import png, running
+
+    with running(openai.OpenAIEmulator()) as emulator:
+        monkeypatch.setenv("OPENAI_API_KEY", openai.KEY)
+        monkeypatch.setenv("OPENAI_BASE_URL", f"{emulator.url}/v1")
+        provider = make("openai")
+        result = generate(provider)  # 1024x768 asked
+        sent = emulator.requests[0].json()
+        assert (sent["model"], sent["size"], sent["n"]) == ("gpt-image-1", "1536x1024", 1)
+        assert result.cost_usd == pytest.approx(50 * 5.0 / 1e6 + 4160 * 40.0 / 1e6)
+        refs = (png(), png(32, 32))
+        asyncio.run(provider.generate(GenerationRequest(prompt="same fox, in winter", width=1024, height=1024, seed=1,
+                                                        reference_images=refs)))
+        assert emulator.requests[-1].path == "/v1/images/edits" and emulator.edit_images == [2]
+        assert b'name="image[]"' in emulator.requests[-1].body

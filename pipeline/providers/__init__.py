@@ -4,9 +4,11 @@ from ..registry import providers
 from .cloudflare import CloudflareProvider
 from .fal import FalProvider
 from .offline import OfflineProvider
+from .openai_images import OpenAIImagesProvider
 from .worker import WorkerProvider
 
 providers.register(OfflineProvider)
 providers.register(FalProvider)
 providers.register(CloudflareProvider)
 providers.register(WorkerProvider)
+providers.register(OpenAIImagesProvider)
