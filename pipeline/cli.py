@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TextIO
 
 from . import registry
+from .catalog import describe
 from .config import Settings
 from .db import open_database, session
 from .errors import DarkroomError, InputError, RunStateError
@@ -89,10 +90,12 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
 
 
 def _check_components(config: RunConfig) -> None:
-    for name in config.providers:
-        registry.providers.get_class(name)
-    registry.judges.get_class(config.judge)
-    registry.refiners.get_class(config.refiner)
+    """Every named component exists and has the settings it needs (checked before anything is written)."""
+    wanted = [("providers", n) for n in config.providers] + [("judges", config.judge), ("refiners", config.refiner)]
+    for kind, name in wanted:
+        info = describe(getattr(registry, kind).get_class(name))
+        if info.missing:
+            raise InputError(f"{kind[:-1]} {name}: set {' and '.join(info.missing)} (environment or .streamlit/secrets.toml)")
 
 
 async def _execute(executor: RunExecutor) -> RunOutcome:

@@ -116,6 +116,15 @@ class Judgement:
         return max(self.issues, key=lambda i: i.severity) if self.issues else None
 
 
+@dataclass
+class Decomposition:
+    """Stage A of a judge: the original prompt's elements, and what the call cost."""
+
+    elements: list[Element]
+    model: str = ""
+    cost_usd: float | None = None
+
+
 @dataclass(frozen=True)
 class EvaluationRequest:
     original_prompt: str  # scores are always against the original, so iterations compare fairly
@@ -130,12 +139,14 @@ class EvaluationRequest:
 class Judge(Component):
     kind = "judges"
 
-    async def decompose(self, prompt: str) -> list[Element]:
+    remote_decompose: ClassVar[bool] = False  # True when decompose calls a service (it is then logged and priced)
+
+    async def decompose(self, prompt: str) -> Decomposition:
         """Split the original prompt into elements, once per prompt. Default: the visual-property
         elements the lexicon can read; vision judges override this with a model call."""
         from .elements import visual_elements
 
-        return visual_elements(prompt)
+        return Decomposition(visual_elements(prompt), model=self.model, cost_usd=0.0)
 
     @abstractmethod
     async def evaluate(self, request: EvaluationRequest) -> Judgement: ...

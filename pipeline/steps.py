@@ -27,6 +27,7 @@ from sqlmodel import select
 from . import prices, scoring, sidecars
 from .components import (
     Check,
+    Decomposition,
     Element,
     EvaluationRequest,
     GenerationRequest,
@@ -195,7 +196,7 @@ class PromptJob:
     async def elements(self) -> tuple[Element, ...]:
         rows = list(self.stored_elements)
         if not rows:
-            made = await self.ctx.judge.decompose(self.original_text)
+            made = (await self._decompose()).elements
             rows = [PromptElement(prompt_id=self.prompt.id, number=e.number, category=e.category, question=e.question,
                                   tuple_text=e.tuple_text, parent_numbers=list(e.parent_numbers), critical=e.critical,
                                   source=self.ctx.judge.name) for e in made]
@@ -209,6 +210,27 @@ class PromptJob:
                                        .order_by(PromptElement.number)))
         return tuple(Element(number=r.number, category=r.category, question=r.question, tuple_text=r.tuple_text,
                              parent_numbers=tuple(r.parent_numbers), critical=r.critical) for r in rows)
+
+    async def _decompose(self) -> Decomposition:
+        """Stage A, logged like any call when the judge asks a service (failure ends the prompt as failed)."""
+        judge = self.ctx.judge
+        if not judge.remote_decompose:
+            return await judge.decompose(self.original_text)
+        self._check_stop()
+        key = step_key(self.ctx.run.id, self.item_id, 0, "decompose")
+        started, t0 = utcnow(), time.perf_counter()
+        try:
+            made = await judge.decompose(self.original_text)
+        except ProviderError as e:
+            self._record_call(judge, "decompose", key, started, (time.perf_counter() - t0) * 1000, e)
+            status = "blocked" if isinstance(e, ContentBlocked) else "failed"
+            raise StepFailed(status, e.kind, f"{judge.name} could not list the prompt's elements: {e}") from None
+        cost = made.cost_usd if made.cost_usd is not None else prices.table_cost(judge.settings, made.model or judge.model)
+        with session(self.ctx.engine) as s:
+            self._log_call(s, self._call_row(judge, "decompose", key, started, (time.perf_counter() - t0) * 1000, "ok", cost=cost))
+            self._add_cost(cost)
+            self._commit(s)
+        return made
 
     # ---- generate ----------------------------------------------------------------------------
     async def generated(self, number: int, text: str) -> Iteration:

@@ -187,3 +187,12 @@ class Remote:
         self.base_url = setting(self.base_url_env_var, self.settings, "base_url", self.default_base_url).rstrip("/")
         self.model = setting(self.model_env_var, self.settings, "model")
         self.timeout_s = float(self.settings.get("timeout_s", DEFAULT_TIMEOUT_S))
+
+    def _token_cost(self, input_tokens: int | None, output_tokens: int | None) -> float | None:
+        """Cost from the service's own token counts at the model's configured per-million rates
+        (``[<kind>.<name>.token_prices]``); None when there are no rates or no counts."""
+        rates = dict(self.settings.get("token_prices", {}).get(self.model, {}))
+        if not rates or (input_tokens is None and output_tokens is None):
+            return None
+        return ((input_tokens or 0) * float(rates.get("input_per_million", 0))
+                + (output_tokens or 0) * float(rates.get("output_per_million", 0))) / 1e6

@@ -19,7 +19,7 @@ from pipeline.components import GenerationRequest, ImageProvider
 from pipeline.config import Settings
 from pipeline.errors import BadImage, ContentBlocked, ProviderError
 from pipeline.images import inspect_image
-from tests.emulators import FAULTS, RETRY_AFTER_S, Emulator, cloudflare, openai, worker
+from tests.emulators import FAULTS, RETRY_AFTER_S, Emulator, cloudflare, gemini, openai, worker
 from tests.emulators.fal import KEY as FAL_KEY
 from tests.emulators.fal import FalEmulator
 
@@ -50,6 +50,7 @@ PROVIDERS = [
     ProviderCase("cloudflare-sdxl", cloudflare.CloudflareEmulator, lambda e: {
         "CLOUDFLARE_API_TOKEN": cloudflare.TOKEN, "CLOUDFLARE_ACCOUNT_ID": cloudflare.ACCOUNT, "CLOUDFLARE_BASE_URL": e.url,
         "CLOUDFLARE_MODEL": "@cf/stabilityai/stable-diffusion-xl-base-1.0"}, {}),
+    ProviderCase("gemini", gemini.GeminiEmulator, lambda e: {"GEMINI_API_KEY": gemini.KEY, "GEMINI_BASE_URL": e.url}, {}),
     ProviderCase("openai", openai.OpenAIEmulator, lambda e: {"OPENAI_API_KEY": openai.KEY, "OPENAI_BASE_URL": f"{e.url}/v1"}, {}),
     ProviderCase("worker", worker.WorkerEmulator, lambda e: {
         "WORKER_URL": f"{e.url}/generate", "WORKER_TOKEN": worker.TOKEN, "WORKER_METHOD": "POST"}, {}),
@@ -211,3 +212,98 @@ def test_openai_picks_the_nearest_size_prices_from_usage_and_edits_with_referenc
                                                         reference_images=refs)))
         assert emulator.requests[-1].path == "/v1/images/edits" and emulator.edit_images == [2]
         assert b'name="image[]"' in emulator.requests[-1].body
+
+
+# ---- judges and refiners ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ChatCase:
+    kind: str  # "judges" | "refiners"
+    name: str
+    emulator: Callable[[], Emulator]
+    env: Callable[[Emulator], dict[str, str]]
+
+
+CHAT = [
+    ChatCase("judges", "gemini", gemini.GeminiEmulator, lambda e: {"GEMINI_API_KEY": gemini.KEY, "GEMINI_BASE_URL": e.url}),
+    ChatCase("refiners", "gemini", gemini.GeminiEmulator, lambda e: {"GEMINI_API_KEY": gemini.KEY, "GEMINI_BASE_URL": e.url}),
+]
+CHAT_FAULTS = [f for f in FAULTS if f not in ("not_image", "oversized")]
+
+
+@pytest.fixture(params=CHAT, ids=lambda c: f"{c.kind[:-1]}-{c.name}")
+def chat_case(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[ChatCase, Emulator, Any]]:
+    case: ChatCase = request.param
+    emulator = case.emulator().start()
+    try:
+        for k, v in case.env(emulator).items():
+            monkeypatch.setenv(k, v)
+        reg = getattr(registry, case.kind)
+        component = reg.get_class(case.name)({**Settings.from_env().component(case.kind, case.name), **FAST})
+        yield case, emulator, component
+    finally:
+        emulator.stop()
+
+
+def ask(case: ChatCase, component: Any, elements: tuple = ()) -> Any:  # type: ignore[type-arg]
+    from pipeline.components import Check, EvaluationRequest, Issue, Judgement, RefinementRequest
+    from tests.emulators import png
+
+    if case.kind == "judges":
+        return asyncio.run(component.evaluate(EvaluationRequest(
+            original_prompt="A purple cube on a red table", sent_prompt="A purple cube on a red table.", elements=elements,
+            image=png(), mime_type="image/png", requested_width=64, requested_height=48)))
+    judgement = Judgement(criteria={"artifacts": 6.0}, checks=[Check(2, "Is the cube purple?", "no", "the cube is grey")],
+                          issues=[Issue("element", "the cube is grey", "say 'vivid purple cube'", 1.0, 2)])
+    return asyncio.run(component.refine(RefinementRequest(
+        original_prompt="A purple cube on a red table", current_prompt="A purple cube on a red table.", judgement=judgement,
+        failed_checks=tuple(judgement.checks), history=(("A purple cube on a red table.", 6.5),))))
+
+
+@pytest.mark.parametrize("fault", CHAT_FAULTS)
+def test_judge_and_refiner_contract(chat_case, fault: str) -> None:  # type: ignore[no-untyped-def]
+    from pipeline import scoring
+
+    case, emulator, component = chat_case
+    emulator.fault = fault
+    if fault == "ok":
+        if case.kind == "judges":
+            elements = tuple(asyncio.run(component.decompose("A purple cube on a red table")).elements)
+            assert elements[0].category == "entity" and all(e.question.endswith("?") for e in elements)
+            judgement = ask(case, component, elements)
+            answers = {c.element: c.answer for c in judgement.checks}
+            assert set(answers) == {e.number for e in elements} and "no" in answers.values()
+            assert judgement.top_issue is not None and judgement.top_issue.suggestion
+            assert 0 < scoring.overall(judgement, elements) < 10  # computed in code from the answers
+            assert judgement.cost_usd is not None and judgement.cost_usd > 0
+        else:
+            refined = ask(case, component)
+            assert refined.prompt.startswith("A purple cube on a red table") and refined.rationale
+        return
+    with pytest.raises(ProviderError) as caught:
+        from pipeline.components import Element
+
+        ask(case, component, (Element(1, "entity", "Is there a cube?"),))
+    kind, retryable, retry_after = EXPECTED_ERRORS[fault]
+    assert (caught.value.kind, caught.value.retryable) == (kind, retryable), str(caught.value)
+    if retry_after is not None:
+        assert caught.value.retry_after == retry_after
+    assert component._key not in str(caught.value)
+
+
+def test_judge_sends_the_image_the_schema_and_temperature_zero(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.components import Element
+    from tests.emulators import running
+
+    with running(gemini.GeminiEmulator()) as emulator:
+        monkeypatch.setenv("GEMINI_API_KEY", gemini.KEY)
+        monkeypatch.setenv("GEMINI_BASE_URL", emulator.url)
+        judge = registry.judges.create("gemini", Settings.from_env())
+        ask(ChatCase("judges", "gemini", gemini.GeminiEmulator, lambda e: {}), judge, (Element(1, "entity", "Is there a cube?"),))
+        body = emulator.requests[-1].json()
+        config = body["generationConfig"]
+        assert config["temperature"] == 0 and config["responseMimeType"] == "application/json"
+        assert config["responseJsonSchema"]["title"] == "ImageJudgement"
+        parts = body["contents"][0]["parts"]
+        inline = parts[0]["inlineData"]  # proto JSON: the service accepts mimeType or mime_type
+        assert inline.get("mimeType", inline.get("mime_type")) == "image/png" and "1. Is there a cube?" in parts[1]["text"]
+        assert emulator.requests[-1].headers["x-goog-api-key"] == gemini.KEY

@@ -3,6 +3,7 @@
 from ..registry import providers
 from .cloudflare import CloudflareProvider
 from .fal import FalProvider
+from .gemini import GeminiImageProvider
 from .offline import OfflineProvider
 from .openai_images import OpenAIImagesProvider
 from .worker import WorkerProvider
@@ -12,3 +13,4 @@ providers.register(FalProvider)
 providers.register(CloudflareProvider)
 providers.register(WorkerProvider)
 providers.register(OpenAIImagesProvider)
+providers.register(GeminiImageProvider)

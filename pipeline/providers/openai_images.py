@@ -74,12 +74,8 @@ class OpenAIImagesProvider(wire.Remote, ImageProvider):
             return f"{max(16, round(width / 16) * 16)}x{max(16, round(height / 16) * 16)}"
         return closest_size(width, height, list(self.settings.get("sizes", ["1024x1024", "1536x1024", "1024x1536"])))
 
-    def _cost(self, usage: Any) -> float | None:
-        rates = dict(self.settings.get("token_prices", {}).get(self.model, {}))
-        if usage is None or not rates:
-            return None
-        return (getattr(usage, "input_tokens", 0) or 0) * float(rates.get("input_per_million", 0)) / 1e6 + \
-               (getattr(usage, "output_tokens", 0) or 0) * float(rates.get("output_per_million", 0)) / 1e6
+    def _usage_cost(self, usage: Any) -> float | None:
+        return self._token_cost(getattr(usage, "input_tokens", None), getattr(usage, "output_tokens", None)) if usage else None
 
     async def generate(self, request: GenerationRequest) -> GeneratedImage:
         size = self._size(request.width, request.height)
@@ -102,4 +98,4 @@ class OpenAIImagesProvider(wire.Remote, ImageProvider):
             raise openai_error(self.name, e) from None
         fmt = getattr(response, "output_format", None) or options.get("output_format") or "png"
         return GeneratedImage(data=data, mime_type=f"image/{'jpeg' if fmt == 'jpg' else fmt}", model=self.model, http_status=200,
-                              cost_usd=self._cost(getattr(response, "usage", None)), metadata={"size": size})
+                              cost_usd=self._usage_cost(getattr(response, "usage", None)), metadata={"size": size})

@@ -1,0 +1,109 @@
+"""Google Gemini through google-genai ``generate_content`` (the legacy google-generativeai is not used).
+
+One client per call, built inside the running loop, with ``base_url`` from ``GEMINI_BASE_URL``
+and no SDK retries (google-genai retries only when ``retry_options`` is set; it is not). A
+``429`` carries its wait in ``RetryInfo.retryDelay``, which becomes ``retry_after``. Blocks are
+HTTP 200: ``promptFeedback.blockReason``, or a candidate ``finishReason`` such as
+``IMAGE_SAFETY`` with no image.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from google import genai
+from google.genai import errors, types
+
+from . import wire
+from .chat import Answer, ChatJudge, ChatRefiner, ChatService
+from .errors import ContentBlocked, ProviderError
+
+BLOCK_FINISH = {"SAFETY", "PROHIBITED_CONTENT", "IMAGE_SAFETY", "IMAGE_PROHIBITED_CONTENT", "BLOCKLIST", "SPII", "RECITATION",
+                "IMAGE_RECITATION"}
+_KIND = {400: "bad_request", 401: "auth", 403: "auth", 404: "not_found", 429: "rate_limited"}
+
+
+def retry_delay(details: Any) -> float | None:
+    """``RetryInfo.retryDelay`` ("53s", "1.5s") from an error's details, if present."""
+    for d in details if isinstance(details, list) else []:
+        if isinstance(d, dict) and str(d.get("@type", "")).endswith("RetryInfo"):
+            m = re.fullmatch(r"([\d.]+)s", str(d.get("retryDelay", "")))
+            if m:
+                return float(m.group(1))
+    return None
+
+
+def gemini_error(service: str, e: Exception) -> ProviderError:
+    if isinstance(e, errors.APIError):
+        status = int(e.code or 0)
+        details = e.details.get("error", {}).get("details") if isinstance(e.details, dict) else e.details
+        text = f"{service} answered HTTP {status} ({e.status or 'error'}): {e.message or ''}".rstrip(": ")
+        return ProviderError(text, kind=_KIND.get(status, "server" if status >= 500 else "bad_request"), http_status=status,
+                             retryable=status in wire.RETRYABLE_STATUSES, retry_after=retry_delay(details))
+    name = type(e).__name__
+    if "Timeout" in name:
+        return ProviderError(f"{service} did not answer in time", kind="timeout", retryable=True)
+    if "Connect" in name or isinstance(e, OSError):
+        return ProviderError(f"{service} could not be reached: {name}", kind="connection", retryable=True)
+    if isinstance(e, (ValueError, KeyError, TypeError, AttributeError, IndexError)):
+        return ProviderError(f"{service} sent a response that could not be read: {name}", kind="malformed", retryable=True)
+    return ProviderError(f"{service}: {name}: {e}", kind="internal")
+
+
+class GeminiService(wire.Remote):
+    name = "gemini"
+    key_env_var = "GEMINI_API_KEY"
+    base_url_env_var = "GEMINI_BASE_URL"
+    default_base_url = "https://generativelanguage.googleapis.com"
+
+    async def _generate(self, contents: list[Any], config: types.GenerateContentConfig) -> Any:
+        client = genai.Client(api_key=self._key, http_options=types.HttpOptions(
+            base_url=self.base_url, api_version="v1beta", timeout=int(self.timeout_s * 1000)))
+        try:
+            return await client.aio.models.generate_content(model=self.model, contents=contents, config=config)
+        except ProviderError:
+            raise
+        except Exception as e:  # noqa: BLE001 (every SDK failure maps to one of the pipeline's kinds)
+            raise gemini_error(self.name, e) from None
+        finally:
+            await client.aio.aclose()
+
+    def _check_blocked(self, response: Any) -> None:
+        feedback = getattr(response, "prompt_feedback", None)
+        reason = getattr(feedback, "block_reason", None) if feedback else None
+        if reason:
+            raise ContentBlocked(f"{self.name} blocked the prompt (blockReason {getattr(reason, 'value', reason)})", http_status=200)
+
+    def _usage_cost(self, response: Any) -> float | None:
+        usage = getattr(response, "usage_metadata", None)
+        if usage is None:
+            return None
+        return self._token_cost(getattr(usage, "prompt_token_count", None), getattr(usage, "candidates_token_count", None))
+
+
+class GeminiChat(GeminiService, ChatService):
+    async def ask(self, system: str, text: str, schema: dict[str, Any], *, image: bytes | None = None, mime_type: str = "") -> Answer:
+        contents: list[Any] = [types.Part.from_bytes(data=image, mime_type=mime_type or "image/png")] if image else []
+        contents.append(text)
+        response = await self._generate(contents, types.GenerateContentConfig(
+            system_instruction=system, temperature=0.0, response_mime_type="application/json", response_json_schema=schema))
+        self._check_blocked(response)
+        try:
+            answer = response.text
+        except (ValueError, AttributeError):
+            answer = None
+        if not answer:
+            finish = response.candidates[0].finish_reason if getattr(response, "candidates", None) else None
+            raise ProviderError(f"{self.name} returned no text (finishReason {getattr(finish, 'value', finish)})", kind="malformed", retryable=True)
+        return Answer(answer, getattr(response, "model_version", None) or self.model, self._usage_cost(response))
+
+
+class GeminiJudge(GeminiChat, ChatJudge):
+    label = "Gemini vision judge"
+    model_env_var = "GEMINI_JUDGE_MODEL"
+
+
+class GeminiRefiner(GeminiChat, ChatRefiner):
+    label = "Gemini prompt refiner"
+    model_env_var = "GEMINI_REFINER_MODEL"

@@ -1,0 +1,99 @@
+"""Gemini API emulator: POST /v1beta/models/{model}:generateContent (camelCase wire format, x-goog-api-key).
+
+Answers image requests (``responseModalities`` with IMAGE) with an ``inlineData`` part, and JSON
+requests by the schema's title: elements for a prompt, answers for a judgement, a new prompt
+for a refinement. Errors use the google.rpc shape; a 429 carries ``RetryInfo.retryDelay``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+
+from . import RETRY_AFTER_S, SLOW_S, Emulator, Reply, Request
+
+KEY = "gemini-test-key-0000"
+NO_WORD = "purple"  # questions mentioning it are answered "no", so tests can see a failed element
+
+
+def elements_for(prompt: str) -> dict:
+    subject = prompt.split(".")[0].strip() or prompt
+    words = [w for w in re.findall(r"[a-z]+", subject.lower()) if len(w) > 3][:3] or ["subject"]
+    elements = [{"id": 1, "category": "entity", "tuple": f"entity - whole ({subject})", "question": f"Does the image show {subject}?",
+                 "parent_ids": [], "critical": True}]
+    for i, w in enumerate(words, 2):
+        elements.append({"id": i, "category": "attribute", "tuple": f"attribute ({w})", "question": f"Is there something {w}?",
+                         "parent_ids": [1], "critical": True})
+    return {"elements": elements}
+
+
+def judgement_for(text: str) -> dict:
+    answers = []
+    for number, question in re.findall(r"^(\d+)\. (.+)$", text, re.M):
+        no = NO_WORD in question.lower()
+        answers.append({"id": int(number), "evidence": "not visible" if no else "clearly visible", "answer": "no" if no else "yes"})
+    first_no = next((a["id"] for a in answers if a["answer"] == "no"), None)
+    return {"answers": answers, "quality": {"artifacts": "minor", "aesthetics": "good", "text_legible": "n/a"},
+            "top_issue": {"element_id": first_no, "description": "the colour is missing" if first_no else "slightly soft focus",
+                          "suggested_prompt_change": "add 'vivid purple accents'" if first_no else "add 'crisp focus'"}}
+
+
+def refinement_for(text: str) -> dict:
+    current = text.split("Current prompt:\n", 1)[1].split("\n\n", 1)[0] if "Current prompt:\n" in text else "a prompt"
+    return {"prompt": f"{current.rstrip('.')}, with vivid purple accents and crisp focus.", "rationale": "adds the missing colour"}
+
+
+class GeminiEmulator(Emulator):
+    def __init__(self) -> None:
+        super().__init__()
+        self.usage = {"promptTokenCount": 1200, "candidatesTokenCount": 300, "totalTokenCount": 1500}
+
+    def error(self, code: int, status: str, message: str, details: list | None = None) -> Reply:
+        return Reply.json({"error": {"code": code, "message": message, "status": status, "details": details or []}}, code)
+
+    def handle(self, req: Request) -> Reply:
+        m = re.fullmatch(r"/v1beta/models/(?P<model>[^/:]+):generateContent", req.path)
+        if not m:
+            return self.error(404, "NOT_FOUND", f"models/{req.path} is not found for API version v1beta")
+        if req.headers.get("x-goog-api-key") != KEY:
+            return self.error(400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid API key.",
+                              [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID"}])
+        fault = self.fault
+        if fault == "400":
+            return self.error(400, "INVALID_ARGUMENT", "Request contains an invalid argument.")
+        if fault == "401":
+            return self.error(401, "UNAUTHENTICATED", "Request had invalid authentication credentials.")
+        if fault == "429":
+            return self.error(429, "RESOURCE_EXHAUSTED", f"You exceeded your current quota. Please retry in {RETRY_AFTER_S}.0s.",
+                              [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{RETRY_AFTER_S}s"}])
+        if fault == "500":
+            return self.error(500, "INTERNAL", "An internal error has occurred.")
+        if fault == "timeout":
+            return Reply(200, {}, delay=SLOW_S)
+        if fault == "malformed":
+            return Reply(200, "<html>502 Bad Gateway</html>", {"Content-Type": "text/html"})
+        if fault == "blocked":
+            return Reply.json({"promptFeedback": {"blockReason": "SAFETY"}, "usageMetadata": {"promptTokenCount": 12, "totalTokenCount": 12},
+                               "modelVersion": m["model"]})
+        body = req.json()
+        config = body.get("generationConfig", {})
+        text = " ".join(p.get("text", "") for c in body.get("contents", []) for p in c.get("parts", []))
+        if "IMAGE" in config.get("responseModalities", []):
+            if self.fault == "image_safety":
+                return Reply.json({"candidates": [{"content": {"role": "model", "parts": []}, "finishReason": "IMAGE_SAFETY", "index": 0}],
+                                   "modelVersion": m["model"]})
+            image = self.image_reply()
+            parts = [{"text": "Here is your image."},
+                     {"inlineData": {"mimeType": "image/png", "data": base64.b64encode(image.body).decode()}}]
+            return Reply.json({"candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": "STOP", "index": 0}],
+                               "usageMetadata": {**self.usage, "candidatesTokensDetails": [{"modality": "IMAGE", "tokenCount": 1290}]},
+                               "modelVersion": m["model"]})
+        schema = config.get("responseJsonSchema") or config.get("responseSchema") or {}
+        title = schema.get("title", "")
+        answer = {"PromptElements": lambda: elements_for(text.split("Prompt:\n", 1)[-1]),
+                  "ImageJudgement": lambda: judgement_for(text), "RefinedPrompt": lambda: refinement_for(text)}.get(title)
+        if answer is None:
+            return self.error(400, "INVALID_ARGUMENT", f"emulator: unknown schema {title!r}")
+        return Reply.json({"candidates": [{"content": {"role": "model", "parts": [{"text": json.dumps(answer())}]}, "finishReason": "STOP",
+                                           "index": 0}], "usageMetadata": self.usage, "modelVersion": m["model"]})
