@@ -11,7 +11,7 @@ import pytest
 from sqlmodel import select
 
 from pipeline.db import session
-from pipeline.models import Evaluation, ProviderCall, PromptElement, Refinement
+from pipeline.models import Evaluation, PromptElement, ProviderCall, Refinement
 from pipeline.ratings import approve_best
 from tests.conftest import run_cli, write_prompt_set
 from tests.emulators import gemini, running
