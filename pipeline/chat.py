@@ -32,10 +32,6 @@ class ChatService(wire.Remote):
 class ChatJudge(ChatService, Judge):
     remote_decompose = True
 
-    def __init__(self, settings: dict[str, Any] | None = None) -> None:
-        Judge.__init__(self, settings)
-        self._configure()
-
     async def decompose(self, prompt: str) -> Decomposition:
         answer = await self.ask(rubric.DECOMPOSE_SYSTEM, rubric.decompose_text(prompt), rubric.ELEMENTS_SCHEMA)
         return Decomposition(rubric.parse_elements(self.name, answer.text), model=answer.model, cost_usd=answer.cost_usd)
@@ -47,10 +43,6 @@ class ChatJudge(ChatService, Judge):
 
 
 class ChatRefiner(ChatService, Refiner):
-    def __init__(self, settings: dict[str, Any] | None = None) -> None:
-        Refiner.__init__(self, settings)
-        self._configure()
-
     async def refine(self, request: RefinementRequest) -> RefinedPrompt:
         system = rubric.REFINE_SYSTEM.format(max_words=int(self.settings.get("max_words", 120)))
         answer = await self.ask(system, rubric.refine_text(request), rubric.REFINEMENT_SCHEMA)

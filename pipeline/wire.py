@@ -182,6 +182,10 @@ class Remote:
     settings: dict[str, Any]
     model: str
 
+    def __init__(self, settings: dict[str, Any] | None = None) -> None:
+        super().__init__(settings)  # type: ignore[call-arg]  (Component.__init__, next in the MRO)
+        self._configure()
+
     def _configure(self) -> None:
         self._key = require(self.key_env_var, self.name) if self.key_env_var else ""
         self.base_url = setting(self.base_url_env_var, self.settings, "base_url", self.default_base_url).rstrip("/")

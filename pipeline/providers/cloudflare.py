@@ -31,7 +31,6 @@ class CloudflareProvider(wire.Remote, ImageProvider):
 
     def __init__(self, settings: dict[str, Any] | None = None) -> None:
         super().__init__(settings)
-        self._configure()
         self.account_id = wire.require("CLOUDFLARE_ACCOUNT_ID", self.name)
 
     def _fail(self, response: httpx.Response) -> ProviderError:

@@ -43,7 +43,6 @@ class FalProvider(wire.Remote, ImageProvider):
 
     def __init__(self, settings: dict[str, Any] | None = None) -> None:
         super().__init__(settings)
-        self._configure()
         self.poll_initial_s = float(self.settings.get("poll_initial_s", 0.25))
         self.poll_max_s = float(self.settings.get("poll_max_s", 2.0))
 

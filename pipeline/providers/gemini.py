@@ -7,8 +7,6 @@ malformed answer. Cost comes from the usage metadata's tokens at the configured 
 
 from __future__ import annotations
 
-from typing import Any
-
 from google.genai import types
 
 from ..components import GeneratedImage, GenerationRequest, ImageProvider
@@ -28,10 +26,6 @@ def nearest_aspect_ratio(width: int, height: int) -> str:
 class GeminiImageProvider(GeminiService, ImageProvider):
     label = "Gemini image model"
     model_env_var = "GEMINI_IMAGE_MODEL"
-
-    def __init__(self, settings: dict[str, Any] | None = None) -> None:
-        super().__init__(settings)
-        self._configure()
 
     async def generate(self, request: GenerationRequest) -> GeneratedImage:
         aspect = nearest_aspect_ratio(request.width, request.height)

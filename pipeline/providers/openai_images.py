@@ -65,10 +65,6 @@ class OpenAIImagesProvider(wire.Remote, ImageProvider):
     default_base_url = "https://api.openai.com/v1"
     model_env_var = "OPENAI_IMAGE_MODEL"
 
-    def __init__(self, settings: dict[str, Any] | None = None) -> None:
-        super().__init__(settings)
-        self._configure()
-
     def _size(self, width: int, height: int) -> str:
         if self.settings.get("any_size"):  # gpt-image-2: any WxH in multiples of 16
             return f"{max(16, round(width / 16) * 16)}x{max(16, round(height / 16) * 16)}"

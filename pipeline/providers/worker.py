@@ -24,7 +24,6 @@ class WorkerProvider(wire.Remote, ImageProvider):
 
     def __init__(self, settings: dict[str, Any] | None = None) -> None:
         super().__init__(settings)
-        self._configure()
         if not self.base_url:
             raise ConfigError("worker: set WORKER_URL to the worker's address")
         self._key = wire.setting("WORKER_TOKEN", {}, "")
