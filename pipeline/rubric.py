@@ -49,7 +49,7 @@ JUDGEMENT_SCHEMA: dict[str, Any] = {
             "aesthetics": {"type": "string", "enum": list(AESTHETICS)},
             "text_legible": {"type": "string", "enum": list(TEXT_LEGIBLE)}}},
         "top_issue": {"type": "object", "required": ["element_id", "description", "suggested_prompt_change"], "properties": {
-            "element_id": {"type": "integer", "nullable": True}, "description": {"type": "string"},
+            "element_id": {"type": ["integer", "null"]}, "description": {"type": "string"},
             "suggested_prompt_change": {"type": "string"}}},
     },
 }

@@ -12,38 +12,9 @@ import json
 import re
 
 from . import RETRY_AFTER_S, SLOW_S, Emulator, Reply, Request
+from .answers import answer_for
 
 KEY = "gemini-test-key-0000"
-NO_WORD = "purple"  # questions mentioning it are answered "no", so tests can see a failed element
-
-
-def elements_for(prompt: str) -> dict:
-    subject = prompt.split(".")[0].strip() or prompt
-    words = [w for w in re.findall(r"[a-z]+", subject.lower()) if len(w) > 3][:3] or ["subject"]
-    elements = [{"id": 1, "category": "entity", "tuple": f"entity - whole ({subject})", "question": f"Does the image show {subject}?",
-                 "parent_ids": [], "critical": True}]
-    for i, w in enumerate(words, 2):
-        elements.append({"id": i, "category": "attribute", "tuple": f"attribute ({w})", "question": f"Is there something {w}?",
-                         "parent_ids": [1], "critical": True})
-    return {"elements": elements}
-
-
-def judgement_for(text: str) -> dict:
-    answers = []
-    for number, question in re.findall(r"^(\d+)\. (.+)$", text, re.M):
-        no = NO_WORD in question.lower()
-        answers.append({"id": int(number), "evidence": "not visible" if no else "clearly visible", "answer": "no" if no else "yes"})
-    first_no = next((a["id"] for a in answers if a["answer"] == "no"), None)
-    return {"answers": answers, "quality": {"artifacts": "minor", "aesthetics": "good", "text_legible": "n/a"},
-            "top_issue": {"element_id": first_no, "description": "the colour is missing" if first_no else "slightly soft focus",
-                          "suggested_prompt_change": "add 'vivid purple accents'" if first_no else "add 'crisp focus'"}}
-
-
-def refinement_for(text: str) -> dict:
-    current = text.split("Current prompt:\n", 1)[1].split("\n\n", 1)[0] if "Current prompt:\n" in text else "a prompt"
-    return {"prompt": f"{current.rstrip('.')}, with vivid purple accents and crisp focus.", "rationale": "adds the missing colour"}
-
-
 class GeminiEmulator(Emulator):
     def __init__(self) -> None:
         super().__init__()
@@ -90,10 +61,8 @@ class GeminiEmulator(Emulator):
                                "usageMetadata": {**self.usage, "candidatesTokensDetails": [{"modality": "IMAGE", "tokenCount": 1290}]},
                                "modelVersion": m["model"]})
         schema = config.get("responseJsonSchema") or config.get("responseSchema") or {}
-        title = schema.get("title", "")
-        answer = {"PromptElements": lambda: elements_for(text.split("Prompt:\n", 1)[-1]),
-                  "ImageJudgement": lambda: judgement_for(text), "RefinedPrompt": lambda: refinement_for(text)}.get(title)
+        answer = answer_for(schema.get("title", ""), text)
         if answer is None:
-            return self.error(400, "INVALID_ARGUMENT", f"emulator: unknown schema {title!r}")
-        return Reply.json({"candidates": [{"content": {"role": "model", "parts": [{"text": json.dumps(answer())}]}, "finishReason": "STOP",
+            return self.error(400, "INVALID_ARGUMENT", f"emulator: unknown schema {schema.get('title')!r}")
+        return Reply.json({"candidates": [{"content": {"role": "model", "parts": [{"text": json.dumps(answer)}]}, "finishReason": "STOP",
                                            "index": 0}], "usageMetadata": self.usage, "modelVersion": m["model"]})

@@ -1,11 +1,14 @@
-"""OpenAI Images emulator: POST /v1/images/generations (JSON) and /v1/images/edits (multipart, image or image[])."""
+"""OpenAI emulator: POST /v1/images/generations (JSON), /v1/images/edits (multipart, image or image[]) and
+/v1/chat/completions (vision input, json_schema response format) for the judge and refiner."""
 
 from __future__ import annotations
 
 import base64
+import json
 import re
 
 from . import RETRY_AFTER_S, SLOW_S, Emulator, Reply, Request
+from .answers import answer_for
 
 KEY = "sk-test-openai-0000"
 
@@ -19,7 +22,7 @@ class OpenAIEmulator(Emulator):
         return Reply.json({"error": {"message": message, "type": type_, "param": None, "code": code}}, status, **headers)
 
     def handle(self, req: Request) -> Reply:
-        if req.path not in ("/v1/images/generations", "/v1/images/edits"):
+        if req.path not in ("/v1/images/generations", "/v1/images/edits", "/v1/chat/completions"):
             return self.error(404, f"Unknown request URL: {req.method} {req.path}", "invalid_request_error", "unknown_url")
         if req.headers.get("authorization") != f"Bearer {KEY}":
             return self.error(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
@@ -42,9 +45,15 @@ class OpenAIEmulator(Emulator):
             return Reply(200, {}, delay=SLOW_S)
         if fault == "malformed":
             return Reply(200, "<html>Bad gateway</html>", {"Content-Type": "text/html"})
+        if fault == "blocked" and req.path.endswith("/chat/completions"):
+            return Reply.json({"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4.1-mini",
+                               "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                                   "role": "assistant", "content": None, "refusal": "I can't help with that image."}}]})
         if fault == "blocked":
             return self.error(400, "Your request was rejected by the safety system. safety_violations=[violence].",
                               "image_generation_user_error", "moderation_blocked")
+        if req.path.endswith("/chat/completions"):
+            return self.chat(req.json())
         image = self.image_reply().body
         return Reply.json({
             "created": 1713833628, "data": [{"b64_json": base64.b64encode(image).decode(), "url": None, "revised_prompt": None}],
@@ -52,3 +61,16 @@ class OpenAIEmulator(Emulator):
             "usage": {"input_tokens": 50, "input_tokens_details": {"text_tokens": 50, "image_tokens": 0},
                       "output_tokens": 4160, "output_tokens_details": {"text_tokens": 0, "image_tokens": 4160}, "total_tokens": 4210},
         })
+
+    def chat(self, body: dict) -> Reply:
+        messages = body.get("messages", [])
+        user = messages[-1]["content"] if messages else ""
+        text = user if isinstance(user, str) else " ".join(p.get("text", "") for p in user if p.get("type") == "text")
+        schema = (body.get("response_format") or {}).get("json_schema", {}).get("schema", {})
+        answer = answer_for(schema.get("title", ""), text)
+        if answer is None:
+            return self.error(400, "response_format json_schema is required", "invalid_request_error")
+        return Reply.json({"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": body.get("model", ""),
+                           "choices": [{"index": 0, "finish_reason": "stop",
+                                        "message": {"role": "assistant", "content": json.dumps(answer), "refusal": None}}],
+                           "usage": {"prompt_tokens": 900, "completion_tokens": 150, "total_tokens": 1050}})

@@ -1,0 +1,47 @@
+"""Ollama emulator: POST /api/chat (images as raw base64, ``format`` = JSON schema, stream false or NDJSON)."""
+
+from __future__ import annotations
+
+import json
+
+from . import RETRY_AFTER_S, SLOW_S, Emulator, Reply, Request
+from .answers import answer_for
+
+
+class OllamaEmulator(Emulator):
+    models = ("qwen2.5vl",)
+
+    def handle(self, req: Request) -> Reply:
+        if req.path == "/api/tags":
+            return Reply.json({"models": [{"name": m, "model": m} for m in self.models]})
+        if req.path != "/api/chat":
+            return Reply(404, "404 page not found", {"Content-Type": "text/plain"})
+        body = req.json() or {}
+        if body.get("model") not in self.models:
+            return Reply.json({"error": f"model '{body.get('model')}' not found"}, 404)
+        fault = self.fault
+        if fault == "400":
+            return Reply.json({"error": "invalid format: expected 'json' or a JSON schema"}, 400)
+        if fault == "401":
+            return Reply.json({"error": "unauthorized"}, 401)
+        if fault == "429":
+            return Reply.json({"error": "server busy, please try again. maximum pending requests exceeded"}, 429,
+                              **{"Retry-After": str(RETRY_AFTER_S)})
+        if fault == "500":
+            return Reply.json({"error": "llama runner process has terminated: signal: killed"}, 500)
+        if fault == "timeout":
+            return Reply(200, {}, delay=SLOW_S)
+        if fault == "malformed":
+            return Reply(200, "Ollama is running", {"Content-Type": "text/plain"})
+        user = body["messages"][-1]
+        schema = body.get("format") if isinstance(body.get("format"), dict) else {}
+        answer = answer_for(schema.get("title", ""), user.get("content", ""))
+        if fault == "blocked":  # local models have no filter: a refusal in words, not the schema
+            content = "I'm sorry, but I can't help with that."
+        else:
+            content = json.dumps(answer)
+        message = {"model": body["model"], "created_at": "2026-11-21T00:00:00Z", "message": {"role": "assistant", "content": content},
+                   "done": True, "done_reason": "stop", "total_duration": 1, "prompt_eval_count": 10, "eval_count": 20}
+        if body.get("stream", True):  # the REST default is NDJSON
+            return Reply(200, json.dumps(message) + "\n", {"Content-Type": "application/x-ndjson"})
+        return Reply.json(message)
