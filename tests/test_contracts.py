@@ -19,7 +19,7 @@ from pipeline.components import GenerationRequest, ImageProvider
 from pipeline.config import Settings
 from pipeline.errors import BadImage, ContentBlocked, ProviderError
 from pipeline.images import inspect_image
-from tests.emulators import FAULTS, RETRY_AFTER_S, Emulator, cloudflare, gemini, ollama, openai, worker
+from tests.emulators import FAULTS, RETRY_AFTER_S, Emulator, cloudflare, comfyui, gemini, leonardo, ollama, openai, runware, worker
 from tests.emulators.fal import KEY as FAL_KEY
 from tests.emulators.fal import FalEmulator
 
@@ -52,6 +52,10 @@ PROVIDERS = [
         "CLOUDFLARE_MODEL": "@cf/stabilityai/stable-diffusion-xl-base-1.0"}, {}),
     ProviderCase("gemini", gemini.GeminiEmulator, lambda e: {"GEMINI_API_KEY": gemini.KEY, "GEMINI_BASE_URL": e.url}, {}),
     ProviderCase("openai", openai.OpenAIEmulator, lambda e: {"OPENAI_API_KEY": openai.KEY, "OPENAI_BASE_URL": f"{e.url}/v1"}, {}),
+    ProviderCase("leonardo", leonardo.LeonardoEmulator, lambda e: {
+        "LEONARDO_API_KEY": leonardo.KEY, "LEONARDO_BASE_URL": f"{e.url}/api/rest/v1"}, {"usd_per_credit": 0.0005}),
+    ProviderCase("runware", runware.RunwareEmulator, lambda e: {"RUNWARE_API_KEY": runware.KEY, "RUNWARE_BASE_URL": f"{e.url}/v1"}, {}),
+    ProviderCase("comfyui", comfyui.ComfyUIEmulator, lambda e: {"COMFYUI_URL": e.url}, {}),
     ProviderCase("worker", worker.WorkerEmulator, lambda e: {
         "WORKER_URL": f"{e.url}/generate", "WORKER_TOKEN": worker.TOKEN, "WORKER_METHOD": "POST"}, {}),
     ProviderCase("worker-get", worker.WorkerEmulator, lambda e: {
@@ -110,7 +114,7 @@ def test_provider_never_puts_its_key_in_an_error(provider_case) -> None:  # type
         emulator.fault = fault
         with pytest.raises(ProviderError) as caught:
             generate(provider)
-        assert provider._key and provider._key not in str(caught.value)
+        assert not provider._key or provider._key not in str(caught.value)
 
 
 # ---- service-specific behaviour --------------------------------------------------------------------------------
@@ -313,3 +317,48 @@ def test_judge_sends_the_image_the_schema_and_temperature_zero(monkeypatch: pyte
         inline = parts[0]["inlineData"]  # proto JSON: the service accepts mimeType or mime_type
         assert inline.get("mimeType", inline.get("mime_type")) == "image/png" and "1. Is there a cube?" in parts[1]["text"]
         assert emulator.requests[-1].headers["x-goog-api-key"] == gemini.KEY
+
+
+def test_comfyui_fills_the_workflow_with_typed_values_and_names_a_missing_checkpoint(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tests.emulators import running
+
+    with running(comfyui.ComfyUIEmulator()) as emulator:
+        monkeypatch.setenv("COMFYUI_URL", emulator.url)
+        generate(make("comfyui"))
+        graph = next(iter(emulator.graphs.values()))
+        assert graph["6"]["inputs"]["text"] == "a red fox in the snow" and graph["3"]["inputs"]["seed"] == 7
+        assert (graph["5"]["inputs"]["width"], graph["5"]["inputs"]["height"]) == (1024, 768)
+        monkeypatch.setenv("COMFYUI_CHECKPOINT", "sdxl_missing.safetensors")
+        with pytest.raises(ProviderError) as caught:
+            generate(make("comfyui"))
+        assert caught.value.kind == "bad_request" and "sdxl_missing.safetensors" in str(caught.value) and "node 4" in str(caught.value)
+        custom = tmp_path / "mine.json"
+        custom.write_text('{"1": {"class_type": "MyTextToImage", "inputs": {"text": "{{prompt}}", "seed": "{{seed}}"}}}')
+        monkeypatch.setenv("COMFYUI_WORKFLOW", str(custom))
+        monkeypatch.delenv("COMFYUI_CHECKPOINT")
+        generate(make("comfyui"))
+        assert list(emulator.graphs.values())[-1] == {"1": {"class_type": "MyTextToImage", "inputs": {"text": "a red fox in the snow", "seed": 7}}}
+        emulator.stuck = True
+        with pytest.raises(ProviderError, match="interrupted"):
+            generate(make("comfyui"))
+        assert emulator.interrupted
+        custom.write_text('{"1": {"class_type": "NoPromptHere", "inputs": {}}}')
+        with pytest.raises(registry.ConfigError, match="placeholder"):
+            make("comfyui")
+
+
+def test_leonardo_and_runware_report_their_own_cost(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.emulators import running
+
+    with running(leonardo.LeonardoEmulator()) as leo, running(runware.RunwareEmulator()) as rw:
+        monkeypatch.setenv("LEONARDO_API_KEY", leonardo.KEY)
+        monkeypatch.setenv("LEONARDO_BASE_URL", f"{leo.url}/api/rest/v1")
+        monkeypatch.setenv("RUNWARE_API_KEY", runware.KEY)
+        monkeypatch.setenv("RUNWARE_BASE_URL", f"{rw.url}/v1")
+        assert generate(make("leonardo", usd_per_credit=0.0005)).cost_usd == pytest.approx(24 * 0.0005)
+        sent = leo.calls("POST")[0].json()
+        assert sent["modelId"] == "1dd50843-d653-4516-a8e3-f0238ee453ff" and sent["num_images"] == 1 and sent["width"] == 1024
+        assert generate(make("leonardo")).cost_usd is None  # no credit price configured: the table applies
+        assert generate(make("runware")).cost_usd == pytest.approx(0.0013)
+        [task] = rw.calls("POST")[0].json()
+        assert (task["taskType"], task["includeCost"], task["positivePrompt"]) == ("imageInference", True, "a red fox in the snow")
