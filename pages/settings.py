@@ -3,7 +3,7 @@
 import streamlit as st
 from sqlalchemy.engine import make_url
 
-from pipeline.catalog import catalog
+from pipeline.catalog import catalog, test_connection
 
 settings = st.session_state["settings"]
 
@@ -19,6 +19,23 @@ st.dataframe(
      for i in catalog()],
     hide_index=True, width="stretch",
 )
+st.subheader("Test connection")
+st.caption("One cheap, unbilled request per service (a model lookup, a status or health check): does it answer, "
+           "and does it accept the key?")
+for info in [i for i in catalog() if not i.offline]:
+    name_col, state_col, button_col = st.columns([3, 5, 2])
+    name_col.markdown(f"**{info.display_name}** · {info.kind[:-1]}")
+    key = f"probe-{info.kind}-{info.name}"
+    if button_col.button("Test connection", key=key, disabled=not info.configured,
+                         help=None if info.configured else f"Set {', '.join(info.missing)} first"):
+        with st.spinner(f"Asking {info.name}…"):
+            st.session_state[key + "-result"] = test_connection(info.kind, info.name, settings)
+    result = st.session_state.get(key + "-result")
+    if result is not None:
+        (state_col.success if result.ok else state_col.error)(result.message)
+    elif not info.configured:
+        state_col.caption(f"not configured: {', '.join(info.missing)} missing")
+
 st.subheader("Storage")
 st.markdown(
     f"- Data folder: `{settings.data_dir}` (`DARKROOM_DATA_DIR`)\n"

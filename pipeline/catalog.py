@@ -7,12 +7,17 @@ variables, so both places work. Only presence is reported: a key's value never l
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from . import registry
 from .components import Component
+from .config import Settings
+from .errors import DarkroomError
+from .wire import Probe, Probing
 
 KINDS = {"providers": registry.providers, "judges": registry.judges, "refiners": registry.refiners}
 
@@ -59,3 +64,18 @@ def catalog(env: Mapping[str, str] | None = None) -> list[ComponentInfo]:
 def configured_names(kind: str, env: Mapping[str, str] | None = None) -> list[str]:
     """Names a run may use for ``kind`` ("providers", "judges", "refiners"): the configured ones."""
     return [i.name for i in catalog(env) if i.kind == kind and i.configured]
+
+
+def test_connection(kind: str, name: str, settings: Settings) -> Probe:
+    """Settings' **Test connection**: build the component from its settings and make its probe request.
+
+    Run on a thread of its own, so it works whether or not the caller's thread has an event loop.
+    """
+    try:
+        component = getattr(registry, kind).create(name, settings)
+    except DarkroomError as e:
+        return Probe(False, str(e))
+    if not isinstance(component, Probing):
+        return Probe(True, "runs on this machine: nothing to connect to")
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, component.probe()).result()

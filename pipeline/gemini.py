@@ -21,6 +21,7 @@ from .errors import ContentBlocked, ProviderError
 
 BLOCK_FINISH = {"SAFETY", "PROHIBITED_CONTENT", "IMAGE_SAFETY", "IMAGE_PROHIBITED_CONTENT", "BLOCKLIST", "SPII", "RECITATION",
                 "IMAGE_RECITATION"}
+KEY_INVALID = "API key not valid"  # Gemini answers a bad key with 400 INVALID_ARGUMENT, reason API_KEY_INVALID
 _KIND = {400: "bad_request", 401: "auth", 403: "auth", 404: "not_found", 429: "rate_limited"}
 
 
@@ -39,7 +40,8 @@ def gemini_error(service: str, e: Exception) -> ProviderError:
         status = int(e.code or 0)
         details = e.details.get("error", {}).get("details") if isinstance(e.details, dict) else e.details
         text = f"{service} answered HTTP {status} ({e.status or 'error'}): {e.message or ''}".rstrip(": ")
-        return ProviderError(text, kind=_KIND.get(status, "server" if status >= 500 else "bad_request"), http_status=status,
+        kind = "auth" if status == 400 and KEY_INVALID in (e.message or "") else _KIND.get(status, "server" if status >= 500 else "bad_request")
+        return ProviderError(text, kind=kind, http_status=status,
                              retryable=status in wire.RETRYABLE_STATUSES, retry_after=retry_delay(details))
     name = type(e).__name__
     if "Timeout" in name:
@@ -56,6 +58,12 @@ class GeminiService(wire.Remote):
     key_env_var = "GEMINI_API_KEY"
     base_url_env_var = "GEMINI_BASE_URL"
     default_base_url = "https://generativelanguage.googleapis.com"
+
+    def probe_request(self) -> tuple[str, str, dict[str, Any]]:
+        return "GET", f"{self.base_url}/v1beta/models/{self.model}", {"headers": {"x-goog-api-key": self._key}}
+
+    def key_refused(self, response: Any) -> bool:
+        return response.status_code in (401, 403) or (response.status_code == 400 and KEY_INVALID in response.text)
 
     async def _generate(self, contents: list[Any], config: types.GenerateContentConfig) -> Any:
         client = genai.Client(api_key=self._key, http_options=types.HttpOptions(

@@ -22,6 +22,9 @@ class OpenAIChat(ChatService):
     base_url_env_var = "OPENAI_BASE_URL"
     default_base_url = "https://api.openai.com/v1"
 
+    def probe_request(self) -> tuple[str, str, dict[str, Any]]:
+        return "GET", f"{self.base_url}/models/{self.model}", {"headers": {"Authorization": f"Bearer {self._key}"}}
+
     async def ask(self, system: str, text: str, schema: dict[str, Any], *, image: bytes | None = None, mime_type: str = "") -> Answer:
         content: list[dict[str, Any]] = [{"type": "text", "text": text}]
         if image:
@@ -62,6 +65,10 @@ class OllamaChat(ChatService):
     key_env_var = None  # local; OLLAMA_API_KEY is sent if set (Ollama's own client does the same)
     base_url_env_var = "OLLAMA_HOST"
     default_base_url = "http://127.0.0.1:11434"
+
+    def probe_request(self) -> tuple[str, str, dict[str, Any]]:
+        base = self.base_url if "://" in self.base_url else f"http://{self.base_url}"
+        return "GET", f"{base}/api/tags", {}
 
     async def ask(self, system: str, text: str, schema: dict[str, Any], *, image: bytes | None = None, mime_type: str = "") -> Answer:
         user: dict[str, Any] = {"role": "user", "content": text}

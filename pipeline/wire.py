@@ -18,6 +18,7 @@ import json
 import os
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -167,7 +168,41 @@ async def download(http: httpx.AsyncClient, service: str, url: str, *, max_bytes
         raise transport_error(service, e) from None
 
 
-class Remote:
+@dataclass(frozen=True)
+class Probe:
+    ok: bool
+    message: str
+
+
+class Probing:
+    """The Settings page's **Test connection**: one cheap, unbilled request that shows whether the
+    service answers and accepts the key. Subclasses name the request; statuses in ``probe_ok``
+    mean the key was accepted (some services answer 404 for the dummy id they are asked about)."""
+
+    probe_ok: frozenset[int] = frozenset({200})
+
+    def probe_request(self) -> tuple[str, str, dict[str, Any]]:
+        raise NotImplementedError
+
+    def key_refused(self, response: httpx.Response) -> bool:
+        return response.status_code in (401, 403)
+
+    async def probe(self) -> Probe:
+        method, url, kwargs = self.probe_request()
+        try:
+            async with client(headers=kwargs.pop("headers", {}), timeout_s=10.0) as http:
+                response = await send(http, self.name, method, url, **kwargs)  # type: ignore[attr-defined]
+        except ProviderError as e:
+            return Probe(False, str(e))
+        code = response.status_code
+        if code in self.probe_ok:
+            return Probe(True, f"{safe_url(url)} answered HTTP {code}: reachable, key accepted")
+        if self.key_refused(response):
+            return Probe(False, f"{safe_url(url)} refused the key (HTTP {code})")
+        return Probe(False, f"{safe_url(url)} answered HTTP {code}: {_snippet(response.text, 160)}")
+
+
+class Remote(Probing):
     """Mixin for networked components: key, base URL, model and timeout from environment and configuration.
 
     The key lives only on the instance (``self._key``); it is never put in ``settings``,

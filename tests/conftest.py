@@ -18,6 +18,19 @@ SAMPLES = ROOT / "data" / "samples"
 from tests.fakes import FakeProvider  # noqa: E402  (registers the fake provider)
 
 
+def _service_env_vars() -> set[str]:
+    registry.ensure_loaded()
+    names = {"WORKER_TOKEN", "WORKER_METHOD", "OLLAMA_API_KEY", "COMFYUI_WORKFLOW", "COMFYUI_CHECKPOINT", "GOOGLE_API_KEY"}
+    for reg in (registry.providers, registry.judges, registry.refiners):
+        for name in reg.names():
+            cls = reg.get_class(name)
+            names.update(v for v in (cls.key_env_var, cls.base_url_env_var, cls.model_env_var, *cls.required_env_vars) if v)
+    return names
+
+
+SERVICE_ENV_VARS = _service_env_vars()
+
+
 @pytest.fixture(autouse=True)
 def isolated_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test gets its own data folder and database; nothing touches the real data/."""
@@ -28,6 +41,8 @@ def isolated_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("DARKROOM_PLUGINS", raising=False)
     FakeProvider.reset()
     registry.ensure_loaded()
+    for var in SERVICE_ENV_VARS:  # a developer's real keys never reach a test
+        monkeypatch.delenv(var, raising=False)
     return data
 
 

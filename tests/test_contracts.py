@@ -362,3 +362,38 @@ def test_leonardo_and_runware_report_their_own_cost(monkeypatch: pytest.MonkeyPa
         assert generate(make("runware")).cost_usd == pytest.approx(0.0013)
         [task] = rw.calls("POST")[0].json()
         assert (task["taskType"], task["includeCost"], task["positivePrompt"]) == ("imageInference", True, "a red fox in the snow")
+
+
+# ---- Test connection (Settings page) ----------------------------------------------------------------------------
+@pytest.mark.parametrize("case", PROVIDERS, ids=lambda c: c.name)
+def test_test_connection_reports_a_working_service_and_a_refused_key(case: ProviderCase, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.catalog import test_connection
+    from tests.emulators import running
+
+    service = case.name.split("-")[0]
+    with running(case.emulator()) as emulator:
+        env = case.env(emulator)
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        probe = test_connection("providers", service, Settings.from_env())
+        assert probe.ok, probe.message
+        key_var = registry.providers.get_class(service).key_env_var or ("WORKER_TOKEN" if service == "worker" else None)
+        if key_var:
+            monkeypatch.setenv(key_var, "wrong-key")
+            probe = test_connection("providers", service, Settings.from_env())
+            assert not probe.ok and "refused the key" in probe.message and "wrong-key" not in probe.message
+    probe = test_connection("providers", service, Settings.from_env())  # the emulator is gone
+    assert not probe.ok and "could not be reached" in probe.message
+
+
+@pytest.mark.parametrize("case", CHAT, ids=lambda c: f"{c.kind[:-1]}-{c.name}")
+def test_test_connection_for_judges_and_refiners(case: ChatCase, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.catalog import test_connection
+    from tests.emulators import running
+
+    with running(case.emulator()) as emulator:
+        for k, v in case.env(emulator).items():
+            monkeypatch.setenv(k, v)
+        probe = test_connection(case.kind, case.name, Settings.from_env())
+        assert probe.ok, probe.message
+    assert test_connection("judges", "offline", Settings.from_env()).ok

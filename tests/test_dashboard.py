@@ -281,3 +281,17 @@ def test_paging_then_narrowing_the_filter_shows_the_last_page_there_is(app: AppF
     assert not at.exception
     assert "page 1 of 1" in next(c.value for c in at.caption if "image(s)" in c.value)
     assert len(at.image) == 2
+
+
+def test_settings_test_connection_asks_the_service(app: AppFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.emulators import running
+    from tests.emulators.comfyui import ComfyUIEmulator
+
+    with running(ComfyUIEmulator()) as emulator:
+        monkeypatch.setenv("COMFYUI_URL", emulator.url)
+        at = app("settings")
+        at.button(key="probe-providers-comfyui").click().run()
+        assert not at.exception
+        assert any("reachable" in s.value for s in at.success)
+        assert [r.path for r in emulator.requests] == ["/system_stats"]
+    assert at.button(key="probe-providers-fal").disabled  # no FAL_KEY here

@@ -33,6 +33,10 @@ class CloudflareProvider(wire.Remote, ImageProvider):
         super().__init__(settings)
         self.account_id = wire.require("CLOUDFLARE_ACCOUNT_ID", self.name)
 
+    def probe_request(self) -> tuple[str, str, dict[str, Any]]:
+        return "GET", f"{self.base_url}/accounts/{self.account_id}/ai/models/search", {
+            "headers": {"Authorization": f"Bearer {self._key}"}, "params": {"search": self.model.rsplit("/", 1)[-1]}}
+
     def _fail(self, response: httpx.Response) -> ProviderError:
         errors: list[Any] = []
         try:

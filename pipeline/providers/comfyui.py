@@ -57,6 +57,9 @@ class ComfyUIProvider(wire.Remote, ImageProvider):
         self.poll_initial_s = float(self.settings.get("poll_initial_s", 0.5))
         self.poll_max_s = float(self.settings.get("poll_max_s", 2.0))
 
+    def probe_request(self) -> tuple[str, str, dict[str, Any]]:
+        return "GET", f"{self.base_url}/system_stats", {}
+
     def _fail(self, response: httpx.Response) -> ProviderError:
         message = ""
         try:

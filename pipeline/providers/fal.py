@@ -57,6 +57,13 @@ class FalProvider(wire.Remote, ImageProvider):
         retryable = None if hint is None else hint.lower() == "true"
         return wire.status_error(self.name, response, text, blocked=blocked and response.status_code in (400, 422), retryable=retryable)
 
+    probe_ok = frozenset({200, 202, 400, 404, 422})  # asked about a request id that does not exist
+
+    def probe_request(self) -> tuple[str, str, dict[str, Any]]:
+        app = "/".join(self.model.split("/")[:2])
+        return "GET", f"{self.base_url}/{app}/requests/00000000-0000-0000-0000-000000000000/status", {
+            "headers": {"Authorization": f"Key {self._key}"}}
+
     async def generate(self, request: GenerationRequest) -> GeneratedImage:
         payload = {
             "prompt": request.prompt, "image_size": {"width": request.width, "height": request.height}, "seed": request.seed,

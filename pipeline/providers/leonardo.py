@@ -34,6 +34,9 @@ class LeonardoProvider(wire.Remote, ImageProvider):
         self.poll_initial_s = float(self.settings.get("poll_initial_s", 2.0))
         self.poll_max_s = float(self.settings.get("poll_max_s", 5.0))
 
+    def probe_request(self) -> tuple[str, str, dict[str, Any]]:
+        return "GET", f"{self.base_url}/me", {"headers": {"Authorization": f"Bearer {self._key}"}}
+
     def _fail(self, response: httpx.Response) -> ProviderError:
         message = ""
         try:

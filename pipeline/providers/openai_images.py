@@ -65,6 +65,9 @@ class OpenAIImagesProvider(wire.Remote, ImageProvider):
     default_base_url = "https://api.openai.com/v1"
     model_env_var = "OPENAI_IMAGE_MODEL"
 
+    def probe_request(self) -> tuple[str, str, dict[str, Any]]:
+        return "GET", f"{self.base_url}/models/{self.model}", {"headers": {"Authorization": f"Bearer {self._key}"}}
+
     def _size(self, width: int, height: int) -> str:
         if self.settings.get("any_size"):  # gpt-image-2: any WxH in multiples of 16
             return f"{max(16, round(width / 16) * 16)}x{max(16, round(height / 16) * 16)}"

@@ -28,6 +28,10 @@ class RunwareProvider(wire.Remote, ImageProvider):
     default_base_url = "https://api.runware.ai/v1"
     model_env_var = "RUNWARE_MODEL"
 
+    def probe_request(self) -> tuple[str, str, dict[str, Any]]:
+        return "POST", self.base_url, {"headers": {"Authorization": f"Bearer {self._key}"},
+                                       "json": [{"taskType": "authentication", "apiKey": self._key}]}
+
     def _task_errors(self, response: httpx.Response, errors: list[Any]) -> ProviderError:
         """Runware's per-task ``errors`` (a 200 may carry them too) as one error; NSFW refusals are blocks."""
         first = next((e for e in errors if isinstance(e, dict)), {})

@@ -32,6 +32,11 @@ class WorkerProvider(wire.Remote, ImageProvider):
             raise ConfigError(f"worker: WORKER_METHOD is {self.method!r}; use GET or POST")
         self.model = self.model or "worker"
 
+    probe_ok = frozenset({200, 400, 404, 405, 422})  # asked without a prompt: any answer but a refusal means reachable
+
+    def probe_request(self) -> tuple[str, str, dict[str, Any]]:
+        return "GET", self.base_url, {"headers": {"Authorization": f"Bearer {self._key}"} if self._key else {}}
+
     async def generate(self, request: GenerationRequest) -> GeneratedImage:
         params: dict[str, Any] = {"prompt": request.prompt, "width": request.width, "height": request.height, "seed": request.seed}
         if request.negative_prompt:

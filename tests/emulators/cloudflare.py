@@ -16,6 +16,10 @@ class CloudflareEmulator(Emulator):
         return Reply.json({"result": None, "success": False, "errors": [{"code": code, "message": message}], "messages": []}, status, **headers)
 
     def handle(self, req: Request) -> Reply:
+        if req.path == f"/accounts/{ACCOUNT}/ai/models/search":
+            if req.headers.get("authorization") != f"Bearer {TOKEN}":
+                return self.envelope_error(401, 10000, "Authentication error")
+            return Reply.json({"result": [{"name": f"@cf/x/{req.query.get('search', [''])[0]}"}], "success": True, "errors": [], "messages": []})
         m = re.fullmatch(r"/accounts/(?P<acc>[^/]+)/ai/run/(?P<model>@cf/.+)", req.path)
         if not m or m["acc"] != ACCOUNT:
             return self.envelope_error(404, 7003, "Could not route to the requested account")

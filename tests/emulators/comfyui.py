@@ -29,6 +29,8 @@ class ComfyUIEmulator(Emulator):
         if path == "/interrupt" or path == "/queue":
             self.interrupted.append(str((req.json() or {}).get("prompt_id") or (req.json() or {}).get("delete")))
             return Reply(200, b"")
+        if path == "/system_stats":
+            return Reply.json({"system": {"os": "posix", "comfyui_version": "0.3.60", "python_version": "3.11"}, "devices": []})
         if path == "/view":
             if req.query.get("type") != ["output"]:
                 return Reply(400, "bad type")

@@ -24,6 +24,10 @@ class GeminiEmulator(Emulator):
         return Reply.json({"error": {"code": code, "message": message, "status": status, "details": details or []}}, code)
 
     def handle(self, req: Request) -> Reply:
+        if req.method == "GET" and req.path.startswith("/v1beta/models/"):
+            if req.headers.get("x-goog-api-key") != KEY:
+                return self.error(400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid API key.")
+            return Reply.json({"name": req.path.removeprefix("/v1beta/"), "supportedGenerationMethods": ["generateContent"]})
         m = re.fullmatch(r"/v1beta/models/(?P<model>[^/:]+):generateContent", req.path)
         if not m:
             return self.error(404, "NOT_FOUND", f"models/{req.path} is not found for API version v1beta")

@@ -21,6 +21,8 @@ class LeonardoEmulator(Emulator):
             return self.image_reply()
         if req.headers.get("authorization") != f"Bearer {KEY}":
             return Reply.json({"error": "Invalid authentication", "path": "$", "code": "invalid-jwt"}, 401)
+        if req.path == "/api/rest/v1/me":
+            return Reply.json({"user_details": [{"user": {"id": "u1", "username": "test"}, "apiConcurrencySlots": 2}]})
         m = re.fullmatch(r"/api/rest/v1/generations(?:/(?P<gid>[\w-]+))?", req.path)
         if not m:
             return Reply.json({"error": "not found", "path": "$", "code": "not-found"}, 404)

@@ -22,6 +22,10 @@ class OpenAIEmulator(Emulator):
         return Reply.json({"error": {"message": message, "type": type_, "param": None, "code": code}}, status, **headers)
 
     def handle(self, req: Request) -> Reply:
+        if req.method == "GET" and req.path.startswith("/v1/models/"):
+            if req.headers.get("authorization") != f"Bearer {KEY}":
+                return self.error(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
+            return Reply.json({"id": req.path.rsplit("/", 1)[1], "object": "model", "created": 1, "owned_by": "openai"})
         if req.path not in ("/v1/images/generations", "/v1/images/edits", "/v1/chat/completions"):
             return self.error(404, f"Unknown request URL: {req.method} {req.path}", "invalid_request_error", "unknown_url")
         if req.headers.get("authorization") != f"Bearer {KEY}":

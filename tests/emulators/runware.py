@@ -26,6 +26,10 @@ class RunwareEmulator(Emulator):
         if not isinstance(tasks, list) or not tasks:
             return self.errors(400, "invalidPayload", "The request body must be an array of tasks.")
         task = tasks[0]
+        if task.get("taskType") == "authentication":
+            if task.get("apiKey") != KEY:
+                return self.errors(401, "invalidApiKey", "Invalid API key.", task)
+            return Reply.json({"data": [{"taskType": "authentication", "connectionSessionUUID": uuid.uuid4().hex}]})
         fault = self.fault
         if fault == "400":
             return self.errors(400, "invalidWidth", "Width must be a multiple of 64 between 128 and 2048.", task)
