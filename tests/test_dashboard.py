@@ -295,3 +295,36 @@ def test_settings_test_connection_asks_the_service(app: AppFactory, monkeypatch:
         assert any("reachable" in s.value for s in at.success)
         assert [r.path for r in emulator.requests] == ["/system_stats"]
     assert at.button(key="probe-providers-fal").disabled  # no FAL_KEY here
+
+
+def test_a_run_on_real_services_launches_from_the_dashboard(app: AppFactory, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from tests.emulators import gemini, running
+    from tests.emulators.fal import KEY as FAL_KEY
+    from tests.emulators.fal import FalEmulator
+
+    config = tmp_path / "fast.toml"
+    config.write_text("[providers.fal]\npoll_initial_s = 0.01\n")
+    monkeypatch.setenv("DARKROOM_CONFIG", str(config))
+    with running(FalEmulator()) as fal, running(gemini.GeminiEmulator()) as gem:
+        for k, v in {"FAL_KEY": FAL_KEY, "FAL_BASE_URL": fal.url, "GEMINI_API_KEY": gemini.KEY, "GEMINI_BASE_URL": gem.url}.items():
+            monkeypatch.setenv(k, v)
+        at = app("new_run")
+        at.file_uploader[0].set_value(("two.json", json.dumps({"prompts": make_prompts(2)}).encode(), "application/json")).run()
+        offered = {str(o).split(" ")[0] for o in at.multiselect[0].options}
+        assert {"fal", "gemini", "offline", "comfyui"} <= offered and "worker" not in offered  # no WORKER_URL set
+        at.multiselect[0].set_value(["fal"]).run()
+        at.selectbox[0].set_value("gemini").run()  # judge
+        at.selectbox[1].set_value("gemini").run()  # refiner
+        assert {m.label: m.value for m in at.metric}["Estimated cost (at most)"] != "$0.0000"
+        next(b for b in at.button if b.label == "Launch run").click().run()
+        assert not at.exception
+        deadline = time.monotonic() + 60
+        while True:
+            with session(db()) as s:
+                run = s.exec(select(Run)).one()
+            if run.status not in ("queued", "running") or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert (run.status, run.completed) == ("completed", 2), run.error
+        assert run.config["providers"] == ["fal"] and run.config["judge"] == "gemini"
+        assert len(fal.calls("POST")) >= 2 and gem.requests
