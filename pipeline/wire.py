@@ -11,15 +11,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import email.utils
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -168,6 +169,24 @@ async def download(http: httpx.AsyncClient, service: str, url: str, *, max_bytes
         raise transport_error(service, e) from None
 
 
+T = TypeVar("T")
+
+
+async def poll_until(check: Callable[[], Awaitable[T | None]], *, deadline: float, initial_s: float, max_s: float,
+                     timed_out: Callable[[], ProviderError]) -> T:
+    """Call ``check`` until it returns something, waiting 1.5x longer each time (up to ``max_s``);
+    ``timed_out()`` is raised when the next wait would pass ``deadline`` (a ``time.monotonic()``)."""
+    delay = initial_s
+    while True:
+        result = await check()
+        if result is not None:
+            return result
+        if time.monotonic() + delay > deadline:
+            raise timed_out()
+        await asyncio.sleep(delay)
+        delay = min(delay * 1.5, max_s)
+
+
 @dataclass(frozen=True)
 class Probe:
     ok: bool
@@ -226,6 +245,8 @@ class Remote(Probing):
         self.base_url = setting(self.base_url_env_var, self.settings, "base_url", self.default_base_url).rstrip("/")
         self.model = setting(self.model_env_var, self.settings, "model")
         self.timeout_s = float(self.settings.get("timeout_s", DEFAULT_TIMEOUT_S))
+        self.poll_initial_s = float(self.settings.get("poll_initial_s", 0.5))  # for services answered by polling
+        self.poll_max_s = float(self.settings.get("poll_max_s", 2.0))
 
     def _token_cost(self, input_tokens: int | None, output_tokens: int | None) -> float | None:
         """Cost from the service's own token counts at the model's configured per-million rates

@@ -9,7 +9,6 @@ still running at the timeout is interrupted and removed from the queue.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import uuid
@@ -54,8 +53,6 @@ class ComfyUIProvider(wire.Remote, ImageProvider):
             raise ConfigError(f"comfyui: the workflow {path} must be API format with a \"{{{{prompt}}}}\" placeholder")
         self.checkpoint = wire.setting("COMFYUI_CHECKPOINT", self.settings, "checkpoint")
         self.model = self.checkpoint or "comfyui"
-        self.poll_initial_s = float(self.settings.get("poll_initial_s", 0.5))
-        self.poll_max_s = float(self.settings.get("poll_max_s", 2.0))
 
     def probe_request(self) -> tuple[str, str, dict[str, Any]]:
         return "GET", f"{self.base_url}/system_stats", {}
@@ -100,27 +97,24 @@ class ComfyUIProvider(wire.Remote, ImageProvider):
                               model=self.model, cost_usd=0.0, http_status=200, metadata={"prompt_id": prompt_id})
 
     async def _wait(self, http: httpx.AsyncClient, prompt_id: str, deadline: float) -> dict[str, Any]:
-        delay = self.poll_initial_s
-        while True:
+        async def finished() -> dict[str, Any] | None:
             polled = await wire.send(http, self.name, "GET", f"{self.base_url}/history/{prompt_id}")
             if polled.status_code != 200:
                 raise self._fail(polled)
             entry = wire.json_of(self.name, polled).get(prompt_id)
-            if isinstance(entry, dict):
-                status = entry.get("status") or {}
-                if status.get("status_str") == "error":
-                    detail = next((m[1] for m in status.get("messages", []) if m and m[0] == "execution_error"), {})
-                    text = f"{detail.get('node_type', '')}: {detail.get('exception_message', 'execution error')}".strip(": ")
-                    if any(w in text.lower() for w in ("nsfw", "safety", "content policy")):
-                        raise ContentBlocked(f"{self.name} workflow refused the image: {text}", http_status=200)
-                    raise ProviderError(f"{self.name} workflow failed: {text}", kind="server", retryable=False)
-                if status.get("completed") or entry.get("outputs"):
-                    return entry
-            if time.monotonic() + delay > deadline:
-                raise ProviderError(f"{self.name}: prompt {prompt_id} not finished after {self.timeout_s:.0f} s; interrupted",
-                                    kind="timeout", retryable=True)
-            await asyncio.sleep(delay)
-            delay = min(delay * 1.5, self.poll_max_s)
+            if not isinstance(entry, dict):
+                return None  # {} until the prompt has run
+            status = entry.get("status") or {}
+            if status.get("status_str") == "error":
+                detail = next((m[1] for m in status.get("messages", []) if m and m[0] == "execution_error"), {})
+                text = f"{detail.get('node_type', '')}: {detail.get('exception_message', 'execution error')}".strip(": ")
+                if any(w in text.lower() for w in ("nsfw", "safety", "content policy")):
+                    raise ContentBlocked(f"{self.name} workflow refused the image: {text}", http_status=200)
+                raise ProviderError(f"{self.name} workflow failed: {text}", kind="server", retryable=False)
+            return entry if status.get("completed") or entry.get("outputs") else None
+
+        return await wire.poll_until(finished, deadline=deadline, initial_s=self.poll_initial_s, max_s=self.poll_max_s, timed_out=lambda: ProviderError(
+            f"{self.name}: prompt {prompt_id} not finished after {self.timeout_s:.0f} s; interrupted", kind="timeout", retryable=True))
 
     async def _abandon(self, http: httpx.AsyncClient, prompt_id: str) -> None:
         for path, body in (("/interrupt", {"prompt_id": prompt_id}), ("/queue", {"delete": [prompt_id]})):

@@ -9,7 +9,6 @@ further. Content filters answer 422 with a ``detail[]`` list, or 200 with ``has_
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -40,11 +39,6 @@ class FalProvider(wire.Remote, ImageProvider):
     base_url_env_var = "FAL_BASE_URL"
     default_base_url = "https://queue.fal.run"
     model_env_var = "FAL_MODEL"
-
-    def __init__(self, settings: dict[str, Any] | None = None) -> None:
-        super().__init__(settings)
-        self.poll_initial_s = float(self.settings.get("poll_initial_s", 0.25))
-        self.poll_max_s = float(self.settings.get("poll_max_s", 2.0))
 
     def _fail(self, response: httpx.Response) -> ProviderError:
         body: Any = None
@@ -103,11 +97,7 @@ class FalProvider(wire.Remote, ImageProvider):
                               http_status=200, metadata={"request_id": request_id, "seed": output.get("seed")})
 
     async def _wait(self, http: httpx.AsyncClient, status_url: str, deadline: float, request_id: str) -> None:
-        delay = self.poll_initial_s
-        while True:
-            if time.monotonic() >= deadline:
-                raise ProviderError(f"{self.name}: request {request_id} not finished after {self.timeout_s:.0f} s; cancelled",
-                                    kind="timeout", retryable=True)
+        async def completed() -> bool | None:
             polled = await wire.send(http, self.name, "GET", status_url)
             if polled.status_code not in (200, 202):
                 raise self._fail(polled)
@@ -117,11 +107,13 @@ class FalProvider(wire.Remote, ImageProvider):
                 if status.get("error"):
                     raise ProviderError(f"{self.name}: request {request_id} failed: {status['error']} ({status.get('error_type') or 'error'})",
                                         kind="server", retryable=True)
-                return
+                return True
             if state not in ("IN_QUEUE", "IN_PROGRESS"):
                 raise ProviderError(f"{self.name} sent an unknown status {state!r}", kind="malformed", retryable=True)
-            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-            delay = min(delay * 1.5, self.poll_max_s)
+            return None
+
+        await wire.poll_until(completed, deadline=deadline, initial_s=self.poll_initial_s, max_s=self.poll_max_s, timed_out=lambda: ProviderError(
+            f"{self.name}: request {request_id} not finished after {self.timeout_s:.0f} s; cancelled", kind="timeout", retryable=True))
 
     async def _cancel(self, http: httpx.AsyncClient, cancel_url: str) -> None:
         try:

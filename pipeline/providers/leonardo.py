@@ -8,7 +8,6 @@ block. Cost: the job's credits × the configured ``usd_per_credit``.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -28,11 +27,6 @@ class LeonardoProvider(wire.Remote, ImageProvider):
     base_url_env_var = "LEONARDO_BASE_URL"
     default_base_url = "https://cloud.leonardo.ai/api/rest/v1"
     model_env_var = "LEONARDO_MODEL_ID"
-
-    def __init__(self, settings: dict[str, Any] | None = None) -> None:
-        super().__init__(settings)
-        self.poll_initial_s = float(self.settings.get("poll_initial_s", 2.0))
-        self.poll_max_s = float(self.settings.get("poll_max_s", 5.0))
 
     def probe_request(self) -> tuple[str, str, dict[str, Any]]:
         return "GET", f"{self.base_url}/me", {"headers": {"Authorization": f"Bearer {self._key}"}}
@@ -74,8 +68,7 @@ class LeonardoProvider(wire.Remote, ImageProvider):
                               metadata={"generation_id": generation_id, "credits": credits})
 
     async def _wait(self, http: httpx.AsyncClient, generation_id: str, deadline: float) -> dict[str, Any]:
-        delay = self.poll_initial_s
-        while True:
+        async def finished() -> dict[str, Any] | None:
             polled = await wire.send(http, self.name, "GET", f"{self.base_url}/generations/{generation_id}")
             if polled.status_code != 200:
                 raise self._fail(polled)
@@ -89,8 +82,7 @@ class LeonardoProvider(wire.Remote, ImageProvider):
                 raise ProviderError(f"{self.name}: generation {generation_id} failed", kind="server", retryable=True)
             if status != "PENDING":
                 raise ProviderError(f"{self.name} sent an unknown status {status!r}", kind="malformed", retryable=True)
-            if time.monotonic() + delay > deadline:
-                raise ProviderError(f"{self.name}: generation {generation_id} not finished after {self.timeout_s:.0f} s",
-                                    kind="timeout", retryable=True)
-            await asyncio.sleep(delay)
-            delay = min(delay * 1.5, self.poll_max_s)
+            return None
+
+        return await wire.poll_until(finished, deadline=deadline, initial_s=self.poll_initial_s, max_s=self.poll_max_s, timed_out=lambda: ProviderError(
+            f"{self.name}: generation {generation_id} not finished after {self.timeout_s:.0f} s", kind="timeout", retryable=True))
