@@ -13,18 +13,10 @@ from typing import Any
 from . import wire
 from .chat import Answer, ChatJudge, ChatRefiner, ChatService
 from .errors import ContentBlocked, ProviderError
-from .providers.openai_images import openai_error, sdk_client
+from .providers.openai_images import OpenAIService, openai_error, sdk_client
 
 
-class OpenAIChat(ChatService):
-    name = "openai"
-    key_env_var = "OPENAI_API_KEY"
-    base_url_env_var = "OPENAI_BASE_URL"
-    default_base_url = "https://api.openai.com/v1"
-
-    def probe_request(self) -> tuple[str, str, dict[str, Any]]:
-        return "GET", f"{self.base_url}/models/{self.model}", {"headers": {"Authorization": f"Bearer {self._key}"}}
-
+class OpenAIChat(OpenAIService, ChatService):
     async def ask(self, system: str, text: str, schema: dict[str, Any], *, image: bytes | None = None, mime_type: str = "") -> Answer:
         content: list[dict[str, Any]] = [{"type": "text", "text": text}]
         if image:

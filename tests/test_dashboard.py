@@ -231,7 +231,7 @@ def test_settings_page_shows_whether_a_key_is_present_never_its_value(app: AppFa
 
     registry.providers.register(KeyedProvider)
     try:
-        monkeypatch.setenv("KEYED_API_KEY", "sk-test-SECRET-value-123")
+        monkeypatch.setenv("KEYED_API_KEY", "not-a-real-key-SECRETVALUE")
         at = app("settings")
         table = at.dataframe[0].value
         row = table[table["name"].str.startswith("keyed")].iloc[0]
@@ -246,7 +246,7 @@ def test_settings_page_shows_whether_a_key_is_present_never_its_value(app: AppFa
         offered = [str(o) for o in new_run.multiselect[0].options]
         assert any(o.startswith("offline") for o in offered)
         assert not any(o.startswith("keyed") for o in offered)  # only configured services are offered
-        monkeypatch.setenv("KEYED_API_KEY", "sk-test-SECRET-value-123")
+        monkeypatch.setenv("KEYED_API_KEY", "not-a-real-key-SECRETVALUE")
         new_run = app("new_run")
         new_run.segmented_control(key="new_run_source").set_value("Samples").run()
         assert any(str(o).startswith("keyed") for o in new_run.multiselect[0].options)

@@ -57,16 +57,21 @@ def closest_size(width: int, height: int, sizes: list[str]) -> str:
     return min(sizes, key=score)
 
 
-class OpenAIImagesProvider(wire.Remote, ImageProvider):
+class OpenAIService(wire.Remote):
+    """What the OpenAI provider, judge and refiner share: key, base URL and the connection probe."""
+
     name = "openai"
-    label = "OpenAI Images"
     key_env_var = "OPENAI_API_KEY"
     base_url_env_var = "OPENAI_BASE_URL"
     default_base_url = "https://api.openai.com/v1"
-    model_env_var = "OPENAI_IMAGE_MODEL"
 
     def probe_request(self) -> tuple[str, str, dict[str, Any]]:
         return "GET", f"{self.base_url}/models/{self.model}", {"headers": {"Authorization": f"Bearer {self._key}"}}
+
+
+class OpenAIImagesProvider(OpenAIService, ImageProvider):
+    label = "OpenAI Images"
+    model_env_var = "OPENAI_IMAGE_MODEL"
 
     def _size(self, width: int, height: int) -> str:
         if self.settings.get("any_size"):  # gpt-image-2: any WxH in multiples of 16

@@ -10,7 +10,7 @@ import re
 from . import RETRY_AFTER_S, SLOW_S, Emulator, Reply, Request
 from .answers import answer_for
 
-KEY = "sk-test-openai-0000"
+KEY = "test-openai-key-0000"
 
 
 class OpenAIEmulator(Emulator):
