@@ -160,6 +160,7 @@ class RefinementRequest:
     judgement: Judgement
     failed_checks: tuple[Check, ...]
     history: tuple[tuple[str, float], ...]  # (prompt, overall score) of earlier iterations
+    purpose: Literal["improve", "comply"] = "improve"  # "comply": a provider blocked the prompt; rewrite it to pass
 
 
 @dataclass

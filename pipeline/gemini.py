@@ -42,7 +42,7 @@ def gemini_error(service: str, e: Exception) -> ProviderError:
         text = f"{service} answered HTTP {status} ({e.status or 'error'}): {e.message or ''}".rstrip(": ")
         kind = "auth" if status == 400 and KEY_INVALID in (e.message or "") else _KIND.get(status, "server" if status >= 500 else "bad_request")
         return ProviderError(text, kind=kind, http_status=status,
-                             retryable=status in wire.RETRYABLE_STATUSES, retry_after=retry_delay(details))
+                             retryable=wire.retryable_status(status), retry_after=retry_delay(details))
     name = type(e).__name__
     if "Timeout" in name:
         return ProviderError(f"{service} did not answer in time", kind="timeout", retryable=True)

@@ -159,6 +159,20 @@ def m002_elements_thumbnails_step_keys(conn: Connection) -> None:
     conn.execute(sa.text("CREATE INDEX ix_provider_call_step_key ON provider_call (step_key)"))
 
 
+
+@migration
+def m003_routing_and_breaker_events(conn: Connection) -> None:
+    """Which service served each step and why others were skipped; circuit-breaker transitions."""
+    for table in ("iteration", "evaluation", "refinement"):
+        conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN routing JSON NOT NULL DEFAULT '{{}}'"))
+    sa.Table(
+        "breaker_event", sa.MetaData(), _pk(),
+        sa.Column("service", sa.String, nullable=False, index=True), sa.Column("state", sa.String, nullable=False),
+        sa.Column("reason", sa.String, nullable=False), sa.Column("failures", sa.Integer, nullable=False),
+        sa.Column("run_id", sa.Integer), sa.Column("at", sa.DateTime(timezone=True), nullable=False, index=True),
+    ).create(conn)
+
+
 _LEDGER = sa.Table(
     "schema_migration",
     sa.MetaData(),

@@ -9,6 +9,7 @@ Anything JSON is stored in a JSON column so that SQLite and PostgreSQL both work
                                      │             └─ thumbnail (small JPEG/WebP bytes for the gallery)
                                      └─ refinement
     provider_call                                     (one row per external call attempt)
+    breaker_event                                     (circuit-breaker transitions per service)
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ from typing import Any
 from sqlalchemy import JSON, Column, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-RUN_STATUSES = ("queued", "running", "interrupted", "cancelled", "completed", "failed")
+RUN_STATUSES = ("queued", "running", "interrupted", "paused", "cancelled", "completed", "failed")
 ITEM_STATUSES = ("pending", "running", "completed", "failed", "blocked")
 ITERATION_STATUSES = ("running", "ok", "failed", "blocked")
 DECISIONS = ("approved", "rejected", "none")
 OPERATIONS = ("generate", "evaluate", "refine")
-OUTCOMES = ("ok", "retried", "error", "blocked")
+OUTCOMES = ("ok", "retried", "error", "blocked")  # "retried": failed, and the same service was asked again
 TERMINAL_ITEM_STATUSES = ("completed", "failed", "blocked")
 
 
@@ -145,6 +146,8 @@ class Iteration(SQLModel, table=True):
     error_message: str = ""
     started_at: datetime = Field(default_factory=utcnow)
     finished_at: datetime | None = None
+    # {"served_by", "attempts", "skipped": [{"service", "reason"}], "rewrite": {"from", "rationale", "blocked_by"}}
+    routing: dict[str, Any] = json_field()
 
 
 class Thumbnail(SQLModel, table=True):
@@ -177,6 +180,7 @@ class Evaluation(SQLModel, table=True):
     latency_ms: float | None = None
     cost_usd: float | None = None
     created_at: datetime = Field(default_factory=utcnow)
+    routing: dict[str, Any] = json_field()
 
 
 class Refinement(SQLModel, table=True):
@@ -193,6 +197,7 @@ class Refinement(SQLModel, table=True):
     latency_ms: float | None = None
     cost_usd: float | None = None
     created_at: datetime = Field(default_factory=utcnow)
+    routing: dict[str, Any] = json_field()
 
 
 class Rating(SQLModel, table=True):
@@ -225,3 +230,16 @@ class ProviderCall(SQLModel, table=True):
     error_message: str = ""
     attempt: int = 1
     cost_usd: float | None = None
+
+
+class BreakerEvent(SQLModel, table=True):
+    """A circuit breaker changing state (closed → open → half_open → closed), for the Providers page."""
+
+    __tablename__ = "breaker_event"
+    id: int | None = Field(default=None, primary_key=True)
+    service: str = Field(index=True)  # "providers/fal"
+    state: str  # closed | open | half_open
+    reason: str
+    failures: int = 0  # consecutive failures at the time
+    run_id: int | None = None  # the run that saw it (breakers outlive runs)
+    at: datetime = Field(default_factory=utcnow, index=True)

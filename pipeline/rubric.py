@@ -91,6 +91,10 @@ def refine_text(request: RefinementRequest) -> str:
     failed = "\n".join(f"- {c.question}" + (f" (seen: {c.evidence})" if c.evidence else "") for c in request.failed_checks) or "- none"
     top = request.judgement.top_issue
     history = "\n".join(f"- score {score:.1f}: {prompt}" for prompt, score in request.history[-5:]) or "- none"
+    if request.purpose == "comply":
+        return (f"The image service refused the current prompt under its content policy: {top.description if top else 'no reason given'}\n\n"
+                f"Rewrite it so that it complies, keeping the creative intent of the original and changing as little as possible; "
+                f"{top.suggestion if top else ''}\n\nOriginal prompt:\n{request.original_prompt}\n\nCurrent prompt:\n{request.current_prompt}")
     return (f"Original prompt (keep all of it):\n{request.original_prompt}\n\nCurrent prompt:\n{request.current_prompt}\n\n"
             f"Failed requirements:\n{failed}\n\nTop issue: {top.description + ' → ' + top.suggestion if top else 'none'}\n\n"
             f"Earlier prompts and their scores:\n{history}")

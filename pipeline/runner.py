@@ -8,6 +8,7 @@ resumable. Statuses a run ends in:
 
 - ``completed``: every prompt reached an end state (some may have failed or been blocked)
 - ``interrupted``: stopped with prompts left; ``python -m pipeline resume RUN_ID`` continues
+- ``paused``: the next call would have passed the run's budget; resume with ``--budget`` higher
 - ``cancelled``: a user asked for it to be cancelled
 - ``failed``: the run could not proceed (e.g. an unknown provider)
 """
@@ -24,11 +25,14 @@ from sqlalchemy.engine import Engine
 from sqlmodel import select
 
 from . import registry
+from .breaker import Transition
+from .budget import Budget
 from .config import Settings
 from .db import session
 from .errors import DarkroomError
 from .files import remove_leftover_temp_files
-from .models import Run, RunItem, utcnow
+from .models import BreakerEvent, Run, RunItem, utcnow
+from .routing import ServiceChain, member_for
 from .runs import HEARTBEAT_SECONDS, RunConfig, output_dir_of, refresh_counts, this_owner, unfinished_items
 from .steps import PromptJob, RunContext
 
@@ -77,6 +81,7 @@ class RunExecutor:
         self.on_progress = on_progress
         self._stop = False
         self._cancelled_by_user = False
+        self._paused: str = ""  # why the budget stopped the run
         self._tasks: list[asyncio.Task[None]] = []
         self._running = 0
         self._steps = 0
@@ -126,16 +131,22 @@ class RunExecutor:
         try:
             ctx = RunContext(
                 engine=self.engine, settings=self.settings, run=run, config=config,
-                provider=registry.providers.create(config.providers[0], self.settings),
-                judge=registry.judges.create(config.judge, self.settings),
-                refiner=registry.refiners.create(config.refiner, self.settings),
-                output_dir=output_dir, stopping=lambda: self._stop, on_step=self._step_done,
+                providers=self._chain("provider", registry.providers, config.providers, config.routing),
+                judges=self._chain("judge", registry.judges, config.judges),
+                refiners=self._chain("refiner", registry.refiners, config.refiners),
+                output_dir=output_dir, stopping=lambda: self._stop, budget=Budget(config.budget_usd, run.cost_usd),
+                on_step=self._step_done, on_budget=self._budget_reached,
             )
-        except DarkroomError as e:
+        except (DarkroomError, ValueError) as e:
             return self._finish("failed", error=str(e))
-        log.info("run %s: %d prompt(s) to do with provider %s, judge %s, refiner %s, %d iteration(s), %d worker(s)",
-                 run.id, len(pending), ctx.provider.display_name(), ctx.judge.display_name(), ctx.refiner.display_name(),
-                 config.iterations, config.concurrency)
+        names = {role: " → ".join(m.component.display_name() for m in chain.members)
+                 for role, chain in (("providers", ctx.providers), ("judges", ctx.judges), ("refiners", ctx.refiners))}
+        log.info("run %s: %d prompt(s) to do with providers %s (%s), judges %s, refiners %s, %d iteration(s), %d worker(s)%s",
+                 run.id, len(pending), names["providers"], config.routing, names["judges"], names["refiners"],
+                 config.iterations, config.concurrency, f", budget ${config.budget_usd:.4f}" if config.budget_usd is not None else "")
+        breakers = [m.breaker for chain in (ctx.providers, ctx.judges, ctx.refiners) for m in chain.members]
+        for breaker in breakers:
+            breaker.listeners.append(self._breaker_moved)
 
         queue: asyncio.Queue[int] = asyncio.Queue()
         for item_id in pending:
@@ -146,8 +157,12 @@ class RunExecutor:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         finally:
             heartbeat.cancel()
+            for breaker in breakers:
+                breaker.listeners.remove(self._breaker_moved)
         if self._cancelled_by_user:
             return self._finish("cancelled")
+        if self._paused:
+            return self._finish("paused", error=self._paused)
         with session(self.engine) as s:
             left = len(unfinished_items(s, self.run_id))
         return self._finish("interrupted" if left else "completed")
@@ -178,6 +193,21 @@ class RunExecutor:
                 if run.cancel_requested and not self._stop:
                     log.warning("run %s: cancel requested", self.run_id)
                     self.cancel()
+
+    def _chain(self, role: str, reg: registry.Registry, names: list[str], mode: str = "fallback") -> ServiceChain:  # type: ignore[type-arg]
+        return ServiceChain(role, [member_for(self.settings, reg.create(n, self.settings)) for n in names], mode=mode)
+
+    def _budget_reached(self, reason: str) -> None:
+        if not self._paused:
+            log.warning("run %s: pausing: %s", self.run_id, reason)
+            self._paused = reason
+        self.request_stop()
+
+    def _breaker_moved(self, t: Transition) -> None:
+        """Record a circuit breaker's change of state for the Providers page."""
+        with session(self.engine) as s:
+            s.add(BreakerEvent(service=t.service, state=t.state, reason=t.reason[:500], failures=t.failures, run_id=self.run_id))
+            s.commit()
 
     def _step_done(self) -> None:
         self._steps += 1
@@ -212,6 +242,6 @@ class RunExecutor:
         elapsed = time.monotonic() - self._t0
         log.info("run %s %s: %d completed, %d failed, %d blocked of %d; $%.4f; %.1fs",
                  run.id, status, run.completed, run.failed, run.blocked, run.total, run.cost_usd, elapsed)
-        if error:
+        if error and status == "failed":
             log.error("run %s failed: %s", run.id, error)
         return RunOutcome(run.id, status, run.total, run.completed, run.failed, run.blocked, run.cost_usd, elapsed)

@@ -39,12 +39,25 @@ STALE_AFTER = timedelta(seconds=30)
 
 @dataclass
 class RunConfig:
-    providers: list[str] = field(default_factory=lambda: ["offline"])
+    providers: list[str] = field(default_factory=lambda: ["offline"])  # ordered: the fallback chain
     judge: str = "offline"
     refiner: str = "offline"
     iterations: int = 2
     target_score: float | None = None
     concurrency: int = 3
+    judge_fallbacks: list[str] = field(default_factory=list)  # tried in order when the judge fails for good
+    refiner_fallbacks: list[str] = field(default_factory=list)
+    routing: str = "fallback"  # or "pool": spread generations over the healthy providers
+    block_rewrites: int = 1  # times the refiner may rewrite a blocked prompt to comply
+    budget_usd: float | None = None  # pause the run before a call would spend past this
+
+    @property
+    def judges(self) -> list[str]:
+        return [self.judge, *self.judge_fallbacks]
+
+    @property
+    def refiners(self) -> list[str]:
+        return [self.refiner, *self.refiner_fallbacks]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,6 +79,16 @@ class RunConfig:
             raise InputError(f"--concurrency: {self.concurrency} is outside 1–{max_concurrency}")
         if self.target_score is not None and not 0 <= self.target_score <= 10:
             raise InputError(f"--target-score: {self.target_score} is outside 0–10")
+        if self.routing not in ("fallback", "pool"):
+            raise InputError(f"--routing: {self.routing!r} is not one of fallback, pool")
+        if not 0 <= self.block_rewrites <= 3:
+            raise InputError(f"--block-rewrites: {self.block_rewrites} is outside 0–3")
+        if self.budget_usd is not None and self.budget_usd <= 0:
+            raise InputError(f"--budget: {self.budget_usd} must be more than 0 (leave it out for no cap)")
+        for role, names in (("--providers", self.providers), ("--judge", self.judges), ("--refiner", self.refiners)):
+            repeated = sorted({n for n in names if names.count(n) > 1})
+            if repeated:
+                raise InputError(f"{role}: {', '.join(repeated)} named more than once")
 
 
 def default_seed(prompt_key: str) -> int:
@@ -317,10 +340,18 @@ def claim_next_queued(s: Session) -> int | None:
     return None
 
 
-def claim_for_resume(s: Session, run: Run, *, retry_failed: bool = False, claim: bool = False) -> None:
-    """Check that ``run`` can be resumed and queue it again (``claim=True``: owned by this process)."""
+def claim_for_resume(s: Session, run: Run, *, retry_failed: bool = False, claim: bool = False,
+                     budget_usd: float | None = None) -> None:
+    """Check that ``run`` can be resumed and queue it again (``claim=True``: owned by this process).
+
+    ``budget_usd`` replaces the run's spending cap (a run paused by its budget needs a higher one).
+    """
     if run.status == "running" and owner_alive(run):
         raise RunStateError(f"run {run.id} is being executed right now by {run.owner}")
+    if budget_usd is not None:
+        config = RunConfig.from_dict(run.config)
+        config.budget_usd = budget_usd
+        run.config = config.to_dict()
     if run.status == "completed" and not retry_failed:
         raise RunStateError(f"run {run.id} is already completed; add --retry-failed to retry its failed prompts")
     if retry_failed:

@@ -13,9 +13,9 @@ import asyncio
 import functools
 import hashlib
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +25,20 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
 from . import prices, scoring, sidecars
+from .budget import Budget, BudgetReached
 from .components import (
     Check,
+    Component,
     Decomposition,
     Element,
     EvaluationRequest,
+    GeneratedImage,
     GenerationRequest,
     ImageProvider,
     Issue,
     Judge,
     Judgement,
+    RefinedPrompt,
     RefinementRequest,
     Refiner,
 )
@@ -42,9 +46,10 @@ from .config import Settings
 from .db import session
 from .errors import ContentBlocked, ProviderError
 from .files import atomic_write_bytes
-from .images import Thumb, inspect_image, make_thumbnail
+from .images import ImageInfo, Thumb, inspect_image, make_thumbnail
 from .models import Evaluation, Iteration, Prompt, PromptElement, ProviderCall, Refinement, Run, RunItem, Thumbnail, utcnow
 from .promptset import PromptSpec, compose_prompt, parse_size
+from .routing import Attempt, ChainFailed, Served, ServiceChain
 from .runs import RunConfig, default_seed, iterations_with_evaluations
 
 log = logging.getLogger("pipeline.steps")
@@ -60,12 +65,14 @@ class RunContext:
     settings: Settings
     run: Run
     config: RunConfig
-    provider: ImageProvider
-    judge: Judge
-    refiner: Refiner
+    providers: ServiceChain[ImageProvider]
+    judges: ServiceChain[Judge]
+    refiners: ServiceChain[Refiner]
     output_dir: Path
     stopping: Callable[[], bool]
+    budget: Budget
     on_step: Callable[[], None] = lambda: None
+    on_budget: Callable[[str], None] = lambda reason: None  # the budget is spent: the run pauses
 
     @property
     def template(self) -> str:
@@ -150,6 +157,7 @@ class PromptJob:
         self.folder = ctx.output_dir / "results" / p.key
         self._item_dirty = False
         self._fresh_image: tuple[int, bytes] | None = None
+        self._last_failed = ""  # the service whose attempt failed last, for messages
 
     # ---- the loop ------------------------------------------------------------------------
     async def run(self) -> str:
@@ -172,7 +180,9 @@ class PromptJob:
                     log.info("%s: refiner left the prompt unchanged; stopping at iteration %d", self.prompt.key, number)
                     break
                 text = refinement.new_prompt
-        except Stopped:
+        except (Stopped, BudgetReached) as e:
+            if isinstance(e, BudgetReached):
+                ctx.on_budget(str(e))
             self._set_item(status="pending")
             self._write_summary()  # what is done so far; rewritten when the prompt finishes
             return "pending"
@@ -192,14 +202,55 @@ class PromptJob:
         if self.ctx.stopping():
             raise Stopped()
 
+    # ---- calls along a chain ---------------------------------------------------------------
+    async def _call(self, chain: ServiceChain[Any], operation: str, number: int, send: Callable[[Any], Any], *,
+                    estimate: Callable[[Any], float | None], iteration_id: int | None = None, step: str = "") -> Served[Any, Any]:
+        """One budgeted call along ``chain``: every failed attempt logged as it happens; the
+        caller logs the successful one with its cost, then settles ``served.reserved_usd``."""
+        key = step_key(self.ctx.run.id, self.item_id, number, step or operation)
+        budget = self.ctx.budget
+
+        async def attempt(component: Any) -> Any:
+            reserved = estimate(component) or 0.0
+            budget.reserve(reserved, f"{operation} on {component.name}")
+            try:
+                return await send(component), reserved
+            except BaseException:
+                budget.release(reserved)
+                raise
+
+        def on_attempt(a: Attempt) -> None:
+            started = utcnow() - timedelta(milliseconds=a.latency_ms)
+            with session(self.ctx.engine) as s:
+                self._log_call(s, self._call_row(a.component, operation, key, started, a.latency_ms, a.outcome,
+                                                 error=a.error, iteration_id=iteration_id, attempt=a.number))
+                s.commit()
+            self._last_failed = a.component.name
+            log.warning("%s: %s %s attempt %d %s: %s", self.prompt.key, a.component.name, operation, a.number, a.outcome, a.error)
+
+        served = await chain.call(attempt, on_attempt)
+        served.value, served.reserved_usd = served.value
+        served.step_key = key
+        return served
+
+    def _ok_row(self, served: Served[Any, Any], operation: str, cost: float | None, *, iteration_id: int | None = None,
+                http_status: int | None = None, model: str = "") -> dict[str, Any]:
+        started = utcnow() - timedelta(milliseconds=served.latency_ms)
+        return self._call_row(served.component, operation, served.step_key, started, served.latency_ms, "ok", cost=cost,
+                              http_status=http_status, iteration_id=iteration_id, attempt=served.attempts, model=model)
+
+    @staticmethod
+    def _failure(role: str, e: ProviderError, last: str) -> str:
+        return str(e) if isinstance(e, ChainFailed) else f"{role} {last} failed: {e}".lstrip()
+
     # ---- elements (once per prompt) ----------------------------------------------------------
     async def elements(self) -> tuple[Element, ...]:
         rows = list(self.stored_elements)
         if not rows:
-            made = (await self._decompose()).elements
+            made, source = await self._decompose()
             rows = [PromptElement(prompt_id=self.prompt.id, number=e.number, category=e.category, question=e.question,
                                   tuple_text=e.tuple_text, parent_numbers=list(e.parent_numbers), critical=e.critical,
-                                  source=self.ctx.judge.name) for e in made]
+                                  source=source) for e in made.elements]
             try:
                 with session(self.ctx.engine) as s:
                     s.add_all(rows)
@@ -211,26 +262,27 @@ class PromptJob:
         return tuple(Element(number=r.number, category=r.category, question=r.question, tuple_text=r.tuple_text,
                              parent_numbers=tuple(r.parent_numbers), critical=r.critical) for r in rows)
 
-    async def _decompose(self) -> Decomposition:
+    async def _decompose(self) -> tuple[Decomposition, str]:
         """Stage A, logged like any call when the judge asks a service (failure ends the prompt as failed)."""
-        judge = self.ctx.judge
-        if not judge.remote_decompose:
-            return await judge.decompose(self.original_text)
+        judges = self.ctx.judges
+        if not judges.primary.remote_decompose:
+            return await judges.primary.decompose(self.original_text), judges.primary.name
         self._check_stop()
-        key = step_key(self.ctx.run.id, self.item_id, 0, "decompose")
-        started, t0 = utcnow(), time.perf_counter()
         try:
-            made = await judge.decompose(self.original_text)
+            served = await self._call(judges, "decompose", 0, lambda j: j.decompose(self.original_text),
+                                      estimate=lambda j: prices.table_cost(j.settings, j.model))
         except ProviderError as e:
-            self._record_call(judge, "decompose", key, started, (time.perf_counter() - t0) * 1000, e)
             status = "blocked" if isinstance(e, ContentBlocked) else "failed"
-            raise StepFailed(status, e.kind, f"{judge.name} could not list the prompt's elements: {e}") from None
+            raise StepFailed(status, e.kind, f"the prompt's elements could not be listed: {self._failure('judge', e, self._last_failed)}") from None
+        made: Decomposition = served.value
+        judge = served.component
         cost = made.cost_usd if made.cost_usd is not None else prices.table_cost(judge.settings, made.model or judge.model)
         with session(self.ctx.engine) as s:
-            self._log_call(s, self._call_row(judge, "decompose", key, started, (time.perf_counter() - t0) * 1000, "ok", cost=cost))
+            self._log_call(s, self._ok_row(served, "decompose", cost))
             self._add_cost(cost)
             self._commit(s)
-        return made
+        self.ctx.budget.settle(served.reserved_usd, cost)
+        return made, judge.name
 
     # ---- generate ----------------------------------------------------------------------------
     async def generated(self, number: int, text: str) -> Iteration:
@@ -239,16 +291,21 @@ class PromptJob:
         if it is not None and it.status == "ok" and self._image_intact(it):
             return it
         self._check_stop()
-        provider = ctx.provider
+        rewrites: list[dict[str, Any]] = []
+        if it is not None:  # a rewrite made after a block, before a crash, is kept: it was paid for
+            earlier = list((it.routing or {}).get("rewrites", []))
+            if earlier and earlier[0].get("from") == text:
+                rewrites, text = earlier, earlier[-1]["to"]
+        primary = ctx.providers.primary
         self.evaluations.pop(number, None)  # a regenerated image needs a fresh judgement
         new = it is None
         if it is None:
             it = Iteration(run_item_id=self.item_id, number=number, prompt_text=text)
         it.prompt_text, it.negative_prompt = text, self.prompt.negative_prompt
-        it.provider, it.model, it.seed = provider.name, provider.model, self.seed
+        it.provider, it.model, it.seed = primary.name, primary.model, self.seed
         it.parameters = {"width": self.width, "height": self.height}
         it.status, it.error_kind, it.error_message = "running", "", ""
-        it.started_at, it.finished_at = utcnow(), None
+        it.started_at, it.finished_at, it.routing = utcnow(), None, {"rewrites": rewrites} if rewrites else {}
         with session(ctx.engine) as s:
             if new:
                 _insert(s, it)
@@ -259,26 +316,32 @@ class PromptJob:
             self._commit(s)
         self.iterations[number] = it
         self._fresh_image = None
-        request = GenerationRequest(prompt=text, width=self.width, height=self.height, seed=self.seed,
-                                    negative_prompt=self.prompt.negative_prompt, prompt_id=self.prompt.key)
-        key = step_key(ctx.run.id, self.item_id, number, "generate")
-        started, t0 = utcnow(), time.perf_counter()
-        try:
-            result = await provider.generate(request)
-            max_pixels = int(ctx.settings.section("images").get("max_pixels", 40_000_000))
-            info = inspect_image(result.data, claimed_mime=result.mime_type, max_pixels=max_pixels)
-        except ProviderError as e:
-            latency = (time.perf_counter() - t0) * 1000
-            status = "blocked" if isinstance(e, ContentBlocked) else "failed"
-            self._record_call(provider, "generate", key, started, latency, e, iteration_id=it.id)
-            it.status, it.error_kind, it.error_message = status, e.kind, str(e)
-            it.latency_ms, it.finished_at = latency, utcnow()
-            with session(ctx.engine) as s:
-                _update(s, it, *ITERATION_FIELDS)
-                self._commit(s)
-            self._write_results(it)
-            raise StepFailed(status, e.kind, f"iteration {number}: {provider.name} {'blocked the prompt' if status == 'blocked' else 'failed'}: {e}") from None
-        latency = (time.perf_counter() - t0) * 1000
+        max_pixels = int(ctx.settings.section("images").get("max_pixels", 40_000_000))
+        while True:
+            request = GenerationRequest(prompt=it.prompt_text, width=self.width, height=self.height, seed=self.seed,
+                                        negative_prompt=self.prompt.negative_prompt, prompt_id=self.prompt.key)
+
+            async def send(provider: ImageProvider, request: GenerationRequest = request) -> tuple[GeneratedImage, ImageInfo]:
+                result = await provider.generate(request)
+                return result, inspect_image(result.data, claimed_mime=result.mime_type, max_pixels=max_pixels)
+
+            try:
+                served = await self._call(ctx.providers, "generate", number, send, iteration_id=it.id,
+                                          estimate=lambda p: prices.table_cost(p.settings, p.model, self.width, self.height))
+            except ContentBlocked as e:
+                if len(rewrites) < ctx.config.block_rewrites:
+                    rewrites.append(await self._rewrite_blocked(it, e, len(rewrites) + 1))
+                    it.prompt_text, it.routing = rewrites[-1]["to"], {"rewrites": rewrites}
+                    with session(ctx.engine) as s:
+                        _update(s, it, "prompt_text", "routing")
+                        self._commit(s)
+                    continue
+                self._generation_failed(it, "blocked", e)
+            except ProviderError as e:
+                self._generation_failed(it, "failed", e)
+            break
+        result, info = served.value
+        provider = served.component
         cost = result.cost_usd
         if cost is None:
             cost = prices.table_cost(provider.settings, result.model or provider.model, info.width, info.height)
@@ -293,22 +356,74 @@ class PromptJob:
 
         thumb = await asyncio.to_thread(store)
         self._fresh_image = (number, result.data)  # the judge needs these bytes next: no need to read them back
-        it.status, it.model = "ok", result.model or provider.model
+        it.status, it.provider, it.model = "ok", provider.name, result.model or provider.model
         it.image_path = str(image_path.relative_to(ctx.output_dir))
         it.mime_type, it.width, it.height = info.mime_type, info.width, info.height
         it.sha256, it.byte_size = info.sha256, info.byte_size
-        it.latency_ms, it.cost_usd, it.finished_at = latency, cost, utcnow()
+        it.latency_ms, it.cost_usd, it.finished_at = served.latency_ms, cost, utcnow()
+        it.routing = {**served.routing(), **({"rewrites": rewrites} if rewrites else {})}
         with session(ctx.engine) as s:
             _update(s, it, *ITERATION_FIELDS)
             s.connection().execute(_insert_statement(Thumbnail.__table__, False), {
                 "iteration_id": it.id, "mime_type": thumb.mime_type, "width": thumb.width, "height": thumb.height, "data": thumb.data})
-            self._log_call(s, self._call_row(provider, "generate", key, started, latency, "ok", cost=cost,
-                                 http_status=result.http_status, iteration_id=it.id))
+            self._log_call(s, self._ok_row(served, "generate", cost, http_status=result.http_status, iteration_id=it.id,
+                                           model=it.model))
             self._add_cost(cost)
             self._commit(s)
+        ctx.budget.settle(served.reserved_usd, cost)
         self._write_results(it)
         ctx.on_step()
         return it
+
+    def _generation_failed(self, it: Iteration, status: str, e: ProviderError) -> None:
+        """Record the iteration as failed or blocked, and end the prompt."""
+        it.status, it.error_kind, it.error_message = status, e.kind, str(e)
+        it.finished_at = utcnow()
+        skipped = getattr(e, "skipped", [])
+        it.routing = {**(it.routing or {}), "served_by": "", "skipped": [s.as_dict() for s in skipped]}
+        with session(self.ctx.engine) as s:
+            _update(s, it, *ITERATION_FIELDS)
+            self._commit(s)
+        self._write_results(it)
+        what = f"{self._last_failed} blocked the prompt: {e}" if status == "blocked" else self._failure("", e, self._last_failed)
+        raise StepFailed(status, e.kind, f"iteration {it.number}: {what}")
+
+    async def _rewrite_blocked(self, it: Iteration, blocked: ContentBlocked, count: int) -> dict[str, Any]:
+        """Ask the refiner to rewrite a blocked prompt so it complies (``block_rewrites`` times at most)."""
+        ctx = self.ctx
+        by = self._last_failed
+        hint = str(ctx.settings.section("run").get("block_rewrite_hint", "describe it in a non-graphic way suitable for all audiences"))
+        judgement = Judgement(criteria={}, issues=[Issue(kind="content_policy", description=f"{by} refused it: {blocked}",
+                                                         suggestion=hint, severity=1.0)])
+        request = RefinementRequest(original_prompt=self.original_text, current_prompt=it.prompt_text, judgement=judgement,
+                                    failed_checks=(), history=(), purpose="comply")
+        try:
+            served = await self._call(ctx.refiners, "refine", it.number, lambda r: self._checked(r.refine(request)),
+                                      estimate=lambda r: prices.table_cost(r.settings, r.model), iteration_id=it.id, step=f"rewrite{count}")
+        except ProviderError as e:
+            self._generation_failed(it, "blocked", ContentBlocked(f"{blocked}; rewriting it to comply failed: {e}", http_status=blocked.http_status))
+        refined: RefinedPrompt = served.value
+        if refined.prompt.strip() == it.prompt_text.strip():
+            self._generation_failed(it, "blocked", ContentBlocked(f"{blocked}; the refiner could not rewrite it", http_status=blocked.http_status))
+        refiner = served.component
+        cost = refined.cost_usd if refined.cost_usd is not None else prices.table_cost(refiner.settings, refined.model)
+        with session(ctx.engine) as s:
+            self._log_call(s, self._ok_row(served, "refine", cost, iteration_id=it.id))
+            self._add_cost(cost)
+            self._commit(s)
+        ctx.budget.settle(served.reserved_usd, cost)
+        log.info("%s: iteration %d blocked by %s; rewritten by %s to comply", self.prompt.key, it.number, by, refiner.name)
+        return {"from": it.prompt_text, "to": refined.prompt, "rationale": refined.rationale, "blocked_by": by, "refiner": refiner.name}
+
+    async def _checked(self, refining: Any) -> RefinedPrompt:
+        """A refiner's answer, refused when empty or over the prompt length limit."""
+        refined: RefinedPrompt = await refining
+        max_chars = int(self.ctx.settings.section("prompt").get("max_chars", 10_000))
+        if not refined.prompt.strip():
+            raise ProviderError("the refiner returned an empty prompt", kind="malformed")
+        if len(refined.prompt) > max_chars:
+            raise ProviderError(f"the refined prompt is {len(refined.prompt):,} characters, over the limit of {max_chars:,}", kind="malformed")
+        return refined
 
     def _image_intact(self, it: Iteration) -> bool:
         """A finished generation counts only while its file is there with the recorded hash."""
@@ -327,19 +442,17 @@ class PromptJob:
         if it.number in self.evaluations:
             return self.evaluations[it.number]
         self._check_stop()
-        judge = ctx.judge
         fresh = self._fresh_image
         data = fresh[1] if fresh and fresh[0] == it.number else (ctx.output_dir / it.image_path).read_bytes()
         request = EvaluationRequest(original_prompt=self.original_text, sent_prompt=it.prompt_text, elements=elements,
                                     image=data, mime_type=it.mime_type, requested_width=self.width, requested_height=self.height)
-        key = step_key(ctx.run.id, self.item_id, it.number, "evaluate")
-        started, t0 = utcnow(), time.perf_counter()
         try:
-            judgement = await judge.evaluate(request)
+            served = await self._call(ctx.judges, "evaluate", it.number, lambda j: j.evaluate(request), iteration_id=it.id,
+                                      estimate=lambda j: prices.table_cost(j.settings, j.model))
         except ProviderError as e:
-            self._record_call(judge, "evaluate", key, started, (time.perf_counter() - t0) * 1000, e, iteration_id=it.id)
-            raise StepFailed("failed", e.kind, f"iteration {it.number}: judge {judge.name} failed: {e}") from None
-        latency = (time.perf_counter() - t0) * 1000
+            raise StepFailed("failed", e.kind, f"iteration {it.number}: {self._failure('judge', e, self._last_failed)}") from None
+        judgement: Judgement = served.value
+        judge = served.component
         cost = judgement.cost_usd if judgement.cost_usd is not None else prices.table_cost(judge.settings, judgement.model)
         score = scoring.overall(judgement, elements, ctx.faithfulness_weight)
         top = judgement.top_issue
@@ -349,16 +462,17 @@ class PromptJob:
                 criteria=judgement.criteria, checks=[c.__dict__ for c in judgement.checks],
                 issues=[i.__dict__ for i in sorted(judgement.issues, key=lambda i: -i.severity)],
                 top_suggestion=(top.suggestion or top.description) if top else "",
-                raw_response=judgement.raw_response, latency_ms=latency, cost_usd=cost,
+                raw_response=judgement.raw_response, latency_ms=served.latency_ms, cost_usd=cost, routing=served.routing(),
             )
             _insert(s, ev)
-            self._log_call(s, self._call_row(judge, "evaluate", key, started, latency, "ok", cost=cost, iteration_id=it.id))
+            self._log_call(s, self._ok_row(served, "evaluate", cost, iteration_id=it.id))
             self._add_cost(cost)
             best = max(self.evaluations.values(), key=lambda e: e.overall_score, default=None)
             if best is None or score >= best.overall_score:
                 self.item.best_score, self.item.final_iteration = score, it.number
                 self._item_dirty = True
             self._commit(s)
+        ctx.budget.settle(served.reserved_usd, cost)
         self.evaluations[it.number] = ev
         sidecars.write_iteration_evaluation(self.folder, sidecars.iteration_evaluation(self.prompt, it, ev))
         ctx.on_step()
@@ -371,62 +485,48 @@ class PromptJob:
             return self.refinements[it.number]
         self._check_stop()
         history = [(self.iterations[n].prompt_text, e.overall_score) for n, e in sorted(self.evaluations.items()) if n <= it.number]
-        refiner = ctx.refiner
         judgement = _judgement_from_row(ev)
         request = RefinementRequest(
             original_prompt=self.original_text, current_prompt=it.prompt_text, judgement=judgement,
             failed_checks=tuple(c for c in judgement.checks if c.answer != "yes"),
             history=tuple((p, score) for p, score in history),
         )
-        key = step_key(ctx.run.id, self.item_id, it.number, "refine")
-        started, t0 = utcnow(), time.perf_counter()
         try:
-            refined = await refiner.refine(request)
-            max_chars = int(ctx.settings.section("prompt").get("max_chars", 10_000))
-            if not refined.prompt.strip():
-                raise ProviderError("the refiner returned an empty prompt", kind="malformed")
-            if len(refined.prompt) > max_chars:
-                raise ProviderError(f"the refined prompt is {len(refined.prompt):,} characters, over the limit of {max_chars:,}", kind="malformed")
+            served = await self._call(ctx.refiners, "refine", it.number, lambda r: self._checked(r.refine(request)),
+                                      estimate=lambda r: prices.table_cost(r.settings, r.model), iteration_id=it.id)
         except ProviderError as e:
-            self._record_call(refiner, "refine", key, started, (time.perf_counter() - t0) * 1000, e, iteration_id=it.id)
-            raise StepFailed("failed", e.kind, f"iteration {it.number}: refiner {refiner.name} failed: {e}") from None
-        latency = (time.perf_counter() - t0) * 1000
+            raise StepFailed("failed", e.kind, f"iteration {it.number}: {self._failure('refiner', e, self._last_failed)}") from None
+        refined: RefinedPrompt = served.value
+        refiner = served.component
         cost = refined.cost_usd if refined.cost_usd is not None else prices.table_cost(refiner.settings, refined.model)
         with session(ctx.engine) as s:
             ref = Refinement(run_item_id=self.item_id, from_iteration=it.number, new_prompt=refined.prompt,
                              refiner=refiner.name, model=refined.model or refiner.model, rationale=refined.rationale,
-                             edits=refined.edits, latency_ms=latency, cost_usd=cost)
+                             edits=refined.edits, latency_ms=served.latency_ms, cost_usd=cost, routing=served.routing())
             _insert(s, ref)
-            self._log_call(s, self._call_row(refiner, "refine", key, started, latency, "ok", cost=cost, iteration_id=it.id))
+            self._log_call(s, self._ok_row(served, "refine", cost, iteration_id=it.id))
             self._add_cost(cost)
             self._commit(s)
+        ctx.budget.settle(served.reserved_usd, cost)
         self.refinements[it.number] = ref
         ctx.on_step()
         return ref
 
     # ---- records -------------------------------------------------------------------------------
-    def _call_row(self, component: Any, operation: str, key: str, started: Any, latency: float, outcome: str, *,
+    def _call_row(self, component: Component, operation: str, key: str, started: Any, latency: float, outcome: str, *,
                   cost: float | None = None, http_status: int | None = None, error: ProviderError | None = None,
-                  iteration_id: int | None = None) -> Any:
+                  iteration_id: int | None = None, attempt: int = 1, model: str = "") -> dict[str, Any]:
         """The values of one call-log row (append-only: written by :meth:`_log_call`, no object needed)."""
         return dict(
             run_id=self.ctx.run.id, iteration_id=iteration_id, step_key=key, provider=component.name,
-            model=component.model, operation=operation, started_at=started, latency_ms=latency, outcome=outcome,
+            model=model or component.model, operation=operation, started_at=started, latency_ms=latency, outcome=outcome,
             http_status=error.http_status if error else http_status, error_kind=error.kind if error else "",
-            error_message=str(error)[:2000] if error else "", attempt=1, cost_usd=cost,
+            error_message=str(error)[:2000] if error else "", attempt=attempt, cost_usd=cost,
         )
 
     @staticmethod
     def _log_call(s: Any, values: dict[str, Any]) -> None:
         s.connection().execute(_insert_statement(ProviderCall.__table__, False), values)
-
-    def _record_call(self, component: Any, operation: str, key: str, started: Any, latency: float, error: ProviderError,
-                     iteration_id: int | None = None) -> None:
-        outcome = "blocked" if isinstance(error, ContentBlocked) else "error"
-        with session(self.ctx.engine) as s:
-            self._log_call(s, self._call_row(component, operation, key, started, latency, outcome, error=error, iteration_id=iteration_id))
-            s.commit()
-        log.warning("%s: %s %s %s: %s", self.prompt.key, component.name, operation, outcome, error)
 
     def _add_cost(self, cost: float | None) -> None:
         if cost:

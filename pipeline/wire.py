@@ -30,7 +30,15 @@ DEFAULT_TIMEOUT_S = 120.0
 MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
 _KIND_BY_STATUS = {400: "bad_request", 401: "auth", 403: "auth", 404: "not_found", 408: "timeout", 409: "conflict",
                    413: "bad_request", 422: "bad_request", 429: "rate_limited"}
-RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+
+
+def retryable_status(code: int, headers: Mapping[str, str] | None = None) -> bool:
+    """408, 409, 429 and 5xx may be retried, unless the service says ``x-should-retry: false``
+    (OpenAI's hint; ``true`` forces a retry)."""
+    hint = (headers or {}).get("x-should-retry", "").lower()
+    if hint in ("true", "false"):
+        return hint == "true"
+    return code in (408, 409, 429) or code >= 500
 
 
 def setting(env_var: str | None, settings: Mapping[str, Any], key: str, default: str = "") -> str:
@@ -93,7 +101,7 @@ def status_error(service: str, response: httpx.Response, message: str = "", *, b
         return ContentBlocked(described, http_status=code)
     return ProviderError(
         described, kind=kind or _KIND_BY_STATUS.get(code, "server" if code >= 500 else "bad_request"), http_status=code,
-        retryable=code in RETRYABLE_STATUSES if retryable is None else retryable, retry_after=retry_after(response.headers),
+        retryable=retryable_status(code, response.headers) if retryable is None else retryable, retry_after=retry_after(response.headers),
     )
 
 

@@ -108,7 +108,10 @@ def test_a_failed_and_a_blocked_prompt_end_recorded_while_the_others_complete(tm
     assert re.search(r"p002\s+blocked .*blocked: iteration 1: fake blocked the prompt", status)
     with session(engine) as s:
         outcomes = sorted((c.outcome, c.error_kind, c.http_status) for c in s.exec(select(ProviderCall).where(ProviderCall.operation == "generate")))
-        assert outcomes == [("blocked", "blocked", 400), ("error", "server", 503), ("ok", "", None), ("ok", "", None)]
+        # p002 is blocked, rewritten once by the refiner to comply, and blocked again ("forbidden" stays in it)
+        assert outcomes == [("blocked", "blocked", 400), ("blocked", "blocked", 400), ("error", "server", 503), ("ok", "", None), ("ok", "", None)]
+        rewrite = s.exec(select(ProviderCall).where(ProviderCall.operation == "refine")).one()
+        assert (rewrite.provider, rewrite.outcome, rewrite.step_key) == ("offline", "ok", "run1/item3/it1/rewrite1")
         assert s.get(Run, 1).cost_usd == 0.02  # two fake images at $0.01; the offline judge is free
     summary = json.loads((settings.runs_dir / "1" / "results" / "p002" / "summary.json").read_text())
     assert summary["status"] == "blocked" and summary["error"]["kind"] == "blocked"

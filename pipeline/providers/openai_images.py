@@ -37,7 +37,7 @@ def openai_error(service: str, e: Exception) -> ProviderError:
         if code in BLOCK_CODES:
             return ContentBlocked(text, http_status=status)
         kind = "not_found" if code == "model_not_found" else _KIND.get(status, "server" if status >= 500 else "bad_request")
-        retryable = status in wire.RETRYABLE_STATUSES and code != "insufficient_quota"
+        retryable = wire.retryable_status(status, e.response.headers) and code != "insufficient_quota"
         return ProviderError(text, kind=kind, http_status=status, retryable=retryable, retry_after=wire.retry_after(e.response.headers))
     if isinstance(e, (openai.APIResponseValidationError, ValueError, KeyError, TypeError, AttributeError, IndexError)):
         return ProviderError(f"{service} sent a response that could not be read: {type(e).__name__}", kind="malformed", retryable=True)
