@@ -106,6 +106,9 @@ def detail(run_item_id: int) -> None:
                 st.error(f"{display.status(it.status)}: {it.error_kind} {it.error_message}")
             st.caption(f"{display.component_label('providers', it.provider)} · {it.model} · seed {it.seed} · "
                        f"{display.money(it.cost_usd)} · {display.duration((it.latency_ms or 0) / 1000)}")
+            for note in (display.routing_note(it.routing), display.routing_note(ev.routing if ev is not None else None)):
+                if note:
+                    st.caption(f":material/alt_route: {note}")
             if ev is not None:
                 delta = f"{view.score_delta:+.2f}" if view.score_delta is not None else None
                 st.metric("Judge score", f"{ev.overall_score:.2f}", delta=delta, help=f"judge: {display.component_label('judges', ev.judge)}")

@@ -56,8 +56,8 @@ with left:
     chain = st.multiselect(
         "Provider chain (in order)", provider_names, default=[n for n in ["offline"] if n in provider_names],
         format_func=lambda n: display.component_label("providers", n),
-        help="The first provider generates the images; the order is kept with the run. Only configured services are offered "
-             "(see Settings).",
+        help="In fallback routing the first provider generates, and the next ones take over when it fails for good "
+             "(breaker open, key refused, model gone, retries used up). Only configured services are offered (see Settings).",
     )
     judge = st.selectbox("Judge", judge_names, index=judge_names.index("offline") if "offline" in judge_names else 0,
                          format_func=lambda n: display.component_label("judges", n))
@@ -71,8 +71,25 @@ with right:
                                   int(run_defaults.get("concurrency", 3)))
     run_name = st.text_input("Run name", value=spec.name)
 
+with st.expander("Fallbacks, routing and budget"):
+    a, b = st.columns(2)
+    judge_fallbacks = a.multiselect("Fallback judges (in order)", [n for n in judge_names if n != judge],
+                                    format_func=lambda n: display.component_label("judges", n))
+    refiner_fallbacks = b.multiselect("Fallback refiners (in order)", [n for n in refiner_names if n != refiner],
+                                      format_func=lambda n: display.component_label("refiners", n))
+    routing = a.radio("Routing", ["fallback", "pool"], horizontal=True, index=0 if run_defaults.get("routing", "fallback") == "fallback" else 1,
+                      help="fallback: the chain in order. pool: spread generations over the healthy providers by recent "
+                           "latency and calls in flight.")
+    block_rewrites = b.number_input("Rewrites after a content block", 0, 3, int(run_defaults.get("block_rewrites", 1)),
+                                    help="The refiner may rewrite a blocked prompt to comply this many times; then it ends blocked.")
+    capped = a.toggle("Cap the spending")
+    budget = b.number_input("Budget (USD)", min_value=0.01, value=5.0, step=1.0, format="%.2f", disabled=not capped,
+                            help="The run pauses (resumable) before a call would take it past this.")
+
 config = RunConfig(providers=chain, judge=judge or "", refiner=refiner or "", iterations=iterations,
-                   target_score=target if stop_early else None, concurrency=int(concurrency))
+                   target_score=target if stop_early else None, concurrency=int(concurrency),
+                   judge_fallbacks=judge_fallbacks, refiner_fallbacks=refiner_fallbacks, routing=routing,
+                   block_rewrites=int(block_rewrites), budget_usd=float(budget) if capped else None)
 problem = ""
 try:
     config.validate(settings)

@@ -13,6 +13,8 @@ with session(engine) as s:
     costs = stats.cost_by_run(s)
     scored = stats.scores(s)
     starred = stats.stars_against_scores(s)
+    breakers = stats.breaker_states(s)
+    breaker_log = stats.breaker_events(s)
 if not calls:
     st.info("No calls logged yet. Charts of success rate, latency, outcomes and cost appear here once a run has started.")
     st.stop()
@@ -23,6 +25,24 @@ a.metric("Calls logged", f"{len(calls):,}")
 b.metric("Succeeded", f"{ok / len(calls):.1%}")
 c.metric("Spent", f"${sum(x.cost_usd for x in calls):,.4f}")
 d.metric("Runs", len(costs))
+
+st.subheader("Circuit breakers")
+if breakers:
+    st.dataframe(
+        [{"service": b.service, "state": b.state.replace("_", "-"), "since": b.since,
+          "why": b.reason, "changes": b.transitions} for b in breakers],
+        hide_index=True, width="stretch",
+        column_config={"since": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss"), "why": st.column_config.TextColumn(width="large")},
+    )
+    opened = [b.service for b in breakers if b.state != "closed"]
+    if opened:
+        st.warning(f"Not taking work right now: {', '.join(opened)} (a probe call is let through after the cool-down).")
+    with st.expander(f"Breaker log ({len(breaker_log)} most recent)"):
+        st.dataframe([{"at": e.at, "service": e.service, "state": e.state, "run": e.run_id, "why": e.reason} for e in breaker_log],
+                     hide_index=True, width="stretch")
+else:
+    st.caption("Every breaker is closed: no service has failed often enough to be skipped "
+               "(opens after 5 failures in a row by default; see the README).")
 
 left, right = st.columns(2)
 left.plotly_chart(charts.success_rate(calls), width="stretch")

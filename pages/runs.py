@@ -37,13 +37,20 @@ if chosen.status in ACTIVE_RUN_STATUSES:
         st.rerun()
 else:
     retry = chosen.failed + chosen.blocked > 0
-    can_resume = chosen.status in ("interrupted", "cancelled", "failed") or (chosen.status == "completed" and retry)
+    can_resume = chosen.status in ("interrupted", "paused", "cancelled", "failed") or (chosen.status == "completed" and retry)
     retry_failed = controls[1].checkbox("Retry failed and blocked", value=chosen.status == "completed", disabled=not retry)
+    budget = chosen.config.get("budget_usd")
+    new_budget = None
+    if chosen.status == "paused" or budget is not None:
+        new_budget = controls[2].number_input(
+            "Budget (USD)", min_value=0.01, step=1.0, format="%.2f", key=f"budget_{chosen.id}",
+            value=float(max(budget or 0.0, chosen.cost_usd) * 2 or 1.0) if chosen.status == "paused" else float(budget or 1.0),
+            help="The run pauses before a call would take its spending past this.")
     if controls[0].button("Resume", icon=":material/play_arrow:", disabled=not can_resume,
                           help="Queue the run again: only unfinished steps are done."):
         try:
             with session(engine) as s:
-                claim_for_resume(s, get_run(s, chosen.id), retry_failed=retry_failed)
+                claim_for_resume(s, get_run(s, chosen.id), retry_failed=retry_failed, budget_usd=new_budget)
                 s.commit()
             runner.wake()
             st.session_state.setdefault("toasts", []).append(f"Run {chosen.id} queued again")
@@ -61,7 +68,7 @@ def run_row(r) -> None:  # type: ignore[no-untyped-def]
                          f"elapsed {display.duration(r.elapsed_s)} · cost {display.money(r.cost_usd)}")
         st.progress(r.fraction, text=f"{r.completed} completed of {r.total}" + (f" · {r.running} in progress" if r.running else ""))
         if r.error:
-            st.error(r.error)
+            (st.warning if r.status == "paused" else st.error)(r.error)
 
 
 @st.fragment(run_every=POLL_SECONDS if any(r.active for r in summaries) else None)

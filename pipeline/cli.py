@@ -61,8 +61,15 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     run.add_argument("--output", type=Path, help="folder for results/ (default: <data dir>/runs/<run id>)")
     run.add_argument("--providers", default=",".join(run_defaults.get("providers", ["offline"])),
                      help="ordered provider chain, comma-separated (default: %(default)s)")
-    run.add_argument("--judge", default=run_defaults.get("judge", "offline"), help="judge (default: %(default)s)")
-    run.add_argument("--refiner", default=run_defaults.get("refiner", "offline"), help="refiner (default: %(default)s)")
+    run.add_argument("--judge", default=run_defaults.get("judge", "offline"),
+                     help="judge, or an ordered chain of judges, comma-separated (default: %(default)s)")
+    run.add_argument("--refiner", default=run_defaults.get("refiner", "offline"),
+                     help="refiner, or an ordered chain of refiners, comma-separated (default: %(default)s)")
+    run.add_argument("--routing", choices=("fallback", "pool"), default=run_defaults.get("routing", "fallback"),
+                     help="fallback: providers in chain order; pool: spread over the healthy ones (default: %(default)s)")
+    run.add_argument("--block-rewrites", type=int, default=int(run_defaults.get("block_rewrites", 1)),
+                     help="times the refiner may rewrite a blocked prompt to comply, 0–3 (default: %(default)s)")
+    run.add_argument("--budget", type=float, help="spending cap in USD; the run pauses before a call would pass it")
     run.add_argument("--iterations", type=int, default=int(run_defaults.get("iterations", 2)),
                      help="generate+judge rounds per prompt, 1–5 (default: %(default)s)")
     run.add_argument("--target-score", type=float, help="stop refining a prompt once its score reaches this (0–10)")
@@ -74,6 +81,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     resume.add_argument("run_id", type=int)
     resume.add_argument("--concurrency", type=int, help="change the number of workers")
     resume.add_argument("--retry-failed", action="store_true", help="also retry prompts that failed or were blocked")
+    resume.add_argument("--budget", type=float, help="a new spending cap in USD (a paused run needs a higher one)")
 
     status = sub.add_parser("status", help="list runs, or one run's prompts")
     status.add_argument("run_id", type=int, nargs="?")
@@ -89,9 +97,17 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     return parser
 
 
+def _names(value: str, option: str) -> list[str]:
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    if not names:
+        raise InputError(f"{option}: name at least one")
+    return names
+
+
 def _check_components(config: RunConfig) -> None:
     """Every named component exists and has the settings it needs (checked before anything is written)."""
-    wanted = [("providers", n) for n in config.providers] + [("judges", config.judge), ("refiners", config.refiner)]
+    wanted = ([("providers", n) for n in config.providers] + [("judges", n) for n in config.judges]
+              + [("refiners", n) for n in config.refiners])
     for kind, name in wanted:
         info = describe(getattr(registry, kind).get_class(name))
         if info.missing:
@@ -131,15 +147,23 @@ def _run_executor(engine, settings: Settings, run_id: int, out: TextIO) -> int: 
     if outcome.status == "interrupted":
         print(f"{outcome.unfinished} prompt(s) left. Continue with: python -m pipeline resume {outcome.run_id}", file=out)
         return EXIT_INTERRUPTED
+    if outcome.status == "paused":
+        with session(engine) as s:
+            reason = get_run(s, run_id).error
+        print(f"Paused: {reason}\n{outcome.unfinished} prompt(s) left. Continue with: "
+              f"python -m pipeline resume {outcome.run_id} --budget <more USD>", file=out)
+        return EXIT_INTERRUPTED
     if outcome.status == "completed" and not (outcome.failed or outcome.blocked):
         return EXIT_OK
     return EXIT_FAILED
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    judges, refiners = _names(args.judge, "--judge"), _names(args.refiner, "--refiner")
     config = RunConfig(
-        providers=[p.strip() for p in args.providers.split(",") if p.strip()], judge=args.judge, refiner=args.refiner,
-        iterations=args.iterations, target_score=args.target_score, concurrency=args.concurrency,
+        providers=_names(args.providers, "--providers"), judge=judges[0], refiner=refiners[0],
+        judge_fallbacks=judges[1:], refiner_fallbacks=refiners[1:], iterations=args.iterations, target_score=args.target_score,
+        concurrency=args.concurrency, routing=args.routing, block_rewrites=args.block_rewrites, budget_usd=args.budget,
     )
     config.validate(settings)
     _check_components(config)
@@ -168,7 +192,9 @@ def cmd_resume(args: argparse.Namespace, settings: Settings, out: TextIO) -> int
     with session(engine) as s:
         recover_orphans(s)
         run = get_run(s, args.run_id)
-        claim_for_resume(s, run, retry_failed=args.retry_failed, claim=True)
+        if args.budget is not None and args.budget <= 0:
+            raise InputError(f"--budget: {args.budget} must be more than 0")
+        claim_for_resume(s, run, retry_failed=args.retry_failed, claim=True, budget_usd=args.budget)
         config = RunConfig.from_dict(run.config)
         if args.concurrency is not None:
             config.concurrency = args.concurrency

@@ -8,7 +8,7 @@ from . import registry
 STATUS_ICONS = {
     # runs
     "queued": ":gray[:material/schedule:]", "running": ":blue[:material/play_circle:]",
-    "interrupted": ":orange[:material/pause_circle:]", "cancelled": ":gray[:material/cancel:]",
+    "interrupted": ":orange[:material/pause_circle:]", "paused": ":orange[:material/savings:]", "cancelled": ":gray[:material/cancel:]",
     "completed": ":green[:material/check_circle:]", "failed": ":red[:material/error:]",
     # prompts and iterations
     "pending": ":gray[:material/schedule:]", "blocked": ":violet[:material/block:]", "ok": ":green[:material/check_circle:]",
@@ -54,3 +54,19 @@ def component_label(kind: str, name: str) -> str:
         return getattr(registry, kind).get_class(name).display_name()
     except registry.ConfigError:
         return f"{name} (not installed)"
+
+
+def routing_note(routing: dict | None) -> str:
+    """How a step was served, when there is more to say than "first try on the first service"."""
+    if not routing:
+        return ""
+    parts = []
+    attempts = int(routing.get("attempts") or 1)
+    if routing.get("served_by") and attempts > 1:
+        parts.append(f"served by {routing['served_by']} on attempt {attempts}")
+    skipped = routing.get("skipped") or []
+    if skipped:
+        parts.append("skipped " + "; ".join(f"{s.get('service')} ({s.get('reason')})" for s in skipped))
+    for r in routing.get("rewrites") or []:
+        parts.append(f"blocked by {r.get('blocked_by')}, rewritten by {r.get('refiner')} to comply: {r.get('rationale')}")
+    return " · ".join(parts)

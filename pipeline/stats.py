@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
-from .models import Evaluation, Iteration, ProviderCall, Rating, Run, RunItem
+from .models import BreakerEvent, Evaluation, Iteration, ProviderCall, Rating, Run, RunItem
 from .ratings import latest_ratings_query
 
 OUTCOMES = ("ok", "retried", "error", "blocked")
@@ -156,3 +156,24 @@ def spearman(xs: list[float], ys: list[float]) -> float | None:
     cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
     vx, vy = sum((a - mx) ** 2 for a in rx), sum((b - my) ** 2 for b in ry)
     return cov / math.sqrt(vx * vy) if vx and vy else None
+
+
+@dataclass(frozen=True)
+class BreakerState:
+    service: str  # "providers/fal"
+    state: str  # closed | open | half_open
+    since: datetime
+    reason: str
+    transitions: int
+
+
+def breaker_states(s: Session) -> list[BreakerState]:
+    """Each service's circuit breaker as last recorded (services that never tripped are not listed)."""
+    latest = (select(BreakerEvent.service, func.max(BreakerEvent.id).label("last"), func.count().label("n"))
+              .group_by(BreakerEvent.service).subquery())
+    rows = s.exec(select(BreakerEvent, latest.c.n).join(latest, latest.c.last == BreakerEvent.id).order_by(BreakerEvent.service)).all()
+    return [BreakerState(e.service, e.state, e.at, e.reason, n) for e, n in rows]
+
+
+def breaker_events(s: Session, limit: int = 50) -> list[BreakerEvent]:
+    return list(s.exec(select(BreakerEvent).order_by(col(BreakerEvent.id).desc()).limit(limit)))
