@@ -108,10 +108,12 @@ class CircuitBreaker:
     # ---- telling -----------------------------------------------------------------------------
     def record_success(self) -> None:
         with self._lock:
+            if self.state == "open":
+                return  # a call let through before it opened: only the half-open probe may close it
             self._recent.append(False)
             self.consecutive_failures = 0
             self._probe_out = False
-            transition = self._move("closed", "probe call succeeded") if self.state != "closed" else None
+            transition = self._move("closed", "probe call succeeded") if self.state == "half_open" else None
         if transition:
             self._announce(transition)
 

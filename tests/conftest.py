@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import registry
+from pipeline import breaker, registry
 from pipeline.cli import main
 from pipeline.config import Settings
 from pipeline.db import open_database
@@ -40,6 +40,7 @@ def isolated_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("DARKROOM_CONFIG", raising=False)
     monkeypatch.delenv("DARKROOM_PLUGINS", raising=False)
     FakeProvider.reset()
+    breaker.board.reset()  # breakers are per process: no test inherits another's open breaker
     registry.ensure_loaded()
     for var in SERVICE_ENV_VARS:  # a developer's real keys never reach a test
         monkeypatch.delenv(var, raising=False)

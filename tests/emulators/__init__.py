@@ -11,7 +11,7 @@ import io
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -48,6 +48,7 @@ class Request:
     query: dict[str, list[str]]
     headers: dict[str, str]
     body: bytes
+    at: float = field(default_factory=time.monotonic)  # when it arrived
 
     def json(self) -> Any:
         return json.loads(self.body or b"null")
@@ -66,14 +67,30 @@ class Reply:
 
 
 class Emulator:
-    """Subclasses implement :meth:`handle`; ``fault`` selects a misbehaviour (``"ok"`` = none)."""
+    """Subclasses implement :meth:`handle`; ``fault`` selects a misbehaviour (``"ok"`` = none).
+
+    ``plan``, when set, picks the fault for each request instead (fault-injection storms); the
+    fault each request got is kept in ``served_faults``.
+    """
 
     def __init__(self) -> None:
         self.requests: list[Request] = []
-        self.fault = "ok"
+        self._fault = "ok"
+        self._current = threading.local()
+        self.plan: Callable[[Request], str] | None = None
+        self.served_faults: list[str] = []
+        self.latency_s = 0.0  # added to every answer (a slow service)
         self.lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self.url = ""
+
+    @property
+    def fault(self) -> str:
+        return getattr(self._current, "fault", None) or self._fault
+
+    @fault.setter
+    def fault(self, value: str) -> None:
+        self._fault = value
 
     # ---- lifecycle ---------------------------------------------------------------------------------------
     def start(self) -> "Emulator":
@@ -89,10 +106,17 @@ class Emulator:
                               self.rfile.read(length) if length else b"")
                 with emulator.lock:
                     emulator.requests.append(req)
+                    fault = emulator.plan(req) if emulator.plan else emulator._fault
+                    emulator.served_faults.append(fault)
+                emulator._current.fault = fault
+                if emulator.latency_s:
+                    time.sleep(emulator.latency_s)
                 try:
                     reply = emulator.handle(req)
                 except Exception as e:  # a bug in the emulator shows up as a 599, not a hang
                     reply = Reply(599, f"emulator error: {e!r}")
+                finally:
+                    emulator._current.fault = None
                 if reply.delay:
                     time.sleep(reply.delay)
                 body = reply.body
@@ -116,7 +140,10 @@ class Emulator:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            request_queue_size = 128  # the default backlog of 5 drops connections under concurrent load
+
+        self._server = Server(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, name=f"{type(self).__name__}", daemon=True).start()

@@ -8,6 +8,11 @@ TOKEN = "worker-test-token-0000"
 
 
 class WorkerEmulator(Emulator):
+    def __init__(self) -> None:
+        super().__init__()
+        self.retry_after: dict[str, str] = {"Retry-After": str(RETRY_AFTER_S)}  # the 429's headers
+        self.down = False  # every request fails with 503 while set (a provider that died)
+
     def handle(self, req: Request) -> Reply:
         if req.path != "/generate":
             return Reply.json({"error": "not found"}, 404)
@@ -17,12 +22,16 @@ class WorkerEmulator(Emulator):
         if not prompt:
             return Reply.json({"error": "prompt is required"}, 400)
         fault = self.fault
+        if self.down:
+            return Reply.json({"error": "service unavailable"}, 503)
+        if fault == "404":
+            return Reply.json({"error": "model not found"}, 404)
         if fault == "400":
             return Reply.json({"error": "width must be a multiple of 64"}, 400)
         if fault == "401":
             return Reply.json({"error": "bad token"}, 401)
         if fault == "429":
-            return Reply.json({"error": "busy"}, 429, **{"Retry-After": str(RETRY_AFTER_S)})
+            return Reply.json({"error": "busy"}, 429, **self.retry_after)
         if fault == "500":
             return Reply(500, "Traceback (most recent call last): …", {"Content-Type": "text/plain"})
         if fault == "timeout":
