@@ -146,9 +146,11 @@ class ServiceChain(Generic[C]):
         ranked = sorted(healthy, key=lambda m: (m.expected_wait(typical), self.members.index(m)))
         return ranked + [m for m in self.members if m not in ranked]
 
-    async def call(self, send: Callable[[C], Awaitable[T]], on_attempt: Callable[[Attempt], None] = lambda a: None) -> Served[C, T]:
+    async def call(self, send: Callable[[C], Awaitable[T]], on_attempt: Callable[[Attempt], None] = lambda a: None, *,
+                   priority: int = 0) -> Served[C, T]:
         """Send one request along the chain; ``send(component)`` makes one attempt, and every
-        failed attempt is reported to ``on_attempt`` (the successful one is the caller's to log)."""
+        failed attempt is reported to ``on_attempt`` (the successful one is the caller's to log).
+        Lower ``priority`` gets a busy service's next free slot first."""
         skipped: list[Skip] = []
         last: ProviderError | None = None
         for member in self.order():
@@ -156,7 +158,7 @@ class ServiceChain(Generic[C]):
                 skipped.append(Skip(member.name, "circuit breaker open"))
                 continue
             try:
-                value, attempts, latency = await self._attempts(member, send, on_attempt)
+                value, attempts, latency = await self._attempts(member, send, on_attempt, priority)
             except ContentBlocked as e:
                 e.skipped = skipped  # type: ignore[attr-defined]
                 raise
@@ -169,10 +171,10 @@ class ServiceChain(Generic[C]):
         raise ChainFailed(self.role, skipped, last)
 
     async def _attempts(self, member: Member[C], send: Callable[[C], Awaitable[T]],
-                        on_attempt: Callable[[Attempt], None]) -> tuple[T, int, float]:
+                        on_attempt: Callable[[Attempt], None], priority: int) -> tuple[T, int, float]:
         policy = member.policy
         for number in range(1, policy.max_attempts + 1):
-            async with member.limiter.slot():
+            async with member.limiter.slot(priority):
                 if not member.breaker.allow():
                     raise _GiveUp("circuit breaker open", None)
                 t0 = time.perf_counter()

@@ -206,7 +206,8 @@ class PromptJob:
     async def _call(self, chain: ServiceChain[Any], operation: str, number: int, send: Callable[[Any], Any], *,
                     estimate: Callable[[Any], float | None], iteration_id: int | None = None, step: str = "") -> Served[Any, Any]:
         """One budgeted call along ``chain``: every failed attempt logged as it happens; the
-        caller logs the successful one with its cost, then settles ``served.reserved_usd``."""
+        caller logs the successful one with its cost, then settles ``served.reserved_usd``.
+        Later iterations go first when a service is busy, so started prompts finish first."""
         key = step_key(self.ctx.run.id, self.item_id, number, step or operation)
         budget = self.ctx.budget
 
@@ -228,7 +229,7 @@ class PromptJob:
             self._last_failed = a.component.name
             log.warning("%s: %s %s attempt %d %s: %s", self.prompt.key, a.component.name, operation, a.number, a.outcome, a.error)
 
-        served = await chain.call(attempt, on_attempt)
+        served = await chain.call(attempt, on_attempt, priority=-number)
         served.value, served.reserved_usd = served.value
         served.step_key = key
         return served

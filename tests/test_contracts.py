@@ -129,7 +129,7 @@ def fal(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FalEmulator, ImagePro
         emulator.stop()
 
 
-def test_fal_submits_to_the_model_and_polls_the_urls_it_was_given(fal) -> None:  # type: ignore[no-untyped-def]
+def test_fal_submits_to_the_model_and_follows_the_status_stream_it_was_given(fal) -> None:  # type: ignore[no-untyped-def]
     emulator, provider = fal
     result = generate(provider)
     submit = emulator.calls("POST")[0]
@@ -137,8 +137,18 @@ def test_fal_submits_to_the_model_and_polls_the_urls_it_was_given(fal) -> None: 
     body = submit.json()
     assert body["prompt"] == "a red fox in the snow" and body["image_size"] == {"width": 1024, "height": 768} and body["seed"] == 7
     statuses = emulator.calls("GET", "/status")
-    assert len(statuses) == 2 and all(r.path.startswith("/fal-ai/flux/requests/") for r in statuses)  # no subpath
+    assert [r.path.rsplit("/", 2)[1:] for r in statuses] == [["status", "stream"]]  # one stream, no polling
+    assert statuses[0].path.startswith("/fal-ai/flux/requests/")  # no subpath
     assert result.metadata["request_id"] in statuses[0].path
+
+
+def test_fal_polls_the_status_where_no_stream_is_offered(fal) -> None:  # type: ignore[no-untyped-def]
+    emulator, provider = fal
+    emulator.streams = False
+    generate(provider)
+    generate(provider)
+    statuses = [r.path.rsplit("/", 1)[1] for r in emulator.calls("GET", "/status")]
+    assert statuses == ["stream", "status", "status", "status", "status"]  # asked for the stream once, then polled
 
 
 def test_fal_nsfw_flag_on_a_200_is_a_block(fal) -> None:  # type: ignore[no-untyped-def]

@@ -1,4 +1,8 @@
-"""fal.ai through its queue API: submit, poll the status with backoff, fetch the result, download.
+"""fal.ai through its queue API: submit, follow the status, fetch the result, download.
+
+The status is followed on ``GET {status_url}/stream`` (server-sent events, as fal_client does),
+so a finished image is fetched the moment it is ready; where no stream is offered (404/405, or
+``status_stream = false``) the status is polled with backoff instead.
 
 Wire format (docs.fal.ai, fal_client): ``POST {base}/{model}`` returns ``request_id`` and the
 ``status_url`` / ``response_url`` / ``cancel_url`` to use verbatim; status is ``IN_QUEUE`` →
@@ -9,6 +13,7 @@ further. Content filters answer 422 with a ``detail[]`` list, or 200 with ``has_
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -39,6 +44,7 @@ class FalProvider(wire.Remote, ImageProvider):
     base_url_env_var = "FAL_BASE_URL"
     default_base_url = "https://queue.fal.run"
     model_env_var = "FAL_MODEL"
+    _no_stream = False  # set once the service answered that it has no status stream
 
     def _fail(self, response: httpx.Response) -> ProviderError:
         body: Any = None
@@ -97,20 +103,57 @@ class FalProvider(wire.Remote, ImageProvider):
                               http_status=200, metadata={"request_id": request_id, "seed": output.get("seed")})
 
     async def _wait(self, http: httpx.AsyncClient, status_url: str, deadline: float, request_id: str) -> None:
+        """Until the request is done: from the status stream when the service offers one (no
+        polling delay between the result being ready and us knowing), else by polling."""
+        if self.settings.get("status_stream", True) and not self._no_stream:
+            if await self._stream(http, status_url, deadline, request_id):
+                return
+        await self._poll(http, status_url, deadline, request_id)
+
+    def _completed(self, status: Any, request_id: str) -> bool:
+        state = wire.field(self.name, status, "status")
+        if state == "COMPLETED":
+            if status.get("error"):
+                raise ProviderError(f"{self.name}: request {request_id} failed: {status['error']} ({status.get('error_type') or 'error'})",
+                                    kind="server", retryable=True)
+            return True
+        if state not in ("IN_QUEUE", "IN_PROGRESS"):
+            raise ProviderError(f"{self.name} sent an unknown status {state!r}", kind="malformed", retryable=True)
+        return False
+
+    async def _stream(self, http: httpx.AsyncClient, status_url: str, deadline: float, request_id: str) -> bool:
+        """Read ``GET {status_url}/stream`` (server-sent events) to COMPLETED. False when there is
+        no stream to read (the service or a proxy does not offer it): the caller polls instead."""
+        timeout = httpx.Timeout(max(0.1, deadline - time.monotonic()), connect=min(10.0, self.timeout_s))
+        try:
+            async with http.stream("GET", f"{status_url}/stream", timeout=timeout) as response:
+                if response.status_code != 200 or not response.headers.get("content-type", "").startswith("text/event-stream"):
+                    await response.aread()
+                    if response.status_code in (404, 405, 406) or response.status_code == 200:
+                        self._no_stream = True  # not offered here: poll from now on
+                        return False
+                    raise self._fail(response)
+                async for line in response.aiter_lines():
+                    if line.startswith("data:"):
+                        try:
+                            status = json.loads(line[5:])
+                        except json.JSONDecodeError:
+                            raise ProviderError(f"{self.name} sent a status event that is not JSON", kind="malformed", retryable=True) from None
+                        if self._completed(status, request_id):
+                            return True
+        except httpx.TimeoutException:
+            raise ProviderError(f"{self.name}: request {request_id} not finished after {self.timeout_s:.0f} s; cancelled",
+                                kind="timeout", retryable=True) from None
+        except httpx.HTTPError as e:
+            raise wire.transport_error(self.name, e) from None
+        return False  # the stream ended early: poll for the rest
+
+    async def _poll(self, http: httpx.AsyncClient, status_url: str, deadline: float, request_id: str) -> None:
         async def completed() -> bool | None:
             polled = await wire.send(http, self.name, "GET", status_url)
             if polled.status_code not in (200, 202):
                 raise self._fail(polled)
-            status = wire.json_of(self.name, polled)
-            state = wire.field(self.name, status, "status")
-            if state == "COMPLETED":
-                if status.get("error"):
-                    raise ProviderError(f"{self.name}: request {request_id} failed: {status['error']} ({status.get('error_type') or 'error'})",
-                                        kind="server", retryable=True)
-                return True
-            if state not in ("IN_QUEUE", "IN_PROGRESS"):
-                raise ProviderError(f"{self.name} sent an unknown status {state!r}", kind="malformed", retryable=True)
-            return None
+            return self._completed(wire.json_of(self.name, polled), request_id) or None
 
         await wire.poll_until(completed, deadline=deadline, initial_s=self.poll_initial_s, max_s=self.poll_max_s, timed_out=lambda: ProviderError(
             f"{self.name}: request {request_id} not finished after {self.timeout_s:.0f} s; cancelled", kind="timeout", retryable=True))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 
@@ -18,6 +19,7 @@ class FalEmulator(Emulator):
         self.polls: dict[str, int] = {}
         self.cancelled: list[str] = []
         self.stuck = False  # never finishes (for the cancel-on-timeout test)
+        self.streams = True  # offers GET …/status/stream (server-sent events); False answers 404 there
 
     def error(self, status: int, detail: object, error_type: str = "", **headers: str) -> Reply:
         body = {"detail": detail}
@@ -31,7 +33,15 @@ class FalEmulator(Emulator):
             return self.error(401, "Invalid API key")
         if req.path.startswith("/files/"):
             return self.image_reply()
-        m = re.fullmatch(r"/(?P<app>[^/]+/[^/]+)/requests/(?P<rid>[^/]+)(?P<rest>/status|/cancel)?", req.path)
+        m = re.fullmatch(r"/(?P<app>[^/]+/[^/]+)/requests/(?P<rid>[^/]+)(?P<rest>/status/stream|/status|/cancel)?", req.path)
+        if m and m["rest"] == "/status/stream":
+            if not self.streams:
+                return Reply.json({"detail": "Not found"}, 404)
+            events = [{"status": "IN_QUEUE", "queue_position": 0}, {"status": "IN_PROGRESS", "logs": None}]
+            if self.stuck:
+                return Reply(200, "".join(f"data: {json.dumps(e)}\n\n" for e in events), {"Content-Type": "text/event-stream"}, delay=SLOW_S)
+            events.append({"status": "COMPLETED", "logs": None, "response_url": f"{self.url}/{m['app']}/requests/{m['rid']}"})
+            return Reply(200, "".join(f"data: {json.dumps(e)}\n\n" for e in events), {"Content-Type": "text/event-stream"})
         if m and req.method == "PUT" and m["rest"] == "/cancel":
             self.cancelled.append(m["rid"])
             return Reply.json({"status": "CANCELLATION_REQUESTED"}, 202)
