@@ -192,6 +192,8 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=8, help="C: requests the emulated provider serves at once")
     parser.add_argument("--median", type=float, default=1.0, help="median latency of one generation, seconds")
     parser.add_argument("--sigma", type=float, default=0.5, help="log-normal shape")
+    parser.add_argument("--limit", type=int, help="the pipeline's configured max_concurrency for fal (default: C); set it "
+                        "above C to watch the 429s and the adaptive limit at work")
     parser.add_argument("--skip-baseline", action="store_true")
     args = parser.parse_args()
 
@@ -206,7 +208,7 @@ def main() -> None:
 poll_initial_s = 0.02
 poll_max_s = 0.05
 [providers.fal.limits]
-max_concurrency = {args.slots}
+max_concurrency = {args.limit or args.slots}
 """)
     os.environ.update({"DARKROOM_DATA_DIR": str(tmp / "data"), "DARKROOM_CONFIG": str(config), "FAL_KEY": KEY, "FAL_BASE_URL": url})
     os.environ.pop("DARKROOM_DATABASE_URL", None)
@@ -216,11 +218,12 @@ max_concurrency = {args.slots}
     settings = Settings.from_env()
     registry.ensure_loaded()
     items = prompts(args.prompts)
-    print(f"{args.prompts} prompts x {args.iterations} iterations; C = {args.slots} slots; latency log-normal, "
+    print(f"{args.prompts} prompts x {args.iterations} iterations; C = {args.slots} slots; pipeline limit "
+          f"{args.limit or args.slots}; latency log-normal, "
           f"median {args.median:g} s, sigma {args.sigma:g}; {os.cpu_count()} CPU(s)")
 
     results = {}
-    workers = 2 * args.slots
+    workers = 2 * max(args.slots, args.limit or 0)
     elapsed, info = pipeline_run(settings, items, args.iterations, workers, tmp)
     jobs = _get(f"{url}/_jobs")
     results["pipeline"] = (elapsed, ideal_makespan(jobs["latencies"], args.slots), len(jobs["latencies"]), jobs["rejected"])

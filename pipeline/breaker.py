@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .config import from_table
 from .errors import ProviderError
 
 log = logging.getLogger("pipeline.breaker")
@@ -45,7 +46,7 @@ class BreakerSettings:
 
     @classmethod
     def from_settings(cls, values: Mapping[str, Any]) -> "BreakerSettings":
-        return cls(**{k: type(getattr(cls, k))(v) for k, v in values.items() if k in cls.__dataclass_fields__})
+        return from_table(cls, values)
 
 
 @dataclass(frozen=True)

@@ -16,15 +16,23 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import ConfigError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 PROJECT_DIR = PACKAGE_DIR.parent
 DEFAULTS_FILE = PACKAGE_DIR / "defaults.toml"
+T = TypeVar("T")
+
+
+def from_table(cls: type[T], values: Mapping[str, Any]) -> T:
+    """A settings dataclass from a configuration table: known keys, each cast to its default's type."""
+    fields = cls.__dataclass_fields__  # type: ignore[attr-defined]
+    return cls(**{k: type(getattr(cls, k))(v) for k, v in values.items() if k in fields})
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -23,6 +23,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from .config import from_table
+
 
 @dataclass(frozen=True)
 class LimitSettings:
@@ -32,7 +34,7 @@ class LimitSettings:
 
     @classmethod
     def from_settings(cls, values: Mapping[str, Any]) -> "LimitSettings":
-        limits = cls(**{k: type(getattr(cls, k))(v) for k, v in values.items() if k in cls.__dataclass_fields__})
+        limits = from_table(cls, values)
         if limits.max_concurrency < 1:
             raise ValueError(f"limits.max_concurrency must be at least 1, not {limits.max_concurrency}")
         return limits

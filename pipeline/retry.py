@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .config import from_table
 from .errors import ContentBlocked, ProviderError
 
 NEVER_RETRIED_STATUSES = frozenset({400, 401, 403, 404, 422})
@@ -35,8 +36,7 @@ class RetryPolicy:
 
     @classmethod
     def from_settings(cls, values: Mapping[str, Any]) -> "RetryPolicy":
-        known = {k: type(getattr(cls, k))(v) for k, v in values.items() if k in cls.__dataclass_fields__}
-        policy = cls(**known)
+        policy = from_table(cls, values)
         if policy.max_attempts < 1:
             raise ValueError(f"retry.max_attempts must be at least 1, not {policy.max_attempts}")
         return policy

@@ -63,15 +63,16 @@ def safe_url(url: str | httpx.URL) -> str:
 
 
 @functools.cache
-def _tls() -> ssl.SSLContext:
-    """One TLS context for every client: loading the CA bundle costs ~20 ms of CPU, too much per call."""
+def tls_context() -> ssl.SSLContext:
+    """One TLS context for every client, ours and the SDKs': loading the CA bundle costs ~20 ms
+    of CPU, too much per call. (An SSLContext may be shared across threads and event loops.)"""
     return httpx.create_ssl_context()
 
 
 def client(base_url: str = "", *, headers: Mapping[str, str] | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> httpx.AsyncClient:
     """A fresh client for one call (use ``async with``); redirects followed, no retries."""
     return httpx.AsyncClient(base_url=base_url, headers=dict(headers or {}), timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)),
-                             follow_redirects=True, transport=httpx.AsyncHTTPTransport(retries=0, verify=_tls()))
+                             follow_redirects=True, transport=httpx.AsyncHTTPTransport(retries=0, verify=tls_context()))
 
 
 def retry_after(headers: Mapping[str, str], *, now: float | None = None) -> float | None:

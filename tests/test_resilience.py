@@ -86,6 +86,15 @@ def execute(settings: Settings, run_id: int, *, during=None) -> object:  # type:
         engine.dispose()
 
 
+def run_on_both(settings: Settings, tmp_path: Path, prompts: int, **config) -> object:  # type: ignore[no-untyped-def]
+    """Create and execute a run on the worker → cloudflare chain, one prompt at a time by default."""
+    engine = open_database(settings)
+    run_id = create_run(engine, settings, make_prompts(prompts), tmp_path, providers=["worker", "cloudflare"],
+                        iterations=1, **{"concurrency": 1, **config})
+    engine.dispose()
+    return execute(settings, run_id)
+
+
 def generate_calls(engine, provider: str) -> list[ProviderCall]:  # type: ignore[no-untyped-def]
     with session(engine) as s:
         return list(s.exec(select(ProviderCall).where(ProviderCall.provider == provider, ProviderCall.operation == "generate")
@@ -231,10 +240,7 @@ def test_breaker_state_shows_on_the_providers_page(tmp_path: Path, monkeypatch: 
     w, _ = two_providers
     settings = fast_settings(tmp_path, monkeypatch)
     w.down = True
-    engine = open_database(settings)
-    run_id = create_run(engine, settings, make_prompts(8), tmp_path, providers=["worker", "cloudflare"], iterations=1, concurrency=1)
-    assert execute(settings, run_id).completed == 8
-    engine.dispose()
+    assert run_on_both(settings, tmp_path, 8).completed == 8
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=30)
     at.run()
     at.switch_page("pages/providers.py").run()
@@ -271,9 +277,8 @@ def test_401_and_404_are_never_retried_and_move_to_the_next_provider(
     w, cf = two_providers
     settings = fast_settings(tmp_path, monkeypatch)
     w.fault = fault
+    assert run_on_both(settings, tmp_path, 8).completed == 8
     engine = open_database(settings)
-    run_id = create_run(engine, settings, make_prompts(8), tmp_path, providers=["worker", "cloudflare"], iterations=1, concurrency=1)
-    assert execute(settings, run_id).completed == 8
     calls = generate_calls(engine, "worker")
     assert len(calls) == len(w.requests) == 5  # one attempt per prompt, then the breaker opened: 5 refusals
     assert [(c.outcome, c.attempt, c.error_kind) for c in calls] == [("error", 1, kind)] * 5

