@@ -212,9 +212,12 @@ max_concurrency = {args.limit or args.slots}
 """)
     os.environ.update({"DARKROOM_DATA_DIR": str(tmp / "data"), "DARKROOM_CONFIG": str(config), "FAL_KEY": KEY, "FAL_BASE_URL": url})
     os.environ.pop("DARKROOM_DATABASE_URL", None)
+    import logging
+
     from pipeline import registry
     from pipeline.config import Settings
 
+    logging.getLogger("pipeline").setLevel(logging.ERROR)  # the 429s are counted below, not printed one by one
     settings = Settings.from_env()
     registry.ensure_loaded()
     items = prompts(args.prompts)

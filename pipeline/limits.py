@@ -1,8 +1,8 @@
 """Per-provider rate limits: how many calls at once, how many per minute, and when to pause.
 
-- ``max_concurrency`` calls in flight at most. On a 429 the limit is halved (not below 1);
-  after ``grow_after`` successes in a row it grows back by one, up to the configured maximum
-  (additive increase, multiplicative decrease, as TCP does).
+- ``max_concurrency`` calls in flight at most. On a 429 the limit is cut to the calls the
+  service was serving at that moment (at least one less, not below 1); after ``grow_after``
+  successes in a row it grows back by one, up to the configured maximum.
 - ``requests_per_minute`` (0 = no limit): calls start no closer than 60/rpm seconds apart, so
   a burst cannot spend a minute's allowance at once.
 - A ``Retry-After`` (or ``retry-after-ms`` / ``RetryInfo``) pauses the whole provider: no call
@@ -113,8 +113,14 @@ class RateLimiter:
         self._dispatch()
 
     def rate_limited(self, retry_after: float | None) -> None:
-        """A 429: halve the concurrency and pause the provider for as long as it asked."""
-        self.limit = max(1, self.limit // 2)
+        """A 429: cut the concurrency and pause the provider for as long as it asked.
+
+        The cut is to the number of our calls the service was still serving when it refused
+        (that is what it showed it can take), and at least one below the limit before; with
+        nothing else in flight, to 1. A concurrency-capped service thus settles at its cap
+        instead of the sawtooth a halving would give.
+        """
+        self.limit = max(1, min(self.limit - 1, self.in_flight))
         self._successes = 0
         if retry_after:
             self.pause(retry_after)

@@ -29,7 +29,8 @@ NEVER_RETRIED_STATUSES = frozenset({400, 401, 403, 404, 422})
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    max_attempts: int = 4  # per provider and call, the first one included
+    max_attempts: int = 4  # per provider and call, the first one included (429s counted apart)
+    rate_limit_attempts: int = 10  # 429s tolerated per provider and call: back-pressure, not failure
     initial_delay_s: float = 0.5
     max_delay_s: float = 8.0
     max_retry_after_s: float = 60.0

@@ -20,6 +20,7 @@ result says which service served and why the ones before it were skipped.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 import time
@@ -173,7 +174,8 @@ class ServiceChain(Generic[C]):
     async def _attempts(self, member: Member[C], send: Callable[[C], Awaitable[T]],
                         on_attempt: Callable[[Attempt], None], priority: int) -> tuple[T, int, float]:
         policy = member.policy
-        for number in range(1, policy.max_attempts + 1):
+        failures = limited = 0  # 429s have their own allowance: waiting them out is normal under load
+        for number in itertools.count(1):
             async with member.limiter.slot(priority):
                 if not member.breaker.allow():
                     raise _GiveUp("circuit breaker open", None)
@@ -196,11 +198,16 @@ class ServiceChain(Generic[C]):
             member.breaker.record_failure(failure)
             if failure.kind == "rate_limited" or failure.http_status == 429:
                 member.limiter.rate_limited(failure.retry_after)
-            elif failure.retry_after:
-                member.limiter.pause(min(failure.retry_after, policy.max_retry_after_s))
+                limited += 1
+                allowance_left = limited < policy.rate_limit_attempts
+            else:
+                if failure.retry_after:
+                    member.limiter.pause(min(failure.retry_after, policy.max_retry_after_s))
+                failures += 1
+                allowance_left = failures < policy.max_attempts
             retry = policy.retryable(failure)
-            delay = policy.delay(number, failure, self.rng) if retry else None
-            again = retry and delay is not None and number < policy.max_attempts
+            delay = policy.delay(failures + limited, failure, self.rng) if retry else None
+            again = retry and delay is not None and allowance_left
             outcome = "retried" if again else "blocked" if isinstance(failure, ContentBlocked) else "error"
             on_attempt(Attempt(member.component, number, outcome, latency, failure))
             if again:
@@ -216,7 +223,7 @@ class ServiceChain(Generic[C]):
             if failure.kind in FALLBACK_KINDS:
                 raise _GiveUp(f"{failure.kind}: {str(failure)[:200]}", failure)
             raise failure
-        raise AssertionError("unreachable")  # pragma: no cover
+        raise AssertionError("unreachable")  # pragma: no cover  (itertools.count never ends)
 
 
 class _GiveUp(Exception):

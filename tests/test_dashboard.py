@@ -328,3 +328,46 @@ def test_a_run_on_real_services_launches_from_the_dashboard(app: AppFactory, mon
         assert (run.status, run.completed) == ("completed", 2), run.error
         assert run.config["providers"] == ["fal"] and run.config["judge"] == "gemini"
         assert len(fal.calls("POST")) >= 2 and gem.requests
+
+
+def test_new_run_stores_fallback_chains_routing_rewrites_and_a_budget(app: AppFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OLLAMA_BASE_URL", "http://127.0.0.1:9")  # configured (no key needed), never called: offline comes first
+    at = app("new_run")
+    at.file_uploader[0].set_value(("two.json", json.dumps({"prompts": make_prompts(2)}).encode(), "application/json")).run()
+    by_label = {w.label: w for w in (*at.multiselect, *at.radio, *at.number_input, *at.toggle)}
+    by_label["Fallback judges (in order)"].set_value(["ollama"])
+    by_label["Fallback refiners (in order)"].set_value(["ollama"])
+    by_label["Routing"].set_value("pool")
+    by_label["Rewrites after a content block"].set_value(0)
+    by_label["Cap the spending"].set_value(True)
+    at.run()
+    next(w for w in at.number_input if w.label == "Budget (USD)").set_value(2.5).run()
+    next(b for b in at.button if b.label == "Launch run").click().run()
+    assert not at.exception
+    with session(db()) as s:
+        config = s.exec(select(Run)).one().config
+    assert (config["judge"], config["judge_fallbacks"], config["refiner"], config["refiner_fallbacks"]) == ("offline", ["ollama"], "offline", ["ollama"])
+    assert (config["routing"], config["block_rewrites"], config["budget_usd"]) == ("pool", 0, 2.5)
+
+
+def test_a_run_paused_by_its_budget_resumes_from_the_runs_page_with_a_higher_one(app: AppFactory, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    config = tmp_path / "prices.toml"
+    config.write_text("[providers.fake]\nprice_per_image = 0.01\n")
+    monkeypatch.setenv("DARKROOM_CONFIG", str(config))
+    result = run_cli("run", write_prompt_set(tmp_path / "set.json", make_prompts(4)), "--providers", "fake", "--iterations", "1",
+                     "--concurrency", "1", "--budget", "0.02")
+    assert result.code == 130
+    at = app("runs")
+    assert any("budget of $0.0200 reached" in w.value for w in at.warning)
+    budget = next(w for w in at.number_input if w.label == "Budget (USD)")
+    budget.set_value(1.0).run()
+    next(b for b in at.button if b.label == "Resume").click().run()
+    assert not at.exception
+    deadline = time.monotonic() + 60
+    while True:
+        with session(db()) as s:
+            run = s.exec(select(Run)).one()
+        if run.status == "completed" or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert (run.status, run.completed, run.config["budget_usd"], round(run.cost_usd, 4)) == ("completed", 4, 1.0, 0.04)
