@@ -455,3 +455,82 @@ def test_sigkill_during_a_100_prompt_run_then_resume_repeats_no_finished_step(tm
     assert on_disk == set(images)
     assert all(hashlib.sha256((run_dir / p).read_bytes()).hexdigest() == h for p, h in images.items())
     assert not [p for p in run_dir.rglob("*") if ".tmp" in p.name or p.name.startswith(".")]
+
+
+# ---- the pieces on their own ------------------------------------------------------------------------------
+def test_breaker_opens_on_a_failure_rate_and_half_opens_for_exactly_one_probe() -> None:
+    now = [0.0]
+    b = breaker.CircuitBreaker("providers/x", breaker.BreakerSettings(failure_threshold=5, window=10, min_calls=10,
+                                                                      failure_rate=0.5, cooldown_s=30), clock=lambda: now[0])
+    seen: list[str] = []
+    b.listeners.append(lambda t: seen.append(t.state))
+    server_error = ProviderError("boom", kind="server", http_status=503)
+    for i in range(10):  # alternate: never 5 in a row, but half of the last 10 failed
+        b.record_failure(server_error) if i % 2 else b.record_success()
+    assert b.state == "open" and not b.allow()
+    b.record_failure(ProviderError("no", kind="bad_request", http_status=400))  # the request's fault: no effect
+    now[0] = 29.9
+    assert not b.allow()
+    now[0] = 30.0
+    assert b.allow() and b.state == "half_open"
+    assert not b.allow() and b.is_open()  # one probe at a time
+    b.record_failure(server_error)
+    assert b.state == "open" and not b.allow()
+    now[0] = 60.0
+    assert b.allow()
+    b.record_success()
+    assert b.state == "closed" and b.allow() and b.allow()
+    assert seen == ["open", "half_open", "open", "half_open", "closed"]
+
+
+def test_the_limiter_spaces_calls_by_requests_per_minute_and_serves_later_iterations_first() -> None:
+    from pipeline.limits import LimitSettings, RateLimiter
+
+    async def scenario() -> tuple[list[float], list[str]]:
+        limiter = RateLimiter(LimitSettings(max_concurrency=4, requests_per_minute=600))  # one call per 0.1 s
+        starts: list[float] = []
+
+        async def call() -> None:
+            async with limiter.slot():
+                starts.append(time.monotonic())
+
+        await asyncio.gather(*(call() for _ in range(4)))
+        one = RateLimiter(LimitSettings(max_concurrency=1))
+        order: list[str] = []
+        gate = asyncio.Event()
+
+        async def holder() -> None:
+            async with one.slot():
+                await gate.wait()
+
+        async def waiter(name: str, priority: int) -> None:
+            async with one.slot(priority):
+                order.append(name)
+
+        first = asyncio.create_task(holder())
+        await asyncio.sleep(0)
+        waiting = [asyncio.create_task(waiter(n, p)) for n, p in (("new prompt", -1), ("second iteration", -2), ("another new", -1))]
+        await asyncio.sleep(0.01)
+        gate.set()
+        await asyncio.gather(first, *waiting)
+        return starts, order
+
+    starts, order = asyncio.run(scenario())
+    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    assert all(g >= 0.095 for g in gaps), gaps
+    assert order == ["second iteration", "new prompt", "another new"]
+
+
+def test_a_429_cuts_concurrency_to_what_the_service_was_serving_and_successes_grow_it_back() -> None:
+    from pipeline.limits import LimitSettings, RateLimiter
+
+    limiter = RateLimiter(LimitSettings(max_concurrency=16, grow_after=3))
+    limiter.in_flight = 7  # the service refused the 8th call while serving 7 of ours
+    limiter.rate_limited(retry_after=None)
+    assert limiter.limit == 7
+    limiter.in_flight = 0
+    limiter.rate_limited(retry_after=2.0)  # nothing else in flight: down to one, and paused
+    assert limiter.limit == 1 and limiter.paused_until > time.monotonic() + 1.9
+    for _ in range(6):
+        limiter.succeeded()
+    assert limiter.limit == 3
