@@ -121,6 +121,7 @@ class RunExecutor:
             # A prompt left "running" by a crash is picked up again like a pending one.
             for item in s.exec(select(RunItem).where(RunItem.run_id == run.id, RunItem.status == "running")):
                 item.status = "pending"
+            refresh_counts(s, run)  # the cost so far, from the call log: the budget starts from it
             s.commit()
             pending = [item.id for item in unfinished_items(s, run.id)]
         output_dir = output_dir_of(self.settings, run)

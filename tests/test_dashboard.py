@@ -59,6 +59,17 @@ def db():  # type: ignore[no-untyped-def]
     return open_database(Settings.from_env())
 
 
+def settled_run() -> Run:
+    """The only run, once the background thread has taken it to an end state (or after 60 s)."""
+    deadline = time.monotonic() + 60
+    while True:
+        with session(db()) as s:
+            run = s.exec(select(Run)).one()
+        if run.status not in ("queued", "running") or time.monotonic() > deadline:
+            return run
+        time.sleep(0.1)
+
+
 def texts(at: AppTest) -> str:
     parts = [e.value for kind in ("markdown", "caption", "info", "warning", "error", "success", "title", "subheader")
              for e in getattr(at, kind)]
@@ -115,13 +126,7 @@ def test_valid_upload_previews_estimates_and_launches_a_run_the_background_threa
     [launch] = [b for b in at.button if b.label == "Launch run"]
     launch.click().run()
     assert not at.exception
-    deadline = time.monotonic() + 60
-    while True:
-        with session(db()) as s:
-            run = s.exec(select(Run)).one()
-        if run.status == "completed" or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+    run = settled_run()
     assert (run.status, run.completed, run.total) == ("completed", 3, 3)
     assert run.config["providers"] == ["offline"]
 
@@ -318,13 +323,7 @@ def test_a_run_on_real_services_launches_from_the_dashboard(app: AppFactory, mon
         assert {m.label: m.value for m in at.metric}["Estimated cost (at most)"] != "$0.0000"
         next(b for b in at.button if b.label == "Launch run").click().run()
         assert not at.exception
-        deadline = time.monotonic() + 60
-        while True:
-            with session(db()) as s:
-                run = s.exec(select(Run)).one()
-            if run.status not in ("queued", "running") or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
+        run = settled_run()
         assert (run.status, run.completed) == ("completed", 2), run.error
         assert run.config["providers"] == ["fal"] and run.config["judge"] == "gemini"
         assert len(fal.calls("POST")) >= 2 and gem.requests
@@ -363,11 +362,5 @@ def test_a_run_paused_by_its_budget_resumes_from_the_runs_page_with_a_higher_one
     budget.set_value(1.0).run()
     next(b for b in at.button if b.label == "Resume").click().run()
     assert not at.exception
-    deadline = time.monotonic() + 60
-    while True:
-        with session(db()) as s:
-            run = s.exec(select(Run)).one()
-        if run.status == "completed" or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+    run = settled_run()
     assert (run.status, run.completed, run.config["budget_usd"], round(run.cost_usd, 4)) == ("completed", 4, 1.0, 0.04)
