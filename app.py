@@ -11,9 +11,9 @@ from pathlib import Path
 import streamlit as st
 
 from pipeline import registry
-from pipeline.background import BackgroundRunner
 from pipeline.config import Settings
-from pipeline.db import open_database
+from pipeline.runs.background import BackgroundRunner
+from pipeline.store.db import open_database
 
 PAGES = Path(__file__).parent / "pages"
 

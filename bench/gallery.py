@@ -66,10 +66,10 @@ def peak_rss_mb() -> float:
 
 def seed(prompts: int) -> None:
     from pipeline.config import Settings
-    from pipeline.db import open_database, session
-    from pipeline.promptset import validate_document
-    from pipeline.runner import RunExecutor
-    from pipeline.runs import RunConfig, create_run, import_prompt_set
+    from pipeline.prompts.promptset import validate_document
+    from pipeline.runs.records import RunConfig, create_run, import_prompt_set
+    from pipeline.runs.runner import RunExecutor
+    from pipeline.store.db import open_database, session
 
     try:
         from pipeline_overhead import parti_prompts  # the PartiPrompts reader of the other benchmark
@@ -97,9 +97,9 @@ def app_timings(pages_to_sample: int = 12, details: int = 20) -> None:
     from streamlit.testing.v1 import AppTest
 
     from pipeline.config import Settings
-    from pipeline.db import open_database, session
-    from pipeline.gallery import GalleryFilter, gallery_page
-    from pipeline.models import RunItem
+    from pipeline.review.gallery import GalleryFilter, gallery_page
+    from pipeline.store.db import open_database, session
+    from pipeline.store.models import RunItem
 
     st.cache_resource.clear()
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
@@ -160,8 +160,8 @@ def app_timings(pages_to_sample: int = 12, details: int = 20) -> None:
 
 def export_figures() -> None:
     from pipeline.config import Settings
-    from pipeline.db import open_database, session
-    from pipeline.export import build_zip, manifest_rows
+    from pipeline.review.export import build_zip, manifest_rows
+    from pipeline.store.db import open_database, session
 
     settings = Settings.from_env()
     engine = open_database(settings)
@@ -188,8 +188,8 @@ def export_figures() -> None:
 def export_memory() -> None:
     """Run in a fresh process: resident memory before the export and the peak during it."""
     from pipeline.config import Settings
-    from pipeline.db import open_database, session
-    from pipeline.export import build_zip
+    from pipeline.review.export import build_zip
+    from pipeline.store.db import open_database, session
 
     settings = Settings.from_env()
     engine = open_database(settings)

@@ -34,11 +34,11 @@ sys.path.insert(0, str(ROOT))
 from pipeline import registry  # noqa: E402
 from pipeline.components import GeneratedImage, GenerationRequest, ImageProvider  # noqa: E402
 from pipeline.config import Settings  # noqa: E402
-from pipeline.db import open_database, session  # noqa: E402
-from pipeline.promptset import load_file  # noqa: E402
-from pipeline.providers.offline_render import render  # noqa: E402
-from pipeline.runner import RunExecutor  # noqa: E402
-from pipeline.runs import RunConfig, create_run, import_prompt_set  # noqa: E402
+from pipeline.prompts.promptset import load_file  # noqa: E402
+from pipeline.runs.records import RunConfig, create_run, import_prompt_set  # noqa: E402
+from pipeline.runs.runner import RunExecutor  # noqa: E402
+from pipeline.services.offline.render import render  # noqa: E402
+from pipeline.store.db import open_database, session  # noqa: E402
 
 PARTI = ROOT.parent / "shared" / "data" / "PartiPrompts.tsv"
 

@@ -161,11 +161,11 @@ async def baseline(settings, items: list[dict], iterations: int) -> float:  # ty
 def pipeline_run(settings, items: list[dict], iterations: int, workers: int, tmp: Path) -> tuple[float, dict]:  # type: ignore[no-untyped-def]
     from sqlmodel import select
 
-    from pipeline.db import open_database, session
-    from pipeline.models import ProviderCall
-    from pipeline.promptset import load_file
-    from pipeline.runner import RunExecutor
-    from pipeline.runs import RunConfig, create_run, import_prompt_set
+    from pipeline.prompts.promptset import load_file
+    from pipeline.runs.records import RunConfig, create_run, import_prompt_set
+    from pipeline.runs.runner import RunExecutor
+    from pipeline.store.db import open_database, session
+    from pipeline.store.models import ProviderCall
 
     path = tmp / "set.json"
     path.write_text(json.dumps({"prompts": items}), encoding="utf-8")

@@ -5,10 +5,10 @@ from pathlib import Path
 import streamlit as st
 
 from pipeline import display
-from pipeline.db import session
 from pipeline.errors import ExportError
-from pipeline.export import SELECTIONS, build_zip, export_path
-from pipeline.runs import run_summaries
+from pipeline.review.export import SELECTIONS, build_zip, export_path
+from pipeline.runs.records import run_summaries
+from pipeline.store.db import session
 
 settings, engine = st.session_state["settings"], st.session_state["engine"]
 

@@ -3,12 +3,12 @@
 import streamlit as st
 
 from pipeline import display
-from pipeline.db import session
 from pipeline.errors import InputError
-from pipeline.gallery import UNRATED, GalleryFilter, filter_options, gallery_page, image_file, prompt_detail
-from pipeline.models import ITEM_STATUSES
-from pipeline.ratings import approve_best, best_iterations, rate
-from pipeline.textdiff import diff_counts, diff_html
+from pipeline.review.gallery import UNRATED, GalleryFilter, filter_options, gallery_page, image_file, prompt_detail
+from pipeline.review.ratings import approve_best, best_iterations, rate
+from pipeline.review.textdiff import diff_counts, diff_html
+from pipeline.store.db import session
+from pipeline.store.models import ITEM_STATUSES
 
 settings, engine = st.session_state["settings"], st.session_state["engine"]
 reviewer = st.session_state.get("reviewer", "").strip()

@@ -3,12 +3,12 @@
 import streamlit as st
 
 from pipeline import display
-from pipeline.catalog import configured_names
-from pipeline.db import session
 from pipeline.errors import InputError, PromptSetInvalid
-from pipeline.estimate import estimate_run
-from pipeline.promptset import DEFAULT_TEMPLATE, Limits, compose_prompt, parse_bytes
-from pipeline.runs import RunConfig, create_run, import_prompt_set
+from pipeline.prompts.promptset import DEFAULT_TEMPLATE, Limits, compose_prompt, parse_bytes
+from pipeline.runs.estimate import estimate_run
+from pipeline.runs.records import RunConfig, create_run, import_prompt_set
+from pipeline.services.catalog import configured_names
+from pipeline.store.db import session
 
 settings, engine, runner = st.session_state["settings"], st.session_state["engine"], st.session_state["runner"]
 run_defaults = settings.section("run")

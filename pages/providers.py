@@ -2,8 +2,8 @@
 
 import streamlit as st
 
-from pipeline import charts, stats
-from pipeline.db import session
+from pipeline.review import charts, stats
+from pipeline.store.db import session
 
 engine = st.session_state["engine"]
 

@@ -3,9 +3,9 @@
 import streamlit as st
 
 from pipeline import display
-from pipeline.db import session
 from pipeline.errors import RunStateError
-from pipeline.runs import ACTIVE_RUN_STATUSES, claim_for_resume, get_run, item_states, run_summaries
+from pipeline.runs.records import ACTIVE_RUN_STATUSES, claim_for_resume, get_run, item_states, run_summaries
+from pipeline.store.db import session
 
 settings, engine, runner = st.session_state["settings"], st.session_state["engine"], st.session_state["runner"]
 POLL_SECONDS = 1.5

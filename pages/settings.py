@@ -3,7 +3,7 @@
 import streamlit as st
 from sqlalchemy.engine import make_url
 
-from pipeline.catalog import catalog, test_connection
+from pipeline.services.catalog import catalog, test_connection
 
 settings = st.session_state["settings"]
 

@@ -14,17 +14,14 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from . import registry
-from .catalog import describe
-from .config import Settings
-from .db import open_database, session
-from .errors import DarkroomError, InputError, RunStateError
-from .export import build_zip
-from .logs import setup_logging
-from .progress import LogLines, TerminalBar
-from .promptset import Limits, load_file
-from .runner import RunExecutor, RunOutcome
-from .runs import (
+from pipeline import registry
+from pipeline.config import Settings
+from pipeline.errors import DarkroomError, InputError, RunStateError
+from pipeline.logs import setup_logging
+from pipeline.prompts.promptset import Limits, load_file
+from pipeline.review.export import build_zip
+from pipeline.runs.progress import LogLines, TerminalBar
+from pipeline.runs.records import (
     RunConfig,
     check_output_dir_empty,
     check_output_dir_unclaimed,
@@ -37,6 +34,9 @@ from .runs import (
     output_dir_of,
     recover_orphans,
 )
+from pipeline.runs.runner import RunExecutor, RunOutcome
+from pipeline.services.catalog import describe
+from pipeline.store.db import open_database, session
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 log = logging.getLogger("pipeline.cli")

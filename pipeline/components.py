@@ -141,12 +141,10 @@ class Judge(Component):
 
     remote_decompose: ClassVar[bool] = False  # True when decompose calls a service (it is then logged and priced)
 
+    @abstractmethod
     async def decompose(self, prompt: str) -> Decomposition:
-        """Split the original prompt into elements, once per prompt. Default: the visual-property
-        elements the lexicon can read; vision judges override this with a model call."""
-        from .elements import visual_elements
-
-        return Decomposition(visual_elements(prompt), model=self.model, cost_usd=0.0)
+        """Split the original prompt into elements, once per prompt (vision judges ask a model;
+        the offline judge reads the visual properties the lexicon knows)."""
 
     @abstractmethod
     async def evaluate(self, request: EvaluationRequest) -> Judgement: ...

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import registry
+from pipeline import registry
 
 # Streamlit markdown (Material icons and badges render with the app's own font: no emoji font needed).
 STATUS_ICONS = {

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from .errors import BadImage
+from pipeline.errors import BadImage
 
 # Pillow format name -> (mime type, file extension)
 FORMATS: dict[str, tuple[str, str]] = {

@@ -11,9 +11,9 @@ import importlib
 from collections.abc import Iterable
 from typing import Generic, TypeVar
 
-from .components import Component, ImageProvider, Judge, Refiner
-from .config import Settings
-from .errors import ConfigError
+from pipeline.components import Component, ImageProvider, Judge, Refiner
+from pipeline.config import Settings
+from pipeline.errors import ConfigError
 
 C = TypeVar("C", bound=Component)
 
@@ -56,7 +56,7 @@ judges: Registry[Judge] = Registry("judges", "judge")
 refiners: Registry[Refiner] = Registry("refiners", "refiner")
 
 _loaded: set[str] = set()
-BUILTIN_MODULES = ("pipeline.providers", "pipeline.judges", "pipeline.refiners")
+BUILTIN_MODULES = ("pipeline.services",)
 
 
 def ensure_loaded(plugins: Iterable[str] = ()) -> None:

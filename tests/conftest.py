@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import breaker, registry
+from pipeline import registry
 from pipeline.cli import main
 from pipeline.config import Settings
-from pipeline.db import open_database
+from pipeline.resilience import breaker
+from pipeline.store.db import open_database
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "data" / "samples"
@@ -94,10 +95,10 @@ PYTHON = sys.executable
 
 def create_run(engine, settings: Settings, prompts: list[dict], tmp_path: Path, **config) -> int:  # type: ignore[no-untyped-def]
     """Queue a run through the same functions the CLI uses; return its id."""
-    from pipeline.db import session
-    from pipeline.promptset import load_file
-    from pipeline.runs import RunConfig, import_prompt_set
-    from pipeline.runs import create_run as create
+    from pipeline.prompts.promptset import load_file
+    from pipeline.runs.records import RunConfig, import_prompt_set
+    from pipeline.runs.records import create_run as create
+    from pipeline.store.db import session
 
     spec = load_file(write_prompt_set(tmp_path / f"set_{len(prompts)}_{id(prompts)}.json", prompts))
     with session(engine) as s:

@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 from pipeline.components import GeneratedImage, GenerationRequest, ImageProvider
 from pipeline.errors import ContentBlocked, ProviderError
-from pipeline.providers.offline_render import render
 from pipeline.registry import providers
+from pipeline.services.offline.render import render
 
 
 class FakeProvider(ImageProvider):

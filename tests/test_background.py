@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from sqlmodel import select
 
-from pipeline.background import BackgroundRunner
-from pipeline.db import session
-from pipeline.models import Run, RunItem, utcnow
-from pipeline.runs import claim_for_resume, claim_next_queued, get_run
+from pipeline.runs.background import BackgroundRunner
+from pipeline.runs.records import claim_for_resume, claim_next_queued, get_run
+from pipeline.store.db import session
+from pipeline.store.models import Run, RunItem, utcnow
 from tests.conftest import create_run, make_prompts
 from tests.fakes import FakeProvider
 
@@ -112,9 +112,9 @@ def test_a_queued_run_is_claimed_by_exactly_one_process(engine, settings, tmp_pa
 
 
 def test_runs_the_cli_executes_are_never_taken_by_the_dashboard(engine, settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from pipeline.promptset import load_file
-    from pipeline.runs import RunConfig, import_prompt_set
-    from pipeline.runs import create_run as create
+    from pipeline.prompts.promptset import load_file
+    from pipeline.runs.records import RunConfig, import_prompt_set
+    from pipeline.runs.records import create_run as create
     from tests.conftest import write_prompt_set
 
     spec = load_file(write_prompt_set(tmp_path / "s.json", make_prompts(1)))

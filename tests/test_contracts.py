@@ -279,7 +279,7 @@ def ask(case: ChatCase, component: Any, elements: tuple = ()) -> Any:  # type: i
 
 @pytest.mark.parametrize("fault", CHAT_FAULTS)
 def test_judge_and_refiner_contract(chat_case, fault: str) -> None:  # type: ignore[no-untyped-def]
-    from pipeline import scoring
+    from pipeline.runs import scoring
 
     case, emulator, component = chat_case
     emulator.fault = fault
@@ -377,7 +377,7 @@ def test_leonardo_and_runware_report_their_own_cost(monkeypatch: pytest.MonkeyPa
 # ---- Test connection (Settings page) ----------------------------------------------------------------------------
 @pytest.mark.parametrize("case", PROVIDERS, ids=lambda c: c.name)
 def test_test_connection_reports_a_working_service_and_a_refused_key(case: ProviderCase, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline.catalog import test_connection
+    from pipeline.services.catalog import test_connection
     from tests.emulators import running
 
     service = case.name.split("-")[0]
@@ -398,7 +398,7 @@ def test_test_connection_reports_a_working_service_and_a_refused_key(case: Provi
 
 @pytest.mark.parametrize("case", CHAT, ids=lambda c: f"{c.kind[:-1]}-{c.name}")
 def test_test_connection_for_judges_and_refiners(case: ChatCase, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline.catalog import test_connection
+    from pipeline.services.catalog import test_connection
     from tests.emulators import running
 
     with running(case.emulator()) as emulator:

@@ -12,8 +12,8 @@ import streamlit as st
 from sqlmodel import func, select
 from streamlit.testing.v1 import AppTest
 
-from pipeline.db import open_database, session
-from pipeline.models import Iteration, PromptSet, Rating, Run
+from pipeline.store.db import open_database, session
+from pipeline.store.models import Iteration, PromptSet, Rating, Run
 from tests.conftest import ROOT, make_prompts, run_cli, write_prompt_set
 
 PAGES = ["new_run", "runs", "gallery", "export", "providers", "settings"]

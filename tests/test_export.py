@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from sqlmodel import select
 
-from pipeline.db import session
 from pipeline.errors import InputError
-from pipeline.models import Iteration, Prompt, RunItem
-from pipeline.ratings import rate
+from pipeline.review.ratings import rate
+from pipeline.store.db import session
+from pipeline.store.models import Iteration, Prompt, RunItem
 from tests.conftest import SAMPLES, run_cli
 
 
@@ -97,7 +97,7 @@ def test_ratings_are_validated(finished_run: Path, engine) -> None:
 def test_an_export_failing_half_way_leaves_no_zip_and_no_temporary(tmp_path: Path, finished_run: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     dest = tmp_path / "exports" / "all.zip"
-    from pipeline import export
+    from pipeline.review import export
 
     real_add = export._add_stored
     written = []

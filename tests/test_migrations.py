@@ -7,10 +7,10 @@ from datetime import datetime, timezone
 import sqlalchemy as sa
 from sqlmodel import SQLModel
 
-from pipeline import models  # noqa: F401  (registers the tables)
 from pipeline.config import Settings
-from pipeline.db import create_db_engine, open_database
-from pipeline.migrations import MIGRATIONS, applied, migrate, schema_version
+from pipeline.store import models  # noqa: F401  (registers the tables)
+from pipeline.store.db import create_db_engine, open_database
+from pipeline.store.migrations import MIGRATIONS, applied, migrate, schema_version
 
 
 def test_a_version_1_database_upgrades_and_keeps_its_data(settings: Settings) -> None:

@@ -8,12 +8,13 @@ import io
 import numpy as np
 from PIL import Image
 
-from pipeline import lexicon, scoring
 from pipeline.components import EvaluationRequest, Judgement, RefinementRequest
-from pipeline.elements import visual_elements
-from pipeline.judges.offline import OfflineJudge, measure
-from pipeline.providers.offline_render import render
-from pipeline.refiners.offline import OfflineRefiner
+from pipeline.prompts import lexicon
+from pipeline.prompts.elements import visual_elements
+from pipeline.runs import scoring
+from pipeline.services.offline.judge import OfflineJudge, measure
+from pipeline.services.offline.refiner import OfflineRefiner
+from pipeline.services.offline.render import render
 
 
 def mean_rgb(data: bytes) -> np.ndarray:

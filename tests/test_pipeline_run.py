@@ -12,10 +12,10 @@ from pathlib import Path
 from PIL import Image
 from sqlmodel import select
 
-from pipeline.db import session
 from pipeline.errors import ProviderError
-from pipeline.models import Evaluation, Iteration, Prompt, ProviderCall, Refinement, Run, RunItem, Thumbnail
-from pipeline.runner import RunExecutor
+from pipeline.runs.runner import RunExecutor
+from pipeline.store.db import session
+from pipeline.store.models import Evaluation, Iteration, Prompt, ProviderCall, Refinement, Run, RunItem, Thumbnail
 from tests.conftest import SAMPLES, create_run, make_prompts, run_cli, write_prompt_set
 from tests.fakes import FakeProvider
 

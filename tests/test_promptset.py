@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import PromptSetInvalid
-from pipeline.promptset import Limits, PromptSpec, compose_prompt, load_file, parse_bytes, validate_document
+from pipeline.prompts.promptset import Limits, PromptSpec, compose_prompt, load_file, parse_bytes, validate_document
 
 GOOD = {"id": "scene_001", "title": "Neon", "scene": "alley", "mood": "calm", "prompt": "A fox"}
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from sqlmodel import select
 
-from pipeline.db import session
-from pipeline.models import Evaluation, PromptElement, ProviderCall, Refinement
-from pipeline.ratings import approve_best
+from pipeline.review.ratings import approve_best
+from pipeline.store.db import session
+from pipeline.store.models import Evaluation, PromptElement, ProviderCall, Refinement
 from tests.conftest import run_cli, write_prompt_set
 from tests.emulators import gemini, running
 from tests.emulators.fal import KEY as FAL_KEY

@@ -23,13 +23,13 @@ from pathlib import Path
 import pytest
 from sqlmodel import col, select
 
-from pipeline import breaker
 from pipeline.config import Settings
-from pipeline.db import open_database, session
 from pipeline.errors import ProviderError
-from pipeline.models import BreakerEvent, Evaluation, Iteration, PromptElement, ProviderCall, Run, RunItem
-from pipeline.retry import RetryPolicy
-from pipeline.runner import RunExecutor
+from pipeline.resilience import breaker
+from pipeline.resilience.retry import RetryPolicy
+from pipeline.runs.runner import RunExecutor
+from pipeline.store.db import open_database, session
+from pipeline.store.models import BreakerEvent, Evaluation, Iteration, PromptElement, ProviderCall, Run, RunItem
 from tests.conftest import PYTHON, ROOT, create_run, make_prompts, run_cli, subprocess_env, write_prompt_set
 from tests.emulators import Emulator, cloudflare, openai, running, worker
 
@@ -123,7 +123,7 @@ def test_the_policy_retries_transient_failures_and_never_client_errors_or_blocks
 def test_x_should_retry_from_the_service_overrides_the_status() -> None:
     import httpx
 
-    from pipeline import wire
+    from pipeline.services import wire
 
     request = httpx.Request("POST", "http://127.0.0.1/x")
     no = wire.status_error("svc", httpx.Response(503, headers={"x-should-retry": "false"}, request=request))
@@ -484,7 +484,7 @@ def test_breaker_opens_on_a_failure_rate_and_half_opens_for_exactly_one_probe() 
 
 
 def test_the_limiter_spaces_calls_by_requests_per_minute_and_serves_later_iterations_first() -> None:
-    from pipeline.limits import LimitSettings, RateLimiter
+    from pipeline.resilience.limits import LimitSettings, RateLimiter
 
     async def scenario() -> tuple[list[float], list[str]]:
         limiter = RateLimiter(LimitSettings(max_concurrency=4, requests_per_minute=600))  # one call per 0.1 s
@@ -522,7 +522,7 @@ def test_the_limiter_spaces_calls_by_requests_per_minute_and_serves_later_iterat
 
 
 def test_a_429_cuts_concurrency_to_what_the_service_was_serving_and_successes_grow_it_back() -> None:
-    from pipeline.limits import LimitSettings, RateLimiter
+    from pipeline.resilience.limits import LimitSettings, RateLimiter
 
     limiter = RateLimiter(LimitSettings(max_concurrency=16, grow_after=3))
     limiter.in_flight = 7  # the service refused the 8th call while serving 7 of ours

@@ -16,10 +16,10 @@ from pathlib import Path
 
 from sqlmodel import select
 
-from pipeline.db import session
 from pipeline.files import leftover_temp_files
-from pipeline.models import Iteration, ProviderCall, Run, RunItem
-from pipeline.runner import RunExecutor
+from pipeline.runs.runner import RunExecutor
+from pipeline.store.db import session
+from pipeline.store.models import Iteration, ProviderCall, Run, RunItem
 from tests.conftest import PYTHON, ROOT, create_run, make_prompts, run_cli, subprocess_env, write_prompt_set
 from tests.fakes import FakeProvider
 
@@ -170,7 +170,7 @@ def test_ctrl_c_lets_in_flight_steps_finish_exits_130_and_resume_continues(tmp_p
 
 def test_a_cancel_asked_from_elsewhere_stops_the_run_as_cancelled(tmp_path: Path, settings, engine) -> None:
     """The dashboard cancels through the database; the runner notices on its heartbeat."""
-    from pipeline.runs import request_cancel
+    from pipeline.runs.records import request_cancel
 
     run_id = create_run(engine, settings, make_prompts(6), tmp_path, providers=["fake"], iterations=1, concurrency=1)
     release = asyncio.Event()

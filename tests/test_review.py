@@ -9,16 +9,16 @@ import pytest
 from sqlmodel import select
 
 from pipeline.config import Settings
-from pipeline.db import session
 from pipeline.errors import InputError
-from pipeline.estimate import estimate_run
-from pipeline.gallery import UNRATED, GalleryFilter, gallery_page, prompt_detail
-from pipeline.models import Iteration, Rating, RunItem
-from pipeline.promptset import PromptSpec
-from pipeline.ratings import approve_best, rate
-from pipeline.runs import RunConfig
-from pipeline.stats import percentile, spearman
-from pipeline.textdiff import diff_counts, diff_html, word_diff
+from pipeline.prompts.promptset import PromptSpec
+from pipeline.review.gallery import UNRATED, GalleryFilter, gallery_page, prompt_detail
+from pipeline.review.ratings import approve_best, rate
+from pipeline.review.stats import percentile, spearman
+from pipeline.review.textdiff import diff_counts, diff_html, word_diff
+from pipeline.runs.estimate import estimate_run
+from pipeline.runs.records import RunConfig
+from pipeline.store.db import session
+from pipeline.store.models import Iteration, Rating, RunItem
 from tests.conftest import make_prompts, run_cli, write_prompt_set
 
 

@@ -1,0 +1,1 @@
+"""Prompt sets: reading, validating, composing; their visual elements and lexicon."""

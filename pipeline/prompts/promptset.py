@@ -1,0 +1,305 @@
+"""Reading and validating a prompt set, and composing the text sent to a provider.
+
+The format is the seed format::
+
+    {"name": "optional", "prompts": [{"id": "scene_001", "title": "...", "scene": "...",
+                                      "mood": "...", "prompt": "..."}]}
+
+``id`` and ``prompt`` are required; ``title``, ``scene``, ``mood`` and ``negative_prompt`` are
+optional strings; ``seed`` an integer; ``size`` ``"WxH"``; ``tags`` a list of strings. Other keys
+are kept as metadata. Validation collects every problem with its JSON path and raises
+:class:`PromptSetInvalid` if there is any, so the caller can write nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import Problem, PromptSetInvalid
+
+ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# Folder names Windows refuses whatever the extension; ids become folder names.
+RESERVED_NAMES = {"con", "prn", "aux", "nul"} | {f"com{i}" for i in range(1, 10)} | {f"lpt{i}" for i in range(1, 10)}
+SIZE_PATTERN = re.compile(r"(\d{1,5})x(\d{1,5})")
+KNOWN_KEYS = {"id", "title", "scene", "mood", "prompt", "negative_prompt", "seed", "size", "tags"}
+MAX_SEED = 2**32 - 1
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_bytes: int = 5_000_000
+    max_prompts: int = 10_000
+    max_chars: int = 10_000
+    min_side: int = 64
+    max_side: int = 4096
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> "Limits":
+        p, s = settings.section("prompt"), settings.section("promptset")
+        return cls(
+            max_bytes=int(s.get("max_bytes", cls.max_bytes)),
+            max_prompts=int(s.get("max_prompts", cls.max_prompts)),
+            max_chars=int(p.get("max_chars", cls.max_chars)),
+            min_side=int(p.get("min_side", cls.min_side)),
+            max_side=int(p.get("max_side", cls.max_side)),
+        )
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    id: str
+    prompt: str
+    title: str = ""
+    scene: str = ""
+    mood: str = ""
+    negative_prompt: str = ""
+    seed: int | None = None
+    size: str | None = None
+    tags: tuple[str, ...] = ()
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PromptSetSpec:
+    name: str
+    prompts: tuple[PromptSpec, ...]
+    sha256: str
+    source: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "boolean", int: "number", float: "number", str: "string", list: "list", dict: "object"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def parse_size(text: str, limits: Limits = Limits()) -> tuple[int, int] | str:
+    """``"1024x768"`` -> ``(1024, 768)``, or a message saying what is wrong."""
+    m = SIZE_PATTERN.fullmatch(text.strip().lower())
+    if not m:
+        return f'expected "WIDTHxHEIGHT" such as "1024x1024", got "{text}"'
+    w, h = int(m.group(1)), int(m.group(2))
+    for label, v in (("width", w), ("height", h)):
+        if not limits.min_side <= v <= limits.max_side:
+            return f"{label} {v} is outside {limits.min_side}–{limits.max_side} pixels"
+    return w, h
+
+
+def _check_optional_string(item: dict[str, Any], key: str, path: str, problems: list[Problem], max_chars: int) -> str:
+    value = item.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        problems.append(Problem(f"{path}.{key}", f"expected a string, got {_type_name(value)}"))
+        return ""
+    if len(value) > max_chars:
+        problems.append(Problem(f"{path}.{key}", f"{len(value):,} characters, over the limit of {max_chars:,}"))
+    return value
+
+
+def _validate_item(item: Any, path: str, limits: Limits, problems: list[Problem]) -> PromptSpec | None:
+    if not isinstance(item, dict):
+        problems.append(Problem(path, f"expected an object with at least an id and a prompt, got {_type_name(item)}"))
+        return None
+    before = len(problems)
+
+    pid = item.get("id")
+    if "id" not in item:
+        problems.append(Problem(f"{path}.id", "missing (every prompt needs an id)"))
+    elif not isinstance(pid, str):
+        problems.append(Problem(f"{path}.id", f"expected a string, got {_type_name(pid)}"))
+    elif not ID_PATTERN.fullmatch(pid):
+        why = "is empty" if pid == "" else ("is longer than 64 characters" if len(pid) > 64 else "has characters other than letters, digits, _ and -")
+        problems.append(Problem(f"{path}.id", f'"{pid}" {why}; ids become folder names, so use 1–64 of A–Z a–z 0–9 _ -'))
+    elif pid.lower() in RESERVED_NAMES:
+        problems.append(Problem(f"{path}.id", f'"{pid}" is a reserved device name on Windows and cannot be a folder name'))
+
+    text = item.get("prompt")
+    if "prompt" not in item:
+        problems.append(Problem(f"{path}.prompt", "missing (every prompt needs prompt text)"))
+    elif not isinstance(text, str):
+        problems.append(Problem(f"{path}.prompt", f"expected a string, got {_type_name(text)}"))
+    elif not text.strip():
+        problems.append(Problem(f"{path}.prompt", "is empty"))
+    elif len(text) > limits.max_chars:
+        problems.append(Problem(f"{path}.prompt", f"{len(text):,} characters, over the limit of {limits.max_chars:,}"))
+
+    title = _check_optional_string(item, "title", path, problems, limits.max_chars)
+    scene = _check_optional_string(item, "scene", path, problems, limits.max_chars)
+    mood = _check_optional_string(item, "mood", path, problems, limits.max_chars)
+    negative = _check_optional_string(item, "negative_prompt", path, problems, limits.max_chars)
+
+    seed = item.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        problems.append(Problem(f"{path}.seed", f"expected a whole number, got {_type_name(seed)}"))
+        seed = None
+    elif seed is not None and not 0 <= seed <= MAX_SEED:
+        problems.append(Problem(f"{path}.seed", f"{seed} is outside 0–{MAX_SEED}"))
+
+    size = item.get("size")
+    if size is not None:
+        if not isinstance(size, str):
+            problems.append(Problem(f"{path}.size", f'expected a string like "1024x768", got {_type_name(size)}'))
+        else:
+            parsed = parse_size(size, limits)
+            if isinstance(parsed, str):
+                problems.append(Problem(f"{path}.size", parsed))
+            else:
+                size = f"{parsed[0]}x{parsed[1]}"
+
+    tags = item.get("tags")
+    clean_tags: list[str] = []
+    if tags is not None:
+        if not isinstance(tags, list):
+            problems.append(Problem(f"{path}.tags", f"expected a list of strings, got {_type_name(tags)}"))
+        else:
+            for j, tag in enumerate(tags):
+                if not isinstance(tag, str) or not tag.strip():
+                    got = "an empty string" if isinstance(tag, str) else _type_name(tag)
+                    problems.append(Problem(f"{path}.tags[{j}]", f"expected a non-empty string, got {got}"))
+                else:
+                    clean_tags.append(tag.strip())
+
+    if len(problems) > before:
+        return None
+    return PromptSpec(
+        id=pid,
+        prompt=text,
+        title=title,
+        scene=scene,
+        mood=mood,
+        negative_prompt=negative,
+        seed=seed,
+        size=size,
+        tags=tuple(clean_tags),
+        metadata={k: v for k, v in item.items() if k not in KNOWN_KEYS},
+    )
+
+
+def validate_document(doc: Any, limits: Limits = Limits(), *, sha256: str = "", source: str = "") -> PromptSetSpec:
+    """Validate an already-parsed JSON document. Raises :class:`PromptSetInvalid` listing every problem."""
+    problems: list[Problem] = []
+    if isinstance(doc, list):
+        raise PromptSetInvalid(
+            [Problem("$", 'expected an object {"prompts": [...]}, got a list; wrap the list as {"prompts": [ ... ]}')], source
+        )
+    if not isinstance(doc, dict):
+        raise PromptSetInvalid([Problem("$", f'expected an object {{"prompts": [...]}}, got {_type_name(doc)}')], source)
+
+    name = doc.get("name")
+    if name is not None and not isinstance(name, str):
+        problems.append(Problem("name", f"expected a string, got {_type_name(name)}"))
+        name = None
+
+    items = doc.get("prompts")
+    specs: list[PromptSpec] = []
+    if "prompts" not in doc:
+        problems.append(Problem("prompts", "missing: the prompt set needs a \"prompts\" list"))
+    elif not isinstance(items, list):
+        problems.append(Problem("prompts", f"expected a list, got {_type_name(items)}"))
+    elif not items:
+        problems.append(Problem("prompts", "is empty: add at least one prompt"))
+    elif len(items) > limits.max_prompts:
+        problems.append(Problem("prompts", f"{len(items):,} prompts, over the limit of {limits.max_prompts:,}"))
+    else:
+        first_seen: dict[str, tuple[int, str]] = {}
+        for i, item in enumerate(items):
+            path = f"prompts[{i}]"
+            spec = _validate_item(item, path, limits, problems)
+            pid = item.get("id") if isinstance(item, dict) else None
+            if isinstance(pid, str) and ID_PATTERN.fullmatch(pid):
+                key = pid.lower()
+                if key in first_seen:
+                    j, original = first_seen[key]
+                    if original == pid:
+                        problems.append(Problem(f"{path}.id", f'duplicate id "{pid}" (first at prompts[{j}])'))
+                    else:
+                        problems.append(
+                            Problem(f"{path}.id", f'"{pid}" differs only in case from "{original}" at prompts[{j}]; ids become folder names')
+                        )
+                    spec = None
+                else:
+                    first_seen[key] = (i, pid)
+            if spec is not None:
+                specs.append(spec)
+
+    if problems:
+        raise PromptSetInvalid(problems, source)
+    return PromptSetSpec(
+        name=name or (Path(source).stem if source else "prompt set"),
+        prompts=tuple(specs),
+        sha256=sha256,
+        source=source,
+        metadata={k: v for k, v in doc.items() if k not in {"name", "prompts"}},
+    )
+
+
+def parse_bytes(raw: bytes, limits: Limits = Limits(), *, source: str = "") -> PromptSetSpec:
+    """Validate the raw bytes of an uploaded or on-disk prompt set."""
+    if len(raw) > limits.max_bytes:
+        raise PromptSetInvalid(
+            [Problem("", f"the file is {len(raw):,} bytes, over the limit of {limits.max_bytes:,} bytes")], source
+        )
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise PromptSetInvalid([Problem("", f"not UTF-8 text: byte {e.start} (0x{raw[e.start]:02x}) cannot be decoded")], source) from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise PromptSetInvalid([Problem("", f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}")], source) from None
+    return validate_document(doc, limits, sha256=hashlib.sha256(raw).hexdigest(), source=source)
+
+
+def load_file(path: Path, limits: Limits = Limits()) -> PromptSetSpec:
+    source = str(path)
+    try:
+        size = path.stat().st_size
+        if size > limits.max_bytes:
+            raise PromptSetInvalid([Problem("", f"the file is {size:,} bytes, over the limit of {limits.max_bytes:,} bytes")], source)
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise PromptSetInvalid([Problem("", "no such file")], source) from None
+    except IsADirectoryError:
+        raise PromptSetInvalid([Problem("", "is a folder, not a JSON file")], source) from None
+    except PermissionError:
+        raise PromptSetInvalid([Problem("", "permission denied")], source) from None
+    return parse_bytes(raw, limits, source=source)
+
+
+# ---- The text sent to a provider -------------------------------------------------------------
+DEFAULT_TEMPLATE = "{title}. {prompt}. Scene: {scene}. Mood: {mood}."
+_PLACEHOLDER = re.compile(r"\{(title|prompt|scene|mood)\}")
+_SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+")
+
+
+def compose_prompt(spec: PromptSpec, template: str = DEFAULT_TEMPLATE) -> str:
+    """Fill ``template`` from the prompt's fields.
+
+    The template is split into sentences (at whitespace after ``.``, ``!`` or ``?``); a sentence
+    whose placeholders are all empty is dropped with its label, so with the default template a
+    prompt with only ``prompt`` and ``mood`` gives ``"<prompt>. Mood: <mood>."``. A field that
+    already ends in punctuation is not given a second mark (``"A fox."`` stays ``"A fox."``).
+    """
+    values = {
+        "title": spec.title.strip(),
+        "prompt": spec.prompt.strip(),
+        "scene": spec.scene.strip(),
+        "mood": spec.mood.strip(),
+    }
+    sentences = []
+    for sentence in _SENTENCE_BREAK.split(template.strip()):
+        names = _PLACEHOLDER.findall(sentence)
+        if names and not any(values[n] for n in names):
+            continue
+        filled = _PLACEHOLDER.sub(lambda m: values[m.group(1)], sentence)
+        sentences.append(re.sub(r"([.!?])[.]", r"\1", filled))
+    return re.sub(r"\s+", " ", " ".join(sentences)).strip()

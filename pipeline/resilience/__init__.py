@@ -1,0 +1,1 @@
+"""Retries, circuit breakers, rate limits, the service chain and the budget guard."""

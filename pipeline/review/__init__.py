@@ -1,0 +1,1 @@
+"""What reviewers see and do: gallery, ratings, export, provider figures."""

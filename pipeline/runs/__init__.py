@@ -1,0 +1,1 @@
+"""Runs: records, the runner and its background thread, one prompt's job."""

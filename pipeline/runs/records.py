@@ -1,0 +1,379 @@
+"""Runs as records: creating them, reading their state, and who is executing them.
+
+These are the functions the CLI and the dashboard share. A run belongs to the process that
+claimed it (``owner`` = host:pid, refreshed by a heartbeat); a run left ``running`` by a dead
+process is found by :func:`recover_orphans` and marked ``interrupted`` so it can be resumed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, update
+from sqlmodel import Session, col, select
+
+from pipeline.config import Settings
+from pipeline.errors import InputError, RunStateError
+from pipeline.prompts.promptset import PromptSetSpec
+from pipeline.store.models import (
+    TERMINAL_ITEM_STATUSES,
+    Evaluation,
+    Iteration,
+    Prompt,
+    PromptSet,
+    ProviderCall,
+    Run,
+    RunItem,
+    utcnow,
+)
+
+HEARTBEAT_SECONDS = 2.0
+STALE_AFTER = timedelta(seconds=30)
+
+
+@dataclass
+class RunConfig:
+    providers: list[str] = field(default_factory=lambda: ["offline"])  # ordered: the fallback chain
+    judge: str = "offline"
+    refiner: str = "offline"
+    iterations: int = 2
+    target_score: float | None = None
+    concurrency: int = 3
+    judge_fallbacks: list[str] = field(default_factory=list)  # tried in order when the judge fails for good
+    refiner_fallbacks: list[str] = field(default_factory=list)
+    routing: str = "fallback"  # or "pool": spread generations over the healthy providers
+    block_rewrites: int = 1  # times the refiner may rewrite a blocked prompt to comply
+    budget_usd: float | None = None  # pause the run before a call would spend past this
+
+    @property
+    def judges(self) -> list[str]:
+        return [self.judge, *self.judge_fallbacks]
+
+    @property
+    def refiners(self) -> list[str]:
+        return [self.refiner, *self.refiner_fallbacks]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    def validate(self, settings: Settings) -> None:
+        limits = settings.section("run")
+        max_iterations = int(limits.get("max_iterations", 5))
+        max_concurrency = int(limits.get("max_concurrency", 32))
+        if not self.providers:
+            raise InputError("--providers: name at least one provider")
+        if not 1 <= self.iterations <= max_iterations:
+            raise InputError(f"--iterations: {self.iterations} is outside 1–{max_iterations}")
+        if not 1 <= self.concurrency <= max_concurrency:
+            raise InputError(f"--concurrency: {self.concurrency} is outside 1–{max_concurrency}")
+        if self.target_score is not None and not 0 <= self.target_score <= 10:
+            raise InputError(f"--target-score: {self.target_score} is outside 0–10")
+        if self.routing not in ("fallback", "pool"):
+            raise InputError(f"--routing: {self.routing!r} is not one of fallback, pool")
+        if not 0 <= self.block_rewrites <= 3:
+            raise InputError(f"--block-rewrites: {self.block_rewrites} is outside 0–3")
+        if self.budget_usd is not None and self.budget_usd <= 0:
+            raise InputError(f"--budget: {self.budget_usd} must be more than 0 (leave it out for no cap)")
+        for role, names in (("--providers", self.providers), ("--judge", self.judges), ("--refiner", self.refiners)):
+            repeated = sorted({n for n in names if names.count(n) > 1})
+            if repeated:
+                raise InputError(f"{role}: {', '.join(repeated)} named more than once")
+
+
+def default_seed(prompt_key: str) -> int:
+    """A stable seed for a prompt without one, so reruns reproduce the same first image."""
+    return int.from_bytes(hashlib.sha256(prompt_key.encode()).digest()[:4], "big")
+
+
+def this_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def owner_alive(run: Run, now: datetime | None = None) -> bool:
+    if not run.owner:
+        return False
+    now = now or utcnow()
+    host, _, pid = run.owner.rpartition(":")
+    if host == socket.gethostname() and pid.isdigit():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass  # exists, owned by someone else
+        if int(pid) == os.getpid():
+            return True
+    return run.heartbeat_at is not None and now - run.heartbeat_at < STALE_AFTER
+
+
+# ---- Creating ---------------------------------------------------------------------------------
+def import_prompt_set(s: Session, spec: PromptSetSpec) -> PromptSet:
+    """Store a prompt set, or return the stored one with the same content and name."""
+    existing = s.exec(select(PromptSet).where(PromptSet.sha256 == spec.sha256, PromptSet.name == spec.name)).first()
+    if existing is not None and spec.sha256:
+        return existing
+    ps = PromptSet(name=spec.name, source=spec.source, sha256=spec.sha256, prompt_count=len(spec.prompts), meta=spec.metadata)
+    s.add(ps)
+    s.flush()
+    for position, p in enumerate(spec.prompts):
+        s.add(Prompt(
+            prompt_set_id=ps.id, position=position, key=p.id, title=p.title, scene=p.scene, mood=p.mood,
+            prompt=p.prompt, negative_prompt=p.negative_prompt, seed=p.seed, size=p.size, tags=list(p.tags), meta=p.metadata,
+        ))
+    return ps
+
+
+def stored_output_dir(settings: Settings, output_dir: Path) -> str:
+    """Inside the data folder the path is stored relative to it, so the folder can move."""
+    resolved = output_dir.resolve()
+    try:
+        return str(resolved.relative_to(settings.data_dir))
+    except ValueError:
+        return str(resolved)
+
+
+def output_dir_of(settings: Settings, run: Run) -> Path:
+    path = Path(run.output_dir)
+    return path if path.is_absolute() else settings.data_dir / path
+
+
+def create_run(s: Session, settings: Settings, prompt_set: PromptSet, config: RunConfig, *,
+               output_dir: Path | None = None, name: str = "", claim: bool = False) -> Run:
+    """Queue a run of every prompt in ``prompt_set``. ``output_dir`` defaults to ``data/runs/<id>``.
+
+    ``claim=True`` (the CLI, which executes the run itself) creates it already owned by this
+    process, so a dashboard's background runner sharing the database never picks it up.
+    """
+    run = Run(prompt_set_id=prompt_set.id, name=name or prompt_set.name, config=config.to_dict(), status="queued")
+    if claim:
+        _claim(run)
+    s.add(run)
+    s.flush()
+    run.output_dir = stored_output_dir(settings, output_dir or settings.runs_dir / str(run.id))
+    prompt_ids = s.exec(select(Prompt.id).where(Prompt.prompt_set_id == prompt_set.id).order_by(Prompt.position)).all()
+    for pid in prompt_ids:
+        s.add(RunItem(run_id=run.id, prompt_id=pid))
+    run.total = len(prompt_ids)
+    return run
+
+
+def check_output_dir_empty(output_dir: Path) -> None:
+    """Refuse a folder whose results/ already holds files (checked before anything is written)."""
+    results = output_dir / "results"
+    if results.is_dir() and any(results.iterdir()):
+        raise InputError(f"{results} is not empty; choose another --output so no earlier files are overwritten")
+
+
+def check_output_dir_unclaimed(settings: Settings, s: Session, output_dir: Path) -> None:
+    """Refuse an output folder another run writes to, even an empty one: its records point there."""
+    other = s.exec(select(Run).where(Run.output_dir == stored_output_dir(settings, output_dir))).first()
+    if other is not None:
+        raise InputError(
+            f"{output_dir} already belongs to run {other.id} ({other.status}); "
+            f"choose another --output, or resume that run with: python -m pipeline resume {other.id}"
+        )
+
+
+# ---- Reading ----------------------------------------------------------------------------------
+def get_run(s: Session, run_id: int) -> Run:
+    run = s.get(Run, run_id)
+    if run is None:
+        raise RunStateError(f"no run {run_id}; `python -m pipeline status` lists the runs")
+    return run
+
+
+def list_runs(s: Session, limit: int = 50) -> list[Run]:
+    return list(s.exec(select(Run).order_by(col(Run.id).desc()).limit(limit)))
+
+
+@dataclass(frozen=True)
+class ItemState:
+    prompt_key: str
+    title: str
+    status: str
+    iterations: int
+    best_score: float | None
+    final_iteration: int | None
+    cost_usd: float
+    error: str
+
+
+def item_states(s: Session, run_id: int) -> list[ItemState]:
+    iteration_count = (
+        select(Iteration.run_item_id, func.count().label("n"))
+        .where(Iteration.status == "ok").group_by(Iteration.run_item_id).subquery()
+    )
+    rows = s.exec(
+        select(RunItem, Prompt, iteration_count.c.n)
+        .join(Prompt, Prompt.id == RunItem.prompt_id)
+        .join(iteration_count, iteration_count.c.run_item_id == RunItem.id, isouter=True)
+        .where(RunItem.run_id == run_id).order_by(Prompt.position)
+    ).all()
+    return [
+        ItemState(p.key, p.title, item.status, n or 0, item.best_score, item.final_iteration, item.cost_usd,
+                  f"{item.error_kind}: {item.error_message}" if item.error_message else "")
+        for item, p, n in rows
+    ]
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """A run as the Runs page shows it: counts straight from its prompts, so they are live."""
+
+    id: int
+    name: str
+    status: str
+    total: int
+    completed: int
+    failed: int
+    blocked: int
+    running: int
+    cost_usd: float
+    elapsed_s: float | None
+    created_at: datetime
+    config: dict[str, Any]
+    error: str
+
+    @property
+    def done(self) -> int:
+        return self.completed + self.failed + self.blocked
+
+    @property
+    def fraction(self) -> float:
+        return self.done / self.total if self.total else 0.0
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE_RUN_STATUSES
+
+
+ACTIVE_RUN_STATUSES = ("queued", "running")
+
+
+def run_summaries(s: Session, limit: int = 50, now: datetime | None = None) -> list[RunSummary]:
+    """The newest runs with their live counts and cost: three queries whatever the number of runs."""
+    runs = list_runs(s, limit)
+    if not runs:
+        return []
+    ids = [r.id for r in runs]
+    counts: dict[int, dict[str, int]] = {}
+    for run_id, status, n in s.exec(
+        select(RunItem.run_id, RunItem.status, func.count()).where(col(RunItem.run_id).in_(ids)).group_by(RunItem.run_id, RunItem.status)
+    ).all():
+        counts.setdefault(run_id, {})[status] = n
+    costs = dict(s.exec(
+        select(ProviderCall.run_id, func.coalesce(func.sum(ProviderCall.cost_usd), 0.0))
+        .where(col(ProviderCall.run_id).in_(ids)).group_by(ProviderCall.run_id)
+    ).all())
+    now = now or utcnow()
+    out = []
+    for r in runs:
+        c = counts.get(r.id, {})
+        elapsed = ((r.finished_at or now) - r.started_at).total_seconds() if r.started_at else None
+        out.append(RunSummary(
+            id=r.id, name=r.name, status=r.status, total=sum(c.values()), completed=c.get("completed", 0), failed=c.get("failed", 0),
+            blocked=c.get("blocked", 0), running=c.get("running", 0), cost_usd=float(costs.get(r.id) or 0.0), elapsed_s=elapsed,
+            created_at=r.created_at, config=r.config, error=r.error,
+        ))
+    return out
+
+
+def refresh_counts(s: Session, run: Run) -> None:
+    """Recompute the run's counts and cost from its items and calls (derived, never drifted)."""
+    counts = dict(s.exec(select(RunItem.status, func.count()).where(RunItem.run_id == run.id).group_by(RunItem.status)).all())
+    run.total = sum(counts.values())
+    run.completed = counts.get("completed", 0)
+    run.failed = counts.get("failed", 0)
+    run.blocked = counts.get("blocked", 0)
+    cost = s.exec(select(func.coalesce(func.sum(ProviderCall.cost_usd), 0.0)).where(ProviderCall.run_id == run.id)).one()
+    run.cost_usd = float(cost or 0.0)
+
+
+def unfinished_items(s: Session, run_id: int) -> list[RunItem]:
+    return list(s.exec(
+        select(RunItem).join(Prompt, Prompt.id == RunItem.prompt_id)
+        .where(RunItem.run_id == run_id, col(RunItem.status).not_in(TERMINAL_ITEM_STATUSES))
+        .order_by(Prompt.position)
+    ))
+
+
+# ---- Ownership and status -----------------------------------------------------------------
+def recover_orphans(s: Session) -> list[int]:
+    """Mark runs left ``running`` by a dead process as ``interrupted``; return their ids."""
+    recovered = []
+    for run in s.exec(select(Run).where(Run.status == "running")):
+        if not owner_alive(run):
+            run.status = "interrupted"
+            run.owner = ""
+            for item in s.exec(select(RunItem).where(RunItem.run_id == run.id, RunItem.status == "running")):
+                item.status = "pending"
+            recovered.append(run.id)
+    return recovered
+
+
+def _claim(run: Run) -> None:
+    run.status, run.owner, run.heartbeat_at = "running", this_owner(), utcnow()
+
+
+def claim_next_queued(s: Session) -> int | None:
+    """Take the oldest queued run for this process, or None. Atomic: of several processes
+    sharing the database, exactly one gets each run."""
+    for run_id in s.exec(select(Run.id).where(Run.status == "queued").order_by(Run.id)).all():
+        taken = s.execute(
+            update(Run).where(Run.id == run_id, Run.status == "queued")
+            .values(status="running", owner=this_owner(), heartbeat_at=utcnow())
+        )
+        s.commit()
+        if taken.rowcount == 1:  # type: ignore[attr-defined]
+            return run_id
+    return None
+
+
+def claim_for_resume(s: Session, run: Run, *, retry_failed: bool = False, claim: bool = False,
+                     budget_usd: float | None = None) -> None:
+    """Check that ``run`` can be resumed and queue it again (``claim=True``: owned by this process).
+
+    ``budget_usd`` replaces the run's spending cap (a run paused by its budget needs a higher one).
+    """
+    if run.status == "running" and owner_alive(run):
+        raise RunStateError(f"run {run.id} is being executed right now by {run.owner}")
+    if budget_usd is not None:
+        config = RunConfig.from_dict(run.config)
+        config.budget_usd = budget_usd
+        run.config = config.to_dict()
+    if run.status == "completed" and not retry_failed:
+        raise RunStateError(f"run {run.id} is already completed; add --retry-failed to retry its failed prompts")
+    if retry_failed:
+        for item in s.exec(select(RunItem).where(RunItem.run_id == run.id, col(RunItem.status).in_(("failed", "blocked")))):
+            item.status, item.error_kind, item.error_message, item.finished_at = "pending", "", "", None
+    run.status, run.cancel_requested, run.error, run.finished_at = "queued", False, "", None
+    if claim:
+        _claim(run)
+
+
+def request_cancel(s: Session, run_id: int) -> Run:
+    run = get_run(s, run_id)
+    if run.status in ("queued", "interrupted"):
+        run.status, run.finished_at = "cancelled", utcnow()
+    elif run.status == "running":
+        run.cancel_requested = True
+    return run
+
+
+def iterations_with_evaluations(s: Session, run_item_id: int) -> list[tuple[Iteration, Evaluation | None]]:
+    rows = s.exec(
+        select(Iteration, Evaluation).join(Evaluation, Evaluation.iteration_id == Iteration.id, isouter=True)
+        .where(Iteration.run_item_id == run_item_id).order_by(Iteration.number)
+    ).all()
+    return [(it, ev) for it, ev in rows]

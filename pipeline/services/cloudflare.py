@@ -1,0 +1,72 @@
+"""Cloudflare Workers AI: ``POST {base}/accounts/{account}/ai/run/{model}``.
+
+flux-1-schnell answers JSON (``{"result": {"image": <base64 JPEG>}, "success": true}``); SDXL
+answers raw image bytes. Errors come in the v4 envelope ``{"success": false, "errors":
+[{"code", "message"}]}``: 3036 (daily free allocation used up) is not retried, 3040 (out of
+capacity) is; code 3030-range NSFW refusals and messages about NSFW content are blocks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from pipeline.components import GeneratedImage, GenerationRequest, ImageProvider
+from pipeline.errors import ProviderError
+from pipeline.services import wire
+from pipeline.services.remote import Remote
+
+NO_RETRY_CODES = {3036}
+RETRY_CODES = {3040, 3007, 3008}
+
+
+class CloudflareProvider(Remote, ImageProvider):
+    name = "cloudflare"
+    label = "Cloudflare Workers AI"
+    key_env_var = "CLOUDFLARE_API_TOKEN"
+    required_env_vars = ("CLOUDFLARE_ACCOUNT_ID",)
+    base_url_env_var = "CLOUDFLARE_BASE_URL"
+    default_base_url = "https://api.cloudflare.com/client/v4"
+    model_env_var = "CLOUDFLARE_MODEL"
+
+    def __init__(self, settings: dict[str, Any] | None = None) -> None:
+        super().__init__(settings)
+        self.account_id = wire.require("CLOUDFLARE_ACCOUNT_ID", self.name)
+
+    def probe_request(self) -> tuple[str, str, dict[str, Any]]:
+        return "GET", f"{self.base_url}/accounts/{self.account_id}/ai/models/search", {
+            "headers": {"Authorization": f"Bearer {self._key}"}, "params": {"search": self.model.rsplit("/", 1)[-1]}}
+
+    def _fail(self, response: httpx.Response) -> ProviderError:
+        errors: list[Any] = []
+        try:
+            body = response.json()
+            errors = body.get("errors") or [] if isinstance(body, dict) else []
+        except ValueError:
+            pass
+        codes = {e.get("code") for e in errors if isinstance(e, dict)}
+        message = "; ".join(f"{e.get('message', '')} (code {e.get('code')})" for e in errors if isinstance(e, dict))
+        blocked = "nsfw" in message.lower() or "content polic" in message.lower()
+        retryable = False if codes & NO_RETRY_CODES else True if codes & RETRY_CODES else None
+        return wire.status_error(self.name, response, message, blocked=blocked, retryable=retryable)
+
+    async def generate(self, request: GenerationRequest) -> GeneratedImage:
+        payload: dict[str, Any] = {"prompt": request.prompt, "seed": request.seed, **dict(self.settings.get("parameters", {}))}
+        if "flux" not in self.model:  # SDXL and friends take the size and a negative prompt
+            payload.update(width=request.width, height=request.height)
+            if request.negative_prompt:
+                payload["negative_prompt"] = request.negative_prompt
+        url = f"{self.base_url}/accounts/{self.account_id}/ai/run/{self.model}"
+        async with wire.client(headers={"Authorization": f"Bearer {self._key}"}, timeout_s=self.timeout_s) as http:
+            response = await wire.send(http, self.name, "POST", url, json=payload)
+        content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
+        if response.status_code != 200:
+            raise self._fail(response)
+        if content_type.startswith("image/"):
+            return GeneratedImage(data=response.content, mime_type=content_type, model=self.model, http_status=200)
+        body = wire.json_of(self.name, response)
+        if not body.get("success", True):
+            raise self._fail(response)
+        image = wire.field(self.name, body, "result", "image")
+        return GeneratedImage(data=wire.b64decode(self.name, str(image)), mime_type=None, model=self.model, http_status=200)

@@ -1,0 +1,125 @@
+"""A local ComfyUI server: POST /prompt with an API-format workflow, poll /history, GET /view.
+
+The workflow is the shipped txt2img graph (``workflows/comfyui_txt2img.json``) or the user's own
+file (``COMFYUI_WORKFLOW``, exported with "Save (API format)"). String values that are exactly
+a placeholder are replaced with typed values: ``{{prompt}}``, ``{{negative_prompt}}``,
+``{{seed}}``, ``{{width}}``, ``{{height}}``, ``{{checkpoint}}``, ``{{steps}}``, ``{{cfg}}``. A prompt
+still running at the timeout is interrupted and removed from the queue.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from pipeline.components import GeneratedImage, GenerationRequest, ImageProvider
+from pipeline.errors import ConfigError, ContentBlocked, ProviderError
+from pipeline.services import wire
+from pipeline.services.remote import Remote
+
+DEFAULT_WORKFLOW = Path(__file__).parent / "workflows" / "comfyui_txt2img.json"
+
+
+def fill(node: Any, values: dict[str, Any]) -> Any:
+    """The workflow with every ``"{{name}}"`` string replaced by ``values[name]`` (keeping its type)."""
+    if isinstance(node, dict):
+        return {k: fill(v, values) for k, v in node.items()}
+    if isinstance(node, list):
+        return [fill(v, values) for v in node]
+    if isinstance(node, str) and node.startswith("{{") and node.endswith("}}") and node[2:-2] in values:
+        return values[node[2:-2]]
+    return node
+
+
+class ComfyUIProvider(Remote, ImageProvider):
+    name = "comfyui"
+    label = "ComfyUI (local server)"
+    key_env_var = None
+    base_url_env_var = "COMFYUI_URL"
+    default_base_url = "http://127.0.0.1:8188"
+
+    def __init__(self, settings: dict[str, Any] | None = None) -> None:
+        super().__init__(settings)
+        path = Path(wire.setting("COMFYUI_WORKFLOW", self.settings, "workflow", str(DEFAULT_WORKFLOW))).expanduser()
+        try:
+            self.workflow = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"comfyui: cannot read the workflow {path}: {e}") from None
+        if not isinstance(self.workflow, dict) or "{{prompt}}" not in json.dumps(self.workflow):
+            raise ConfigError(f"comfyui: the workflow {path} must be API format with a \"{{{{prompt}}}}\" placeholder")
+        self.checkpoint = wire.setting("COMFYUI_CHECKPOINT", self.settings, "checkpoint")
+        self.model = self.checkpoint or "comfyui"
+
+    def probe_request(self) -> tuple[str, str, dict[str, Any]]:
+        return "GET", f"{self.base_url}/system_stats", {}
+
+    def _fail(self, response: httpx.Response) -> ProviderError:
+        message = ""
+        try:
+            body = response.json()
+            error = body.get("error") if isinstance(body, dict) else None
+            message = error.get("message", "") if isinstance(error, dict) else str(error or "")
+            for node_id, problem in (body.get("node_errors") or {}).items() if isinstance(body.get("node_errors"), dict) else []:
+                details = "; ".join(f"{e.get('message', '')}: {e.get('details', '')}" for e in problem.get("errors", []))
+                message += f" [node {node_id} {problem.get('class_type', '')}: {details}]"
+        except ValueError:
+            pass
+        return wire.status_error(self.name, response, message)
+
+    async def generate(self, request: GenerationRequest) -> GeneratedImage:
+        values = {"prompt": request.prompt, "negative_prompt": request.negative_prompt, "seed": request.seed,
+                  "width": request.width, "height": request.height, "checkpoint": self.checkpoint,
+                  "steps": int(self.settings.get("steps", 20)), "cfg": float(self.settings.get("cfg", 7.0))}
+        graph = fill(self.workflow, values)
+        deadline = time.monotonic() + self.timeout_s
+        async with wire.client(timeout_s=self.timeout_s) as http:
+            queued = await wire.send(http, self.name, "POST", f"{self.base_url}/prompt", json={"prompt": graph, "client_id": str(uuid.uuid4())})
+            if queued.status_code != 200:
+                raise self._fail(queued)
+            prompt_id = str(wire.field(self.name, wire.json_of(self.name, queued), "prompt_id"))
+            try:
+                entry = await self._wait(http, prompt_id, deadline)
+            except ProviderError as e:
+                if e.kind == "timeout":
+                    await self._abandon(http, prompt_id)
+                raise
+            images = [img for out in (entry.get("outputs") or {}).values() for img in (out.get("images") or []) if img.get("type") == "output"]
+            image = wire.field(self.name, images, 0)
+            viewed = await wire.send(http, self.name, "GET", f"{self.base_url}/view",
+                                     params={"filename": image.get("filename", ""), "subfolder": image.get("subfolder", ""), "type": "output"})
+            if viewed.status_code != 200:
+                raise self._fail(viewed)
+        return GeneratedImage(data=viewed.content, mime_type=viewed.headers.get("content-type", "").split(";")[0] or None,
+                              model=self.model, cost_usd=0.0, http_status=200, metadata={"prompt_id": prompt_id})
+
+    async def _wait(self, http: httpx.AsyncClient, prompt_id: str, deadline: float) -> dict[str, Any]:
+        async def finished() -> dict[str, Any] | None:
+            polled = await wire.send(http, self.name, "GET", f"{self.base_url}/history/{prompt_id}")
+            if polled.status_code != 200:
+                raise self._fail(polled)
+            entry = wire.json_of(self.name, polled).get(prompt_id)
+            if not isinstance(entry, dict):
+                return None  # {} until the prompt has run
+            status = entry.get("status") or {}
+            if status.get("status_str") == "error":
+                detail = next((m[1] for m in status.get("messages", []) if m and m[0] == "execution_error"), {})
+                text = f"{detail.get('node_type', '')}: {detail.get('exception_message', 'execution error')}".strip(": ")
+                if any(w in text.lower() for w in ("nsfw", "safety", "content policy")):
+                    raise ContentBlocked(f"{self.name} workflow refused the image: {text}", http_status=200)
+                raise ProviderError(f"{self.name} workflow failed: {text}", kind="server", retryable=False)
+            return entry if status.get("completed") or entry.get("outputs") else None
+
+        return await wire.poll_until(finished, deadline=deadline, initial_s=self.poll_initial_s, max_s=self.poll_max_s, timed_out=lambda: ProviderError(
+            f"{self.name}: prompt {prompt_id} not finished after {self.timeout_s:.0f} s; interrupted", kind="timeout", retryable=True))
+
+    async def _abandon(self, http: httpx.AsyncClient, prompt_id: str) -> None:
+        for path, body in (("/interrupt", {"prompt_id": prompt_id}), ("/queue", {"delete": [prompt_id]})):
+            try:
+                await http.post(f"{self.base_url}{path}", json=body, timeout=5.0)
+            except httpx.HTTPError:
+                pass

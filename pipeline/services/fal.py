@@ -1,0 +1,166 @@
+"""fal.ai through its queue API: submit, follow the status, fetch the result, download.
+
+The status is followed on ``GET {status_url}/stream`` (server-sent events, as fal_client does),
+so a finished image is fetched the moment it is ready; where no stream is offered (404/405, or
+``status_stream = false``) the status is polled with backoff instead.
+
+Wire format (docs.fal.ai, fal_client): ``POST {base}/{model}`` returns ``request_id`` and the
+``status_url`` / ``response_url`` / ``cancel_url`` to use verbatim; status is ``IN_QUEUE`` →
+``IN_PROGRESS`` → ``COMPLETED``; the result holds ``images[].url`` and ``has_nsfw_concepts``.
+A request that runs past ``timeout_s`` is cancelled (``PUT cancel_url``) so it is not billed
+further. Content filters answer 422 with a ``detail[]`` list, or 200 with ``has_nsfw_concepts``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import httpx
+
+from pipeline.components import GeneratedImage, GenerationRequest, ImageProvider
+from pipeline.errors import ContentBlocked, ProviderError
+from pipeline.services import wire
+from pipeline.services.remote import Remote
+
+_BLOCK_WORDS = ("content_policy", "nsfw", "safety", "unsafe", "content policy")
+
+
+def _detail_message(body: Any) -> tuple[str, bool]:
+    """fal's ``detail`` (a string, or a list of {msg, type}) as text, and whether it is a content block."""
+    detail = body.get("detail") if isinstance(body, dict) else None
+    if isinstance(detail, list):
+        parts = [f"{d.get('msg', '')} ({d.get('type', '')})" if isinstance(d, dict) else str(d) for d in detail]
+        text = "; ".join(parts)
+    else:
+        text = str(detail or "")
+    return text, any(w in text.lower() for w in _BLOCK_WORDS)
+
+
+class FalProvider(Remote, ImageProvider):
+    name = "fal"
+    label = "fal.ai queue API"
+    key_env_var = "FAL_KEY"
+    base_url_env_var = "FAL_BASE_URL"
+    default_base_url = "https://queue.fal.run"
+    model_env_var = "FAL_MODEL"
+    _no_stream = False  # set once the service answered that it has no status stream
+
+    def _fail(self, response: httpx.Response) -> ProviderError:
+        body: Any = None
+        try:
+            body = response.json()
+        except ValueError:
+            pass
+        text, blocked = _detail_message(body)
+        hint = response.headers.get("x-fal-retryable")
+        retryable = None if hint is None else hint.lower() == "true"
+        return wire.status_error(self.name, response, text, blocked=blocked and response.status_code in (400, 422), retryable=retryable)
+
+    probe_ok = frozenset({200, 202, 400, 404, 422})  # asked about a request id that does not exist
+
+    def probe_request(self) -> tuple[str, str, dict[str, Any]]:
+        app = "/".join(self.model.split("/")[:2])
+        return "GET", f"{self.base_url}/{app}/requests/00000000-0000-0000-0000-000000000000/status", {
+            "headers": {"Authorization": f"Key {self._key}"}}
+
+    async def generate(self, request: GenerationRequest) -> GeneratedImage:
+        payload = {
+            "prompt": request.prompt, "image_size": {"width": request.width, "height": request.height}, "seed": request.seed,
+            "num_images": 1, "enable_safety_checker": True, "output_format": str(self.settings.get("output_format", "jpeg")),
+            **dict(self.settings.get("parameters", {})),
+        }
+        if request.negative_prompt and self.settings.get("negative_prompt", False):
+            payload["negative_prompt"] = request.negative_prompt
+        deadline = time.monotonic() + self.timeout_s
+        async with wire.client(headers={"Authorization": f"Key {self._key}"}, timeout_s=self.timeout_s) as http:
+            submitted = await wire.send(http, self.name, "POST", f"{self.base_url}/{self.model}", json=payload)
+            if submitted.status_code != 200:
+                raise self._fail(submitted)
+            ticket = wire.json_of(self.name, submitted)
+            request_id = str(wire.field(self.name, ticket, "request_id"))
+            app = "/".join(self.model.split("/")[:2])  # status/result URLs drop the model's subpath
+            base = f"{self.base_url}/{app}/requests/{request_id}"
+            status_url = ticket.get("status_url") or f"{base}/status"
+            response_url = ticket.get("response_url") or base
+            cancel_url = ticket.get("cancel_url") or f"{base}/cancel"
+            try:
+                await self._wait(http, status_url, deadline, request_id)
+            except ProviderError as e:
+                if e.kind == "timeout":
+                    await self._cancel(http, cancel_url)
+                raise
+            result = await wire.send(http, self.name, "GET", response_url)
+            if result.status_code != 200:
+                raise self._fail(result)
+            output = wire.json_of(self.name, result)
+            nsfw = output.get("has_nsfw_concepts") if isinstance(output, dict) else None
+            if isinstance(nsfw, list) and any(nsfw) or nsfw is True:
+                raise ContentBlocked(f"{self.name} flagged the image as NSFW (has_nsfw_concepts) for request {request_id}", http_status=200)
+            image = wire.field(self.name, output, "images", 0)
+            data, content_type = await wire.download(http, self.name, str(wire.field(self.name, image, "url")))
+        return GeneratedImage(data=data, mime_type=image.get("content_type") or content_type or None, model=self.model,
+                              http_status=200, metadata={"request_id": request_id, "seed": output.get("seed")})
+
+    async def _wait(self, http: httpx.AsyncClient, status_url: str, deadline: float, request_id: str) -> None:
+        """Until the request is done: from the status stream when the service offers one (no
+        polling delay between the result being ready and us knowing), else by polling."""
+        if self.settings.get("status_stream", True) and not self._no_stream:
+            if await self._stream(http, status_url, deadline, request_id):
+                return
+        await self._poll(http, status_url, deadline, request_id)
+
+    def _completed(self, status: Any, request_id: str) -> bool:
+        state = wire.field(self.name, status, "status")
+        if state == "COMPLETED":
+            if status.get("error"):
+                raise ProviderError(f"{self.name}: request {request_id} failed: {status['error']} ({status.get('error_type') or 'error'})",
+                                    kind="server", retryable=True)
+            return True
+        if state not in ("IN_QUEUE", "IN_PROGRESS"):
+            raise ProviderError(f"{self.name} sent an unknown status {state!r}", kind="malformed", retryable=True)
+        return False
+
+    async def _stream(self, http: httpx.AsyncClient, status_url: str, deadline: float, request_id: str) -> bool:
+        """Read ``GET {status_url}/stream`` (server-sent events) to COMPLETED. False when there is
+        no stream to read (the service or a proxy does not offer it): the caller polls instead."""
+        timeout = httpx.Timeout(max(0.1, deadline - time.monotonic()), connect=min(10.0, self.timeout_s))
+        try:
+            async with http.stream("GET", f"{status_url}/stream", timeout=timeout) as response:
+                if response.status_code != 200 or not response.headers.get("content-type", "").startswith("text/event-stream"):
+                    await response.aread()
+                    if response.status_code in (404, 405, 406) or response.status_code == 200:
+                        self._no_stream = True  # not offered here: poll from now on
+                        return False
+                    raise self._fail(response)
+                async for line in response.aiter_lines():
+                    if line.startswith("data:"):
+                        try:
+                            status = json.loads(line[5:])
+                        except json.JSONDecodeError:
+                            raise ProviderError(f"{self.name} sent a status event that is not JSON", kind="malformed", retryable=True) from None
+                        if self._completed(status, request_id):
+                            return True
+        except httpx.TimeoutException:
+            raise ProviderError(f"{self.name}: request {request_id} not finished after {self.timeout_s:.0f} s; cancelled",
+                                kind="timeout", retryable=True) from None
+        except httpx.HTTPError as e:
+            raise wire.transport_error(self.name, e) from None
+        return False  # the stream ended early: poll for the rest
+
+    async def _poll(self, http: httpx.AsyncClient, status_url: str, deadline: float, request_id: str) -> None:
+        async def completed() -> bool | None:
+            polled = await wire.send(http, self.name, "GET", status_url)
+            if polled.status_code not in (200, 202):
+                raise self._fail(polled)
+            return self._completed(wire.json_of(self.name, polled), request_id) or None
+
+        await wire.poll_until(completed, deadline=deadline, initial_s=self.poll_initial_s, max_s=self.poll_max_s, timed_out=lambda: ProviderError(
+            f"{self.name}: request {request_id} not finished after {self.timeout_s:.0f} s; cancelled", kind="timeout", retryable=True))
+
+    async def _cancel(self, http: httpx.AsyncClient, cancel_url: str) -> None:
+        try:
+            await http.put(cancel_url, timeout=5.0)
+        except httpx.HTTPError:
+            pass  # best effort: the timeout is what gets reported

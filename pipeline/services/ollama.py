@@ -1,0 +1,52 @@
+"""Ollama: a local server's ``/api/chat`` as a vision judge and prompt refiner (``format`` = the JSON schema)."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from pipeline.services import wire
+from pipeline.services.chat import Answer, ChatJudge, ChatRefiner, ChatService
+
+
+class OllamaChat(ChatService):
+    """A local Ollama server's ``/api/chat`` with ``format`` = the JSON schema and ``stream: false``."""
+
+    name = "ollama"
+    key_env_var = None  # local; OLLAMA_API_KEY is sent if set (Ollama's own client does the same)
+    base_url_env_var = "OLLAMA_HOST"
+    default_base_url = "http://127.0.0.1:11434"
+
+    def probe_request(self) -> tuple[str, str, dict[str, Any]]:
+        base = self.base_url if "://" in self.base_url else f"http://{self.base_url}"
+        return "GET", f"{base}/api/tags", {}
+
+    async def ask(self, system: str, text: str, schema: dict[str, Any], *, image: bytes | None = None, mime_type: str = "") -> Answer:
+        user: dict[str, Any] = {"role": "user", "content": text}
+        if image:
+            user["images"] = [base64.b64encode(image).decode()]
+        payload = {"model": self.model, "messages": [{"role": "system", "content": system}, user], "format": schema,
+                   "stream": False, "options": {"temperature": 0}, "keep_alive": str(self.settings.get("keep_alive", "5m"))}
+        token = wire.setting("OLLAMA_API_KEY", {}, "")
+        base = self.base_url if "://" in self.base_url else f"http://{self.base_url}"
+        async with wire.client(headers={"Authorization": f"Bearer {token}"} if token else {}, timeout_s=self.timeout_s) as http:
+            response = await wire.send(http, self.name, "POST", f"{base}/api/chat", json=payload)
+        if response.status_code != 200:
+            try:
+                message = str(response.json().get("error", ""))
+            except ValueError:
+                message = ""
+            raise wire.status_error(self.name, response, message)
+        body = wire.json_of(self.name, response)
+        return Answer(str(wire.field(self.name, body, "message", "content")), str(body.get("model") or self.model),
+                      float(self.settings.get("price_per_call", 0.0)))
+
+
+class OllamaJudge(OllamaChat, ChatJudge):
+    label = "Ollama local vision judge"
+    model_env_var = "OLLAMA_JUDGE_MODEL"
+
+
+class OllamaRefiner(OllamaChat, ChatRefiner):
+    label = "Ollama local prompt refiner"
+    model_env_var = "OLLAMA_REFINER_MODEL"

@@ -1,0 +1,85 @@
+"""Runware REST: one ``imageInference`` task in a JSON task array, ``includeCost`` on.
+
+``POST {base}`` with ``[{"taskType": "imageInference", "taskUUID": …, …}]`` answers
+``{"data": [{"taskUUID", "imageURL" | "imageBase64Data", "NSFWContent", "cost"}]}`` or
+``{"errors": [{"code", "message"}]}`` (per task, so a 200 can carry errors). ``NSFWContent:
+true`` or an NSFW error code is a content block; ``cost`` (USD) is the service's own figure.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import httpx
+
+from pipeline.components import GeneratedImage, GenerationRequest, ImageProvider
+from pipeline.errors import ContentBlocked, ProviderError
+from pipeline.services import wire
+from pipeline.services.remote import Remote
+
+_KIND_BY_CODE = {"invalidApiKey": "auth", "insufficientCredits": "auth", "unknownModel": "not_found", "modelNotFound": "not_found"}
+
+
+class RunwareProvider(Remote, ImageProvider):
+    name = "runware"
+    label = "Runware"
+    key_env_var = "RUNWARE_API_KEY"
+    base_url_env_var = "RUNWARE_BASE_URL"
+    default_base_url = "https://api.runware.ai/v1"
+    model_env_var = "RUNWARE_MODEL"
+
+    def probe_request(self) -> tuple[str, str, dict[str, Any]]:
+        return "POST", self.base_url, {"headers": {"Authorization": f"Bearer {self._key}"},
+                                       "json": [{"taskType": "authentication", "apiKey": self._key}]}
+
+    def _task_errors(self, response: httpx.Response, errors: list[Any]) -> ProviderError:
+        """Runware's per-task ``errors`` (a 200 may carry them too) as one error; NSFW refusals are blocks."""
+        first = next((e for e in errors if isinstance(e, dict)), {})
+        code, message = str(first.get("code", "")), str(first.get("message", ""))
+        text = f"{message} ({code})" if code else message
+        if "nsfw" in f"{code} {message}".lower():
+            return ContentBlocked(f"{self.name} refused the prompt: {text}", http_status=response.status_code)
+        if response.status_code != 200:
+            return wire.status_error(self.name, response, text, kind=_KIND_BY_CODE.get(code))
+        return ProviderError(f"{self.name}: {text}", kind=_KIND_BY_CODE.get(code, "bad_request"), http_status=200)
+
+    async def generate(self, request: GenerationRequest) -> GeneratedImage:
+        task_uuid = str(uuid.uuid4())
+        width, height = (max(128, min(2048, round(v / 64) * 64)) for v in (request.width, request.height))
+        task: dict[str, Any] = {
+            "taskType": "imageInference", "taskUUID": task_uuid, "positivePrompt": request.prompt, "model": self.model,
+            "width": width, "height": height, "seed": request.seed, "numberResults": 1, "outputType": "URL",
+            "outputFormat": str(self.settings.get("output_format", "JPG")), "includeCost": True, "checkNSFW": True,
+            **dict(self.settings.get("parameters", {})),
+        }
+        if request.negative_prompt:
+            task["negativePrompt"] = request.negative_prompt
+        async with wire.client(headers={"Authorization": f"Bearer {self._key}"}, timeout_s=self.timeout_s) as http:
+            response = await wire.send(http, self.name, "POST", self.base_url, json=[task])
+            body: Any = None
+            if response.status_code != 200:
+                try:
+                    body = response.json()
+                except ValueError:
+                    pass
+                errors = body.get("errors") if isinstance(body, dict) else None
+                raise self._task_errors(response, errors) if errors else wire.status_error(self.name, response)
+            body = wire.json_of(self.name, response)
+            if isinstance(body, dict) and body.get("errors"):
+                raise self._task_errors(response, body["errors"])
+            results = [d for d in (body.get("data") or [] if isinstance(body, dict) else []) if d.get("taskUUID") == task_uuid]
+            result = wire.field(self.name, results, 0)
+            if result.get("NSFWContent"):
+                raise ContentBlocked(f"{self.name} flagged the image as NSFW (NSFWContent)", http_status=200)
+            url = result.get("imageURL") or result.get("imageDataURI") or result.get("imageBase64Data")
+            if not url:
+                raise ProviderError(f"{self.name} sent a result without an image", kind="malformed", retryable=True)
+            if result.get("imageBase64Data") and not str(url).startswith(("http", "data:")):
+                data, content_type = wire.b64decode(self.name, str(url)), ""
+            else:
+                data, content_type = await wire.download(http, self.name, str(url))
+        cost = result.get("cost")
+        return GeneratedImage(data=data, mime_type=content_type or None, model=self.model, http_status=200,
+                              cost_usd=float(cost) if isinstance(cost, (int, float)) else None,
+                              metadata={"task_uuid": task_uuid, "image_uuid": result.get("imageUUID")})

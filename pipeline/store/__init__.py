@@ -1,0 +1,1 @@
+"""The database (tables, migrations, engine) and the JSON sidecars that mirror it."""

@@ -1,0 +1,222 @@
+"""Ordered schema migrations, recorded by name in ``schema_migration``.
+
+A database from any earlier version upgrades itself on start: :func:`migrate` applies, in
+order, every migration it has not recorded yet. Migrations are frozen history: never edit one
+that has shipped; add ``m00N_...`` after the last. They use SQLAlchemy Core and plain
+``ALTER TABLE ... ADD COLUMN`` so SQLite and PostgreSQL both work. ``tests/test_migrations.py``
+checks that the result matches ``models.py`` exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+log = logging.getLogger("pipeline.store.migrations")
+
+Migration = Callable[[Connection], None]
+MIGRATIONS: list[Migration] = []
+
+
+def migration(fn: Migration) -> Migration:
+    MIGRATIONS.append(fn)
+    return fn
+
+
+def _json(name: str) -> sa.Column:
+    return sa.Column(name, sa.JSON, nullable=False)
+
+
+def _pk() -> sa.Column:
+    return sa.Column("id", sa.Integer, primary_key=True)
+
+
+@migration
+def m001_initial(conn: Connection) -> None:
+    md = sa.MetaData()
+    S, I, F, B = sa.String, sa.Integer, sa.Float, sa.Boolean  # noqa: E741  (column-type shorthands)
+    DT = sa.DateTime(timezone=True)
+    sa.Table(
+        "prompt_set", md, _pk(),
+        sa.Column("name", S, nullable=False), sa.Column("source", S, nullable=False),
+        sa.Column("sha256", S, nullable=False, index=True), sa.Column("prompt_count", I, nullable=False),
+        _json("meta"), sa.Column("created_at", DT, nullable=False),
+    )
+    sa.Table(
+        "prompt", md, _pk(),
+        sa.Column("prompt_set_id", I, sa.ForeignKey("prompt_set.id"), nullable=False, index=True),
+        sa.Column("position", I, nullable=False), sa.Column("key", S, nullable=False),
+        sa.Column("title", S, nullable=False), sa.Column("scene", S, nullable=False),
+        sa.Column("mood", S, nullable=False), sa.Column("prompt", S, nullable=False),
+        sa.Column("negative_prompt", S, nullable=False), sa.Column("seed", I), sa.Column("size", S),
+        _json("tags"), _json("meta"),
+        sa.UniqueConstraint("prompt_set_id", "key", name="uq_prompt_set_key"),
+    )
+    sa.Table(
+        "run", md, _pk(),
+        sa.Column("prompt_set_id", I, sa.ForeignKey("prompt_set.id"), nullable=False, index=True),
+        sa.Column("name", S, nullable=False), sa.Column("status", S, nullable=False, index=True),
+        _json("config"), sa.Column("output_dir", S, nullable=False),
+        sa.Column("total", I, nullable=False), sa.Column("completed", I, nullable=False),
+        sa.Column("failed", I, nullable=False), sa.Column("blocked", I, nullable=False),
+        sa.Column("cost_usd", F, nullable=False), sa.Column("error", S, nullable=False),
+        sa.Column("cancel_requested", B, nullable=False), sa.Column("owner", S, nullable=False),
+        sa.Column("heartbeat_at", DT), sa.Column("created_at", DT, nullable=False),
+        sa.Column("started_at", DT), sa.Column("finished_at", DT),
+    )
+    sa.Table(
+        "run_item", md, _pk(),
+        sa.Column("run_id", I, sa.ForeignKey("run.id"), nullable=False, index=True),
+        sa.Column("prompt_id", I, sa.ForeignKey("prompt.id"), nullable=False, index=True),
+        sa.Column("status", S, nullable=False, index=True), sa.Column("final_iteration", I),
+        sa.Column("best_score", F), sa.Column("cost_usd", F, nullable=False),
+        sa.Column("error_kind", S, nullable=False), sa.Column("error_message", S, nullable=False),
+        sa.Column("started_at", DT), sa.Column("finished_at", DT),
+        sa.UniqueConstraint("run_id", "prompt_id", name="uq_run_item"),
+    )
+    sa.Table(
+        "iteration", md, _pk(),
+        sa.Column("run_item_id", I, sa.ForeignKey("run_item.id"), nullable=False, index=True),
+        sa.Column("number", I, nullable=False), sa.Column("prompt_text", S, nullable=False),
+        sa.Column("negative_prompt", S, nullable=False), sa.Column("provider", S, nullable=False),
+        sa.Column("model", S, nullable=False), sa.Column("seed", I), _json("parameters"),
+        sa.Column("status", S, nullable=False, index=True), sa.Column("image_path", S, nullable=False),
+        sa.Column("mime_type", S, nullable=False), sa.Column("width", I), sa.Column("height", I),
+        sa.Column("sha256", S, nullable=False), sa.Column("byte_size", I), sa.Column("latency_ms", F),
+        sa.Column("cost_usd", F), sa.Column("error_kind", S, nullable=False),
+        sa.Column("error_message", S, nullable=False), sa.Column("started_at", DT, nullable=False),
+        sa.Column("finished_at", DT),
+        sa.UniqueConstraint("run_item_id", "number", name="uq_iteration_number"),
+    )
+    sa.Table(
+        "evaluation", md, _pk(),
+        sa.Column("iteration_id", I, sa.ForeignKey("iteration.id"), nullable=False, unique=True),
+        sa.Column("judge", S, nullable=False), sa.Column("model", S, nullable=False),
+        sa.Column("overall_score", F, nullable=False, index=True), _json("criteria"), _json("checks"),
+        _json("issues"), sa.Column("top_suggestion", S, nullable=False),
+        sa.Column("raw_response", S, nullable=False), sa.Column("latency_ms", F), sa.Column("cost_usd", F),
+        sa.Column("created_at", DT, nullable=False),
+    )
+    sa.Table(
+        "refinement", md, _pk(),
+        sa.Column("run_item_id", I, sa.ForeignKey("run_item.id"), nullable=False, index=True),
+        sa.Column("from_iteration", I, nullable=False), sa.Column("new_prompt", S, nullable=False),
+        sa.Column("refiner", S, nullable=False), sa.Column("model", S, nullable=False),
+        sa.Column("rationale", S, nullable=False), _json("edits"), sa.Column("latency_ms", F),
+        sa.Column("cost_usd", F), sa.Column("created_at", DT, nullable=False),
+        sa.UniqueConstraint("run_item_id", "from_iteration", name="uq_refinement_from"),
+    )
+    sa.Table(
+        "rating", md, _pk(),
+        sa.Column("iteration_id", I, sa.ForeignKey("iteration.id"), nullable=False, index=True),
+        sa.Column("reviewer", S, nullable=False), sa.Column("stars", I),
+        sa.Column("decision", S, nullable=False), sa.Column("note", S, nullable=False),
+        sa.Column("rated_at", DT, nullable=False, index=True),
+        sa.UniqueConstraint("iteration_id", "reviewer", name="uq_rating_reviewer"),
+    )
+    sa.Table(
+        "provider_call", md, _pk(),
+        sa.Column("run_id", I, sa.ForeignKey("run.id"), index=True),
+        sa.Column("iteration_id", I, sa.ForeignKey("iteration.id")),
+        sa.Column("provider", S, nullable=False), sa.Column("model", S, nullable=False),
+        sa.Column("operation", S, nullable=False), sa.Column("started_at", DT, nullable=False),
+        sa.Column("latency_ms", F, nullable=False), sa.Column("outcome", S, nullable=False),
+        sa.Column("http_status", I), sa.Column("error_kind", S, nullable=False),
+        sa.Column("error_message", S, nullable=False), sa.Column("attempt", I, nullable=False),
+        sa.Column("cost_usd", F),
+        sa.Index("ix_provider_call_provider_started", "provider", "started_at"),
+    )
+    md.create_all(conn)
+
+
+@migration
+def m002_elements_thumbnails_step_keys(conn: Connection) -> None:
+    """Per-prompt DSG elements, gallery thumbnails, and step keys that recognise a repeated call."""
+    md = sa.MetaData()
+    sa.Table("prompt", md, _pk())  # existing tables, named so the foreign keys resolve
+    sa.Table("iteration", md, _pk())
+    thumbnail = sa.Table(
+        "thumbnail", md,
+        sa.Column("iteration_id", sa.Integer, sa.ForeignKey("iteration.id"), primary_key=True),
+        sa.Column("mime_type", sa.String, nullable=False), sa.Column("width", sa.Integer, nullable=False),
+        sa.Column("height", sa.Integer, nullable=False), sa.Column("data", sa.LargeBinary, nullable=False),
+    )
+    element = sa.Table(
+        "prompt_element", md, _pk(),
+        sa.Column("prompt_id", sa.Integer, sa.ForeignKey("prompt.id"), nullable=False, index=True),
+        sa.Column("number", sa.Integer, nullable=False), sa.Column("category", sa.String, nullable=False),
+        sa.Column("question", sa.String, nullable=False), sa.Column("tuple_text", sa.String, nullable=False),
+        _json("parent_numbers"), sa.Column("critical", sa.Boolean, nullable=False),
+        sa.Column("source", sa.String, nullable=False), sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.UniqueConstraint("prompt_id", "number", name="uq_element_prompt_number"),
+    )
+    element.create(conn)
+    thumbnail.create(conn)
+    conn.execute(sa.text("ALTER TABLE provider_call ADD COLUMN step_key VARCHAR NOT NULL DEFAULT ''"))
+    conn.execute(sa.text("CREATE INDEX ix_provider_call_step_key ON provider_call (step_key)"))
+
+
+
+@migration
+def m003_routing_and_breaker_events(conn: Connection) -> None:
+    """Which service served each step and why others were skipped; circuit-breaker transitions."""
+    for table in ("iteration", "evaluation", "refinement"):
+        conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN routing JSON NOT NULL DEFAULT '{{}}'"))
+    sa.Table(
+        "breaker_event", sa.MetaData(), _pk(),
+        sa.Column("service", sa.String, nullable=False, index=True), sa.Column("state", sa.String, nullable=False),
+        sa.Column("reason", sa.String, nullable=False), sa.Column("failures", sa.Integer, nullable=False),
+        sa.Column("run_id", sa.Integer), sa.Column("at", sa.DateTime(timezone=True), nullable=False, index=True),
+    ).create(conn)
+
+
+_LEDGER = sa.Table(
+    "schema_migration",
+    sa.MetaData(),
+    sa.Column("name", sa.String, primary_key=True),
+    sa.Column("applied_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+def applied(engine: Engine) -> list[str]:
+    with engine.connect() as conn:
+        if not sa.inspect(conn).has_table("schema_migration"):
+            return []
+        return [row[0] for row in conn.execute(sa.select(_LEDGER.c.name))]
+
+
+def schema_version(engine: Engine) -> int:
+    return len(applied(engine))
+
+
+def migrate(engine: Engine, *, upto: str | None = None) -> list[str]:
+    """Apply pending migrations in order (each in its own transaction); return their names.
+
+    ``upto`` stops after the named migration (the tests use it to build an old database).
+    """
+    from pipeline.store.models import utcnow
+
+    with engine.begin() as conn:
+        _LEDGER.create(conn, checkfirst=True)
+    done = set(applied(engine))
+    ran: list[str] = []
+    for fn in MIGRATIONS:
+        name = fn.__name__
+        if name not in done:
+            try:
+                with engine.begin() as conn:
+                    fn(conn)
+                    conn.execute(_LEDGER.insert().values(name=name, applied_at=utcnow()))
+            except sa.exc.DatabaseError:
+                # Another process starting at the same moment may have applied it first.
+                if name not in applied(engine):
+                    raise
+            else:
+                log.info("applied migration %s", name)
+                ran.append(name)
+        if name == upto:
+            break
+    return ran
