@@ -4,18 +4,111 @@ Run with ``streamlit run app.py``. Every decision that is not layout lives in ``
 The settings, the database engine and the background runner are one per server process
 (``st.cache_resource``), shared by every browser session; pages find them in
 ``st.session_state`` and never import this script.
+
+This file has two roles. ``streamlit run app.py`` finds the ``st.App`` named ``app`` at the
+bottom (Streamlit's documented ASGI entry point) and imports this file once, as the module
+``app``, to build the web server: every HTTP response gets the security headers below, and at
+startup every URL is routed through this file. Each browser session then runs it as
+``__main__``: the router. (``AppTest.from_file("app.py")`` runs only the router.)
 """
 
+import base64
+import hashlib
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import streamlit as st
 
 from pipeline import registry
 from pipeline.config import Settings
+from pipeline.errors import InputError, StorageError
+from pipeline.files import storage_error
+from pipeline.review.events import validate_reviewer
 from pipeline.runs.background import BackgroundRunner
-from pipeline.store.db import open_database
+from pipeline.runs.records import ACTIVE_RUN_STATUSES, run_summaries
+from pipeline.store.db import open_database, session
 
 PAGES = Path(__file__).parent / "pages"
+
+
+# ---- the web server (built once, when `streamlit run app.py` imports this module) ---------------------------
+def _inline_script_hashes() -> str:
+    """CSP hashes of the inline scripts in Streamlit's own index.html (one, in 1.67), so they may run."""
+    index = Path(st.__file__).parent / "static" / "index.html"
+    scripts = re.findall(r"<script>(.*?)</script>", index.read_text(encoding="utf-8"), re.S)
+    return " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(s.encode()).digest()).decode()}'" for s in scripts)
+
+
+def security_headers() -> dict[str, str]:
+    """The headers every response carries.
+
+    Nothing is loaded from another host: a markdown image or link in user text (rendered as text
+    anyway) cannot make a reviewer's browser call out. Styles inline because Streamlit's CSS-in-JS
+    writes <style> tags; blob: scripts are how Streamlit loads a v2 component's inline JavaScript
+    (pages/components), made by scripts already running here; data:/blob: images are Streamlit's own.
+    """
+    policy = "; ".join([
+        "default-src 'self'",
+        f"script-src 'self' blob: {_inline_script_hashes()}".strip(),
+        "style-src 'self' 'unsafe-inline'",
+        "img-src 'self' data: blob:",
+        "font-src 'self' data:",
+        "media-src 'self' data: blob:",
+        "connect-src 'self'",
+        "worker-src 'self' blob:",
+        "object-src 'none'",
+        "base-uri 'self'",
+        "form-action 'self'",
+        "frame-ancestors 'self'",
+    ])
+    return {
+        "Content-Security-Policy": policy,
+        "X-Frame-Options": "SAMEORIGIN",  # for browsers that ignore frame-ancestors: no framing by other sites
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+    }
+
+
+class SecurityHeaders:
+    """ASGI middleware: :func:`security_headers` on every HTTP response (WebSocket frames untouched)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.headers = security_headers()  # once per server, not on every script run
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                from starlette.datastructures import MutableHeaders
+
+                headers = MutableHeaders(scope=message)
+                for name, value in self.headers.items():
+                    headers[name] = value
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+@asynccontextmanager
+async def route_every_url_through_app(_app: Any) -> AsyncIterator[None]:
+    """Before the first visit: no ``pages/`` auto-discovery, so ``/gallery?item=1`` works as a first visit.
+
+    Streamlit serves a ``pages/`` folder itself (its first multipage mechanism) until some session
+    has run ``st.navigation``; a bookmark opened right after a restart then ran ``pages/gallery.py``
+    without this router, and failed on ``st.session_state["settings"]``. ``st.navigation`` sets
+    this same class flag; setting it at startup makes every first visit go through ``run()``.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    PagesManager.uses_pages_directory = False
+    yield
 
 
 @st.cache_resource
@@ -38,38 +131,128 @@ def get_runner() -> BackgroundRunner:
 
 
 def keep_reviewer() -> None:
-    st.session_state["reviewer"] = st.session_state["reviewer_input"].strip()
+    name = st.session_state["reviewer_input"]
+    try:
+        st.session_state["reviewer"] = validate_reviewer(name) if name.strip() else ""
+    except InputError as e:
+        st.session_state["reviewer_problem"] = str(e)
+        return
+    st.session_state["reviewer_cleared"] = not st.session_state["reviewer"]
+
+
+def signed_in_name() -> str:
+    """The signed-in user's name or email where sign-in (st.login) is configured, else ''."""
+    if st.user.get("is_logged_in") is True:
+        return str(st.user.get("name") or st.user.get("email") or "").strip()
+    return ""
 
 
 def reviewer_box() -> None:
-    """The reviewer's name, asked once in the sidebar and kept for the session.
+    """The reviewer's name: the signed-in user, or asked once and kept in a cookie of this browser.
 
     Pages read ``st.session_state["reviewer"]``, a plain key: Streamlit drops a widget's own
-    state when the page changes, so the widget is re-seeded from it on every run.
+    state when the page changes, so the widget is re-seeded from it on every run. A new session
+    (reload, new tab, pasted link) starts from the cookie, so the name is not asked again; a
+    browser that refuses the cookie is told so, instead of losing the name at the next reload.
     """
-    st.session_state.setdefault("reviewer", "")
+    from pages.components import cookie_reviewer, remember_reviewer
+
+    if name := signed_in_name():
+        st.session_state["reviewer"] = name
+        st.sidebar.text(f"Reviewing as {name}")
+        return
+    if "reviewer" not in st.session_state:
+        st.session_state["reviewer"] = cookie_reviewer()
     st.session_state["reviewer_input"] = st.session_state["reviewer"]
     st.sidebar.text_input("Your name (reviewer)", key="reviewer_input", placeholder="e.g. Ana", on_change=keep_reviewer,
-                          help="Saved with every rating and decision you make.")
-    if not st.session_state["reviewer"]:
+                          help="Saved with every rating and decision you make, and remembered by this browser.")
+    if problem := st.session_state.pop("reviewer_problem", None):
+        st.sidebar.error("That name cannot be used:")
+        st.sidebar.text(problem)
+    name = st.session_state["reviewer"]
+    with st.sidebar:
+        kept = remember_reviewer(name, forget=bool(st.session_state.get("reviewer_cleared")))
+    if not name:
         st.sidebar.caption("Enter your name to rate and approve images.")
+    elif kept is not None and kept != name:
+        st.sidebar.warning("This browser did not keep your name (are cookies blocked?): it will be asked again after a reload "
+                           "or in a new tab.")
+
+
+def run_end_notice() -> None:
+    """Notices (e.g. "Run 3 completed") on whatever page is open; polls only while a run is active.
+
+    Shares ``runs_seen_status`` with the Runs page, so a run's end is announced once.
+    """
+    for message in st.session_state.pop("toasts", []):
+        st.toast(message, icon=":material/notifications:")
+    with session(st.session_state["engine"]) as s:
+        runs = run_summaries(s, limit=20)
+    seen = st.session_state.setdefault("runs_seen_status", {})
+    for r in runs:
+        seen.setdefault(r.id, r.status)
+    if not any(r.active for r in runs):
+        return
+
+    @st.fragment(run_every=2.0)
+    def watch() -> None:
+        with session(st.session_state["engine"]) as s:
+            now = run_summaries(s, limit=20)
+        seen = st.session_state.setdefault("runs_seen_status", {})
+        for r in now:
+            if seen.get(r.id) in ACTIVE_RUN_STATUSES and not r.active:
+                st.session_state.setdefault("toasts", []).append(
+                    f"Run {r.id} {r.outcome}: {r.completed} completed, {r.failed} failed, {r.blocked} blocked")
+            seen[r.id] = r.status
+        if st.session_state.get("toasts") or not any(r.active for r in now):
+            st.rerun(scope="app")  # shows the notice, refreshes the page, and stops this timer once nothing runs
+
+    watch()
+
+
+def storage_problem(e: Exception) -> None:
+    """A data folder or database Darkroom cannot use (damaged, read-only, full): the message, as text."""
+    known = storage_error(e) if isinstance(e, OSError) else e
+    st.error("Darkroom cannot use its data folder or database. What is wrong, and what to do:",
+             icon=":material/error:")
+    st.code(str(known or e), language=None, wrap_lines=True)
 
 
 def run() -> None:
-    st.set_page_config(page_title="Darkroom", page_icon=":material/photo_camera:", layout="wide")
+    # An emoji icon is drawn in the page (an inline SVG); a :material/...: one would be fetched from Google's servers.
+    st.set_page_config(page_title="Darkroom", page_icon="📷", layout="wide")
     st.session_state["settings"] = get_settings()
-    st.session_state["engine"] = get_engine()
-    st.session_state["runner"] = get_runner()
+    try:
+        st.session_state["engine"] = get_engine()
+        st.session_state["runner"] = get_runner()
+    except (StorageError, OSError) as e:  # checked again on the next visit: fixing it needs no restart
+        storage_problem(e)
+        st.stop()
+    def home() -> None:
+        """The root ("/") opens Runs at its own address: the default page has none, so "/runs" would not exist."""
+        st.switch_page(PAGES / "runs.py")
+
     page = st.navigation([
+        st.Page(home, title="Darkroom", default=True, visibility="hidden"),
         st.Page(PAGES / "new_run.py", title="New run", icon=":material/add_circle:"),
-        st.Page(PAGES / "runs.py", title="Runs", icon=":material/list:", default=True),
+        st.Page(PAGES / "runs.py", title="Runs", icon=":material/list:"),
         st.Page(PAGES / "gallery.py", title="Gallery", icon=":material/photo_library:"),
+        st.Page(PAGES / "review.py", title="Review", icon=":material/rate_review:", url_path="review", visibility="hidden"),
         st.Page(PAGES / "export.py", title="Export", icon=":material/download:"),
         st.Page(PAGES / "providers.py", title="Providers", icon=":material/monitoring:"),
         st.Page(PAGES / "settings.py", title="Settings", icon=":material/settings:"),
     ])
     reviewer_box()
-    page.run()
+    run_end_notice()
+    try:
+        page.run()
+    except StorageError as e:  # e.g. the database turned out damaged, or the disk filled, mid-page
+        storage_problem(e)
 
 
-run()
+if __name__ == "__main__":  # a browser session (and AppTest)
+    run()
+else:  # imported by `streamlit run app.py` (or `uvicorn app:app`) to build the server
+    from starlette.middleware import Middleware
+
+    app = st.App(__file__, middleware=[Middleware(SecurityHeaders)], lifespan=route_every_url_through_app)

@@ -71,12 +71,10 @@ def seed(prompts: int) -> None:
     from pipeline.runs.runner import RunExecutor
     from pipeline.store.db import open_database, session
 
-    try:
-        from pipeline_overhead import parti_prompts  # the PartiPrompts reader of the other benchmark
+    sys.path.insert(0, str(ROOT / "bench"))
+    from parti import parti_prompts  # bench/data/PartiPrompts.tsv, shipped in the repository
 
-        items = parti_prompts(prompts)
-    except (ImportError, FileNotFoundError):
-        items = [{"id": f"p{i:04d}", "prompt": f"A red lantern on a hill at dusk, number {i}"} for i in range(prompts)]
+    items = parti_prompts(prompts)
     for i, item in enumerate(items):
         item.setdefault("tags", ["even" if i % 2 == 0 else "odd"])
     settings = Settings.from_env()

@@ -121,12 +121,11 @@ def ideal_makespan(latencies: list[float], slots: int) -> float:
 
 
 def prompts(n: int) -> list[dict]:
-    import csv
+    """``n`` PartiPrompts prompts (bench/data/PartiPrompts.tsv, shipped in the repository), text only."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from parti import parti_prompts
 
-    parti = ROOT.parent / "shared" / "data" / "PartiPrompts.tsv"
-    texts = [row["Prompt"] for row in csv.DictReader(parti.open(encoding="utf-8"), delimiter="\t")] if parti.exists() else []
-    texts = texts or [f"a lantern on a hill, number {i}" for i in range(n)]
-    return [{"id": f"p{i:04d}", "prompt": texts[i % len(texts)] + ("" if i < len(texts) else f" ({i})")} for i in range(n)]
+    return [{"id": p["id"], "prompt": p["prompt"]} for p in parti_prompts(n)]
 
 
 async def baseline(settings, items: list[dict], iterations: int) -> float:  # type: ignore[no-untyped-def]

@@ -3,16 +3,16 @@
 import streamlit as st
 
 from pipeline import display
-from pipeline.errors import InputError, PromptSetInvalid
-from pipeline.prompts.promptset import DEFAULT_TEMPLATE, Limits, compose_prompt, parse_bytes
+from pipeline.errors import DarkroomError, InputError, PromptSetInvalid
+from pipeline.prompts.promptset import Limits, compose_prompt, parse_bytes
+from pipeline.runs import control
 from pipeline.runs.estimate import estimate_run
-from pipeline.runs.records import RunConfig, create_run, import_prompt_set
+from pipeline.runs.records import RunConfig
 from pipeline.services.catalog import configured_names
-from pipeline.store.db import session
 
 settings, engine, runner = st.session_state["settings"], st.session_state["engine"], st.session_state["runner"]
-run_defaults = settings.section("run")
-template = str(settings.section("prompt").get("template") or DEFAULT_TEMPLATE)
+run_defaults = settings.run
+template = settings.prompt.template
 
 st.title("New run")
 source = st.segmented_control("Prompt set from", ["Upload", "Samples"], default="Upload", key="new_run_source")
@@ -35,12 +35,14 @@ if raw is None:
 try:
     spec = parse_bytes(raw, Limits.from_settings(settings), source=name)
 except PromptSetInvalid as e:
-    st.error(f"**{name}** has {len(e.problems)} problem(s). Fix them and upload the file again; nothing was saved.")
+    st.error(f"The prompt set has {len(e.problems)} problem(s). Fix them and upload the file again; nothing was saved.")
+    st.text(f"File: {name}")
     st.dataframe([{"where (JSON path)": p.path or "(whole file)", "problem": p.message} for p in e.problems],
                  hide_index=True, width="stretch")
     st.stop()
 
-st.subheader(f"{spec.name}: {len(spec.prompts)} prompt(s)")
+st.subheader(f"{len(spec.prompts)} prompt(s)")
+st.text(f"Prompt set: {spec.name}")
 st.dataframe(
     [{"id": p.id, "title": p.title, "scene": p.scene, "mood": p.mood, "prompt": p.prompt,
       "sent to the provider": compose_prompt(p, template), "tags": ", ".join(p.tags)}
@@ -64,11 +66,11 @@ with left:
     refiner = st.selectbox("Refiner", refiner_names, index=refiner_names.index("offline") if "offline" in refiner_names else 0,
                            format_func=lambda n: display.component_label("refiners", n))
 with right:
-    iterations = st.slider("Iterations per prompt", 1, int(run_defaults.get("max_iterations", 5)), int(run_defaults.get("iterations", 2)))
+    iterations = st.slider("Iterations per prompt", 1, run_defaults.max_iterations, run_defaults.iterations)
     stop_early = st.toggle("Stop a prompt early at a target score")
     target = st.slider("Target judge score", 0.0, 10.0, 8.0, 0.5, disabled=not stop_early)
-    concurrency = st.number_input("Prompts at once", 1, int(run_defaults.get("max_concurrency", 32)),
-                                  int(run_defaults.get("concurrency", 3)))
+    concurrency = st.number_input("Prompts at once", 1, run_defaults.max_concurrency,
+                                  run_defaults.concurrency)
     run_name = st.text_input("Run name", value=spec.name)
 
 with st.expander("Fallbacks, routing and budget"):
@@ -77,10 +79,10 @@ with st.expander("Fallbacks, routing and budget"):
                                     format_func=lambda n: display.component_label("judges", n))
     refiner_fallbacks = b.multiselect("Fallback refiners (in order)", [n for n in refiner_names if n != refiner],
                                       format_func=lambda n: display.component_label("refiners", n))
-    routing = a.radio("Routing", ["fallback", "pool"], horizontal=True, index=0 if run_defaults.get("routing", "fallback") == "fallback" else 1,
+    routing = a.radio("Routing", ["fallback", "pool"], horizontal=True, index=0 if run_defaults.routing == "fallback" else 1,
                       help="fallback: the chain in order. pool: spread generations over the healthy providers by recent "
                            "latency and calls in flight.")
-    block_rewrites = b.number_input("Rewrites after a content block", 0, 3, int(run_defaults.get("block_rewrites", 1)),
+    block_rewrites = b.number_input("Rewrites after a content block", 0, 3, run_defaults.block_rewrites,
                                     help="The refiner may rewrite a blocked prompt to comply this many times; then it ends blocked.")
     capped = a.toggle("Cap the spending")
     budget = b.number_input("Budget (USD)", min_value=0.01, value=5.0, step=1.0, format="%.2f", disabled=not capped,
@@ -90,11 +92,15 @@ config = RunConfig(providers=chain, judge=judge or "", refiner=refiner or "", it
                    target_score=target if stop_early else None, concurrency=int(concurrency),
                    judge_fallbacks=judge_fallbacks, refiner_fallbacks=refiner_fallbacks, routing=routing,
                    block_rewrites=int(block_rewrites), budget_usd=float(budget) if capped else None)
+# The widget each setting comes from, to name it in a message (the CLI names its option instead).
+LABELS = {"providers": "Provider chain", "judge": "Judge and fallback judges", "refiner": "Refiner and fallback refiners",
+          "iterations": "Iterations per prompt", "concurrency": "Prompts at once", "target_score": "Target judge score",
+          "routing": "Routing", "block_rewrites": "Rewrites after a content block", "budget": "Budget (USD)"}
 problem = ""
 try:
     config.validate(settings)
 except InputError as e:
-    problem = str(e).replace("--providers", "Provider chain").replace("--", "")
+    problem = e.worded(LABELS.get(e.field, e.field))  # shown with st.text below
 
 if not problem:
     estimate = estimate_run(settings, config, spec.prompts)
@@ -106,14 +112,16 @@ if not problem:
     if estimate.unpriced:
         st.warning(f"No price in the configuration for {', '.join(estimate.unpriced)}; their calls are not in the estimate.")
 else:
-    st.error(problem)
+    st.error("This run cannot start yet:")
+    st.text(problem)
 
 if st.button("Launch run", type="primary", disabled=bool(problem)):
-    with session(engine) as s:
-        prompt_set = import_prompt_set(s, spec)
-        run = create_run(s, settings, prompt_set, config, name=run_name.strip())
-        s.commit()
-        run_id = run.id
+    try:
+        run_id = control.launch(engine, settings, spec, config, name=run_name.strip())
+    except DarkroomError as e:
+        st.error("The run was not launched (nothing was saved):")
+        st.text(e.worded(LABELS.get(e.field, e.field)) if isinstance(e, InputError) else str(e))
+        st.stop()
     runner.wake()
     st.session_state["runs_selected"] = run_id
     st.session_state.setdefault("toasts", []).append(f"Run {run_id} queued: {len(spec.prompts)} prompts")

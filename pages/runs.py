@@ -3,8 +3,10 @@
 import streamlit as st
 
 from pipeline import display
-from pipeline.errors import RunStateError
-from pipeline.runs.records import ACTIVE_RUN_STATUSES, claim_for_resume, get_run, item_states, run_summaries
+from pipeline.errors import DarkroomError
+from pipeline.files import is_disk_full_pause
+from pipeline.runs import control
+from pipeline.runs.records import ACTIVE_RUN_STATUSES, item_states, run_summaries
 from pipeline.store.db import session
 
 settings, engine, runner = st.session_state["settings"], st.session_state["engine"], st.session_state["runner"]
@@ -14,8 +16,7 @@ st.title("Runs")
 for message in st.session_state.pop("toasts", []):
     st.toast(message, icon=":material/notifications:")
 
-with session(engine) as s:
-    summaries = run_summaries(s)
+summaries = control.summaries(engine)
 if not summaries:
     st.info("No runs yet. Start one on the **New run** page (no keys needed: the offline stack works anywhere).")
     st.page_link("pages/new_run.py", label="New run", icon=":material/add_circle:")
@@ -31,7 +32,7 @@ chosen = next(r for r in summaries if r.id == selected)
 # Controls for the chosen run (outside the polling fragment, so a tick never races a click).
 controls = st.columns([1, 2, 3])
 if chosen.status in ACTIVE_RUN_STATUSES:
-    if controls[0].button("Cancel", icon=":material/stop:", help="Take no new prompts; steps in flight finish. Resumable."):
+    if controls[0].button("Cancel", icon=":material/stop:", help="Take no new prompts; calls in flight get a few seconds to finish, then are cancelled. Resumable."):
         status = runner.cancel(chosen.id)
         st.session_state.setdefault("toasts", []).append(f"Run {chosen.id}: cancel requested ({status})")
         st.rerun()
@@ -41,20 +42,19 @@ else:
     retry_failed = controls[1].checkbox("Retry failed and blocked", value=chosen.status == "completed", disabled=not retry)
     budget = chosen.config.get("budget_usd")
     new_budget = None
-    if chosen.status == "paused" or budget is not None:
+    paused_by_budget = chosen.status == "paused" and not is_disk_full_pause(chosen.error)  # a full disk needs space, not money
+    if paused_by_budget or budget is not None:
         new_budget = controls[2].number_input(
             "Budget (USD)", min_value=0.01, step=1.0, format="%.2f", key=f"budget_{chosen.id}",
-            value=float(max(budget or 0.0, chosen.cost_usd) * 2 or 1.0) if chosen.status == "paused" else float(budget or 1.0),
+            value=float(max(budget or 0.0, chosen.cost_usd) * 2 or 1.0) if paused_by_budget else float(budget or 1.0),
             help="The run pauses before a call would take its spending past this.")
     if controls[0].button("Resume", icon=":material/play_arrow:", disabled=not can_resume,
                           help="Queue the run again: only unfinished steps are done."):
         try:
-            with session(engine) as s:
-                claim_for_resume(s, get_run(s, chosen.id), retry_failed=retry_failed, budget_usd=new_budget)
-                s.commit()
+            control.resume(engine, settings, chosen.id, retry_failed=retry_failed, budget_usd=new_budget)
             runner.wake()
             st.session_state.setdefault("toasts", []).append(f"Run {chosen.id} queued again")
-        except RunStateError as e:
+        except DarkroomError as e:
             st.session_state.setdefault("toasts", []).append(str(e))
         st.rerun()
 
@@ -62,13 +62,20 @@ else:
 def run_row(r) -> None:  # type: ignore[no-untyped-def]
     with st.container(border=True):
         head, numbers = st.columns([3, 2])
-        head.markdown(f"**Run {r.id}** · {r.name}  \n{display.status(r.status)} · "
+        head.text(f"Run {r.id} · {r.name}")  # user text: never markdown
+        head.markdown(f"{display.status(r.outcome)} · "
                       f"{', '.join(display.component_label('providers', p) for p in r.config.get('providers', []))}")
         numbers.markdown(f"{r.done}/{r.total} done · **{r.failed}** failed · **{r.blocked}** blocked  \n"
                          f"elapsed {display.duration(r.elapsed_s)} · cost {display.money(r.cost_usd)}")
-        st.progress(r.fraction, text=f"{r.completed} completed of {r.total}" + (f" · {r.running} in progress" if r.running else ""))
-        if r.error:
-            (st.warning if r.status == "paused" else st.error)(r.error)
+        # The bar fills with completed prompts only: failed and blocked ones are counted beside it, never as done work.
+        st.progress(r.fraction, text=f"{r.completed} completed of {r.total}" + (f" · {r.failed} failed" if r.failed else "")
+                    + (f" · {r.blocked} blocked" if r.blocked else "") + (f" · {r.running} in progress" if r.running else ""))
+        if r.outcome in ("failed", "blocked"):
+            st.error("No prompt completed: every one failed or was blocked. The run's prompts below say why; "
+                     "Resume with **Retry failed and blocked** tries them again.")
+        if r.error:  # may quote a service's or a prompt's text: shown as text
+            (st.warning if r.status == "paused" else st.error)("Paused:" if r.status == "paused" else "Stopped:")
+            st.text(r.error)
 
 
 @st.fragment(run_every=POLL_SECONDS if any(r.active for r in summaries) else None)
@@ -81,17 +88,17 @@ def live() -> None:
     finished = []
     for r in now:
         if seen.get(r.id) in ACTIVE_RUN_STATUSES and not r.active:
-            finished.append(f"Run {r.id} {r.status}: {r.completed} completed, {r.failed} failed, {r.blocked} blocked")
+            finished.append(f"Run {r.id} {r.outcome}: {r.completed} completed, {r.failed} failed, {r.blocked} blocked")
         seen[r.id] = r.status
     for r in now[:10]:
         run_row(r)
     if len(now) > 10:
         with st.expander(f"{len(now) - 10} older run(s)"):
-            st.dataframe([{"run": r.id, "name": r.name, "status": r.status, "done": r.done, "total": r.total,
+            st.dataframe([{"run": r.id, "name": r.name, "status": r.outcome, "done": r.done, "total": r.total,
                            "cost": display.money(r.cost_usd)} for r in now[10:]], hide_index=True)
     st.subheader(f"Prompts of run {st.session_state['runs_selected']}")
     st.dataframe(
-        [{"prompt": x.prompt_key, "title": x.title, "status": x.status, "iterations": x.iterations,
+        [{"prompt": x.prompt_key, "title": x.title, "status": x.status, "stopped": display.stop_reason(x.stop_reason), "iterations": x.iterations,
           "best": x.final_iteration, "score": x.best_score, "cost": display.money(x.cost_usd), "error": x.error}
          for x in chosen_items],
         hide_index=True, width="stretch",

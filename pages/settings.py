@@ -31,23 +31,24 @@ for info in [i for i in catalog() if not i.offline]:
         with st.spinner(f"Asking {info.name}…"):
             st.session_state[key + "-result"] = test_connection(info.kind, info.name, settings)
     result = st.session_state.get(key + "-result")
-    if result is not None:
-        (state_col.success if result.ok else state_col.error)(result.message)
+    if result is not None:  # the message may quote the service's reply: shown as text
+        (state_col.success if result.ok else state_col.error)("Answered" if result.ok else "Failed")
+        state_col.text(result.message)
     elif not info.configured:
         state_col.caption(f"not configured: {', '.join(info.missing)} missing")
 
 st.subheader("Storage")
-st.markdown(
-    f"- Data folder: `{settings.data_dir}` (`DARKROOM_DATA_DIR`)\n"
-    f"- Database: `{make_url(settings.database_url).render_as_string(hide_password=True)}` (`DARKROOM_DATABASE_URL`)\n"
-    f"- Run outputs: `{settings.runs_dir}` · exports: `{settings.exports_dir}` · logs: `{settings.logs_dir}`"
+st.text(  # paths are whatever the environment says: text, not markdown
+    f"Data folder: {settings.data_dir}  (DARKROOM_DATA_DIR)\n"
+    f"Database: {make_url(settings.database_url).render_as_string(hide_password=True)}  (DARKROOM_DATABASE_URL)\n"
+    f"Run outputs: {settings.runs_dir}\nExports: {settings.exports_dir}\nLogs: {settings.logs_dir}"
 )
 st.subheader("Defaults")
-run = settings.section("run")
-st.markdown(
-    f"- Iterations {run.get('iterations')} (at most {run.get('max_iterations')}), {run.get('concurrency')} prompts at once "
-    f"(at most {run.get('max_concurrency')})\n"
-    f"- Prompt template: `{settings.section('prompt').get('template')}`\n"
-    "- Model IDs and prices live in `pipeline/defaults.toml`; override them in `data/darkroom.toml` or the file named by "
-    "`DARKROOM_CONFIG`."
+run = settings.run
+st.text(
+    f"Iterations {run.iterations} (at most {run.max_iterations}), {run.concurrency} prompts at once "
+    f"(at most {run.max_concurrency})\n"
+    f"Prompt template: {settings.prompt.template}"
 )
+st.caption("Model IDs and prices live in `pipeline/defaults.toml`; override them in `data/darkroom.toml` or the file named by "
+           "`DARKROOM_CONFIG`.")

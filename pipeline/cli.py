@@ -1,49 +1,42 @@
-"""Command line: ``python -m pipeline run|resume|status|export``.
+"""Command line: ``python -m pipeline run|resume|status|export`` (``--version``; ``status --json``).
 
 Exit codes: 0 every prompt completed; 1 finished with failed or blocked prompts (or the
 command failed); 2 invalid input or usage, with nothing written; 130 interrupted (resumable).
+Launch, resume and the run counts go through :mod:`pipeline.runs.control`, the path the
+dashboard uses too.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import json
 import logging
 import signal
 import sys
 from pathlib import Path
 from typing import TextIO
 
-from pipeline import registry
+from pipeline import __version__, registry
 from pipeline.config import Settings
-from pipeline.errors import DarkroomError, InputError, RunStateError
-from pipeline.logs import setup_logging
+from pipeline.display import stop_reason
+from pipeline.errors import ConfigError, DarkroomError, InputError, RunStateError, UsageError
+from pipeline.files import is_disk_full_pause, storage_error
+from pipeline.logs import LogFiles, setup_logging
 from pipeline.prompts.promptset import Limits, load_file
 from pipeline.review.export import build_zip
+from pipeline.runs import control
 from pipeline.runs.progress import LogLines, TerminalBar
-from pipeline.runs.records import (
-    RunConfig,
-    check_output_dir_empty,
-    check_output_dir_unclaimed,
-    claim_for_resume,
-    create_run,
-    get_run,
-    import_prompt_set,
-    item_states,
-    list_runs,
-    output_dir_of,
-    recover_orphans,
-)
-from pipeline.runs.runner import RunExecutor, RunOutcome
-from pipeline.services.catalog import describe
+from pipeline.runs.records import RunConfig, RunSummary, get_run, item_states, output_dir_of, recover_orphans, run_summaries, run_summary
+from pipeline.runs.runner import RunExecutor
 from pipeline.store.db import open_database, session
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 log = logging.getLogger("pipeline.cli")
-
-
-class UsageError(InputError):
-    pass
+# How a run's outcome reads in its closing line (RunSummary.outcome; others read as they are).
+OUTCOME_WORDS = {"partial": "completed with failed or blocked prompts", "failed": "failed (no prompt completed)",
+                 "blocked": "blocked (every prompt was refused)"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -51,29 +44,44 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
-def build_parser(settings: Settings) -> argparse.ArgumentParser:
-    run_defaults = settings.section("run")
+def flag(field: str) -> str:
+    """An input's name as its command-line option (``target_score`` -> ``--target-score``)."""
+    return "--" + field.replace("_", "-")
+
+
+def _version_action(out: TextIO) -> type[argparse.Action]:
+    class Version(argparse.Action):
+        def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+            print(f"darkroom {__version__}", file=out)
+            parser.exit(0)
+
+    return Version
+
+
+def build_parser(settings: Settings, out: TextIO | None = None) -> argparse.ArgumentParser:
+    run_defaults = settings.run
     parser = _Parser(prog="python -m pipeline", description="Darkroom: generate, judge, refine and regenerate images in bulk.")
+    parser.add_argument("--version", nargs=0, action=_version_action(out or sys.stdout), help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="run a prompt set through the pipeline")
     run.add_argument("prompt_set", type=Path, help="prompt-set JSON file")
     run.add_argument("--output", type=Path, help="folder for results/ (default: <data dir>/runs/<run id>)")
-    run.add_argument("--providers", default=",".join(run_defaults.get("providers", ["offline"])),
+    run.add_argument("--providers", default=",".join(run_defaults.providers),
                      help="ordered provider chain, comma-separated (default: %(default)s)")
-    run.add_argument("--judge", default=run_defaults.get("judge", "offline"),
+    run.add_argument("--judge", default=run_defaults.judge,
                      help="judge, or an ordered chain of judges, comma-separated (default: %(default)s)")
-    run.add_argument("--refiner", default=run_defaults.get("refiner", "offline"),
+    run.add_argument("--refiner", default=run_defaults.refiner,
                      help="refiner, or an ordered chain of refiners, comma-separated (default: %(default)s)")
-    run.add_argument("--routing", choices=("fallback", "pool"), default=run_defaults.get("routing", "fallback"),
+    run.add_argument("--routing", choices=("fallback", "pool"), default=run_defaults.routing,
                      help="fallback: providers in chain order; pool: spread over the healthy ones (default: %(default)s)")
-    run.add_argument("--block-rewrites", type=int, default=int(run_defaults.get("block_rewrites", 1)),
+    run.add_argument("--block-rewrites", type=int, default=run_defaults.block_rewrites,
                      help="times the refiner may rewrite a blocked prompt to comply, 0–3 (default: %(default)s)")
     run.add_argument("--budget", type=float, help="spending cap in USD; the run pauses before a call would pass it")
-    run.add_argument("--iterations", type=int, default=int(run_defaults.get("iterations", 2)),
+    run.add_argument("--iterations", type=int, default=run_defaults.iterations,
                      help="generate+judge rounds per prompt, 1–5 (default: %(default)s)")
     run.add_argument("--target-score", type=float, help="stop refining a prompt once its score reaches this (0–10)")
-    run.add_argument("--concurrency", type=int, default=int(run_defaults.get("concurrency", 3)),
+    run.add_argument("--concurrency", type=int, default=run_defaults.concurrency,
                      help="prompts worked on at once (default: %(default)s)")
     run.add_argument("--name", default="", help="a name for the run (default: the prompt set's name)")
 
@@ -85,6 +93,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="list runs, or one run's prompts")
     status.add_argument("run_id", type=int, nargs="?")
+    status.add_argument("--json", action="store_true", help="print JSON for scripts instead of a table")
 
     export = sub.add_parser("export", help="write a zip of a run's images and a manifest")
     export.add_argument("run_id", type=int)
@@ -97,38 +106,40 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     return parser
 
 
-def _names(value: str, option: str) -> list[str]:
+def _names(value: str, field: str) -> list[str]:
     names = [n.strip() for n in value.split(",") if n.strip()]
     if not names:
-        raise InputError(f"{option}: name at least one")
+        raise InputError("name at least one", field=field)
     return names
 
 
-def _check_components(config: RunConfig) -> None:
-    """Every named component exists and has the settings it needs (checked before anything is written)."""
-    wanted = ([("providers", n) for n in config.providers] + [("judges", n) for n in config.judges]
-              + [("refiners", n) for n in config.refiners])
-    for kind, name in wanted:
-        info = describe(getattr(registry, kind).get_class(name))
-        if info.missing:
-            raise InputError(f"{kind[:-1]} {name}: set {' and '.join(info.missing)} (environment or .streamlit/secrets.toml)")
+def _console_level() -> int:
+    return logging.WARNING if sys.stderr.isatty() else logging.INFO
 
 
-async def _execute(executor: RunExecutor) -> RunOutcome:
+async def _execute(executor: RunExecutor) -> RunSummary:
+    """Run it with Ctrl-C / SIGTERM wired to the executor: the first stops taking new work (calls
+    in flight get the grace period), the second cancels them at once, a third ends the process."""
     loop = asyncio.get_running_loop()
     interrupts = 0
+    signals = (signal.SIGINT, signal.SIGTERM)
 
     def on_interrupt() -> None:
         nonlocal interrupts
         interrupts += 1
-        executor.abort() if interrupts > 1 else executor.request_stop()
+        if interrupts == 1:
+            executor.request_stop()
+            return
+        executor.abort()
+        for sig in signals:  # from now on an interrupt is Python's own KeyboardInterrupt
+            loop.remove_signal_handler(sig)
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in signals:
         loop.add_signal_handler(sig, on_interrupt)
     try:
         return await executor.execute()
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in signals:
             loop.remove_signal_handler(sig)
 
 
@@ -141,67 +152,54 @@ def _run_executor(engine, settings: Settings, run_id: int, out: TextIO) -> int: 
         reporter.close()
     with session(engine) as s:
         folder = output_dir_of(settings, get_run(s, run_id)) / "results"
-    print(f"Run {outcome.run_id} {outcome.status}: {outcome.completed} completed, {outcome.failed} failed, "
-          f"{outcome.blocked} blocked of {outcome.total} prompts; ${outcome.cost_usd:.4f}; {outcome.elapsed_s:.1f}s", file=out)
+    o = outcome
+    print(f"Run {o.id} {OUTCOME_WORDS.get(o.outcome, o.outcome)}: {o.completed} completed, {o.failed} failed, "
+          f"{o.blocked} blocked of {o.total} prompts; ${o.cost_usd:.4f}; {o.elapsed_s or 0.0:.1f}s", file=out)
     print(f"Results: {folder}", file=out)
-    if outcome.status == "interrupted":
-        print(f"{outcome.unfinished} prompt(s) left. Continue with: python -m pipeline resume {outcome.run_id}", file=out)
+    if o.status == "interrupted":
+        print(f"{o.unfinished} prompt(s) left. Continue with: python -m pipeline resume {o.id}", file=out)
         return EXIT_INTERRUPTED
-    if outcome.status == "paused":
-        with session(engine) as s:
-            reason = get_run(s, run_id).error
-        print(f"Paused: {reason}\n{outcome.unfinished} prompt(s) left. Continue with: "
-              f"python -m pipeline resume {outcome.run_id} --budget <more USD>", file=out)
+    if o.status == "paused":
+        more = "" if is_disk_full_pause(o.error) else " --budget <more USD>"  # a full disk needs space, not money
+        print(f"Paused: {o.error}\n{o.unfinished} prompt(s) left. Continue with: "
+              f"python -m pipeline resume {o.id}{more}", file=out)
         return EXIT_INTERRUPTED
-    if outcome.status == "completed" and not (outcome.failed or outcome.blocked):
-        return EXIT_OK
-    return EXIT_FAILED
+    if o.status == "failed" and o.error:
+        print(f"Error: {o.error}", file=out)
+    if o.outcome in ("partial", "failed", "blocked"):
+        print(f"Why each prompt failed: python -m pipeline status {o.id}; retry them with: "
+              f"python -m pipeline resume {o.id} --retry-failed", file=out)
+    return EXIT_OK if o.outcome == "completed" else EXIT_FAILED
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
-    judges, refiners = _names(args.judge, "--judge"), _names(args.refiner, "--refiner")
+    judges, refiners = _names(args.judge, "judge"), _names(args.refiner, "refiner")
     config = RunConfig(
-        providers=_names(args.providers, "--providers"), judge=judges[0], refiner=refiners[0],
+        providers=_names(args.providers, "providers"), judge=judges[0], refiner=refiners[0],
         judge_fallbacks=judges[1:], refiner_fallbacks=refiners[1:], iterations=args.iterations, target_score=args.target_score,
         concurrency=args.concurrency, routing=args.routing, block_rewrites=args.block_rewrites, budget_usd=args.budget,
     )
     config.validate(settings)
-    _check_components(config)
+    control.check_components(config)
     spec = load_file(args.prompt_set, Limits.from_settings(settings))
     output_dir = args.output.resolve() if args.output else None
-    if output_dir is not None:
-        check_output_dir_empty(output_dir)
+    control.check_launch(settings, config, output_dir)
     # Inputs are valid: from here on things are written.
-    log_path = setup_logging(settings.logs_dir, console_level=logging.WARNING if sys.stderr.isatty() else logging.INFO)
+    log_path = setup_logging(LogFiles.from_settings(settings), console_level=_console_level())
     engine = open_database(settings)
-    with session(engine) as s:
-        recover_orphans(s)
-        if output_dir is not None:
-            check_output_dir_unclaimed(settings, s, output_dir)
-        prompt_set = import_prompt_set(s, spec)
-        run = create_run(s, settings, prompt_set, config, output_dir=output_dir, name=args.name, claim=True)
-        s.commit()
-        run_id = run.id
+    run_id = control.launch(engine, settings, spec, config, output_dir=output_dir, name=args.name, claim=True)
     log.info("run %s created from %s (%d prompts); log file %s", run_id, args.prompt_set, len(spec.prompts), log_path)
     return _run_executor(engine, settings, run_id, out)
 
 
 def cmd_resume(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
-    setup_logging(settings.logs_dir, console_level=logging.WARNING if sys.stderr.isatty() else logging.INFO)
+    if args.budget is not None and args.budget <= 0:
+        raise InputError(f"{args.budget} must be more than 0", field="budget")
+    control.check_data_dir(settings)
+    setup_logging(LogFiles.from_settings(settings), console_level=_console_level())
     engine = open_database(settings)
-    with session(engine) as s:
-        recover_orphans(s)
-        run = get_run(s, args.run_id)
-        if args.budget is not None and args.budget <= 0:
-            raise InputError(f"--budget: {args.budget} must be more than 0")
-        claim_for_resume(s, run, retry_failed=args.retry_failed, claim=True, budget_usd=args.budget)
-        config = RunConfig.from_dict(run.config)
-        if args.concurrency is not None:
-            config.concurrency = args.concurrency
-            config.validate(settings)
-            run.config = config.to_dict()
-        _check_components(config)
-        s.commit()
+    control.resume(engine, settings, args.run_id, retry_failed=args.retry_failed, budget_usd=args.budget,
+                   concurrency=args.concurrency, claim=True)
     log.info("resuming run %s", args.run_id)
     return _run_executor(engine, settings, args.run_id, out)
 
@@ -218,31 +216,44 @@ def cmd_status(args: argparse.Namespace, settings: Settings, out: TextIO) -> int
         recover_orphans(s)
         s.commit()
         if args.run_id is None:
-            runs = list_runs(s)
+            runs = run_summaries(s)
+            if args.json:
+                print(json.dumps([r.as_dict() for r in runs], ensure_ascii=False, indent=1), file=out)
+                return EXIT_OK
             if not runs:
                 print("No runs yet. Start one with: python -m pipeline run data/samples/seed.json", file=out)
                 return EXIT_OK
             rows = [["RUN", "STATUS", "DONE", "FAILED", "BLOCKED", "TOTAL", "COST", "PROVIDERS", "NAME", "CREATED"]]
             for r in runs:
-                rows.append([str(r.id), r.status, str(r.completed), str(r.failed), str(r.blocked), str(r.total),
+                rows.append([str(r.id), r.outcome, str(r.completed), str(r.failed), str(r.blocked), str(r.total),
                              f"${r.cost_usd:.4f}", ",".join(r.config.get("providers", [])), r.name, f"{r.created_at:%Y-%m-%d %H:%M}"])
             _table(rows, out)
             return EXIT_OK
-        run = get_run(s, args.run_id)
-        print(f"Run {run.id} ({run.name}): {run.status}; {run.completed} completed, {run.failed} failed, "
-              f"{run.blocked} blocked of {run.total}; ${run.cost_usd:.4f}", file=out)
-        print(f"Output: {output_dir_of(settings, run)}", file=out)
-        if run.error:
-            print(f"Error: {run.error}", file=out)
-        rows = [["PROMPT", "STATUS", "ITERATIONS", "BEST", "SCORE", "COST", "ERROR"]]
-        for st in item_states(s, run.id):
-            rows.append([st.prompt_key, st.status, str(st.iterations), str(st.final_iteration or "-"),
-                         f"{st.best_score:.2f}" if st.best_score is not None else "-", f"${st.cost_usd:.4f}", st.error])
-        _table(rows, out)
+        run = run_summary(s, args.run_id)
+        folder = output_dir_of(settings, get_run(s, run.id))
+        items = item_states(s, run.id)
+    if args.json:
+        prompts = [{"prompt_id": st.prompt_key, **{k: v for k, v in dataclasses.asdict(st).items() if k != "prompt_key"}}
+                   for st in items]
+        print(json.dumps({"run": run.as_dict(), "output_dir": str(folder), "prompts": prompts}, ensure_ascii=False, indent=1), file=out)
+        return EXIT_OK
+    print(f"Run {run.id} ({run.name}): {OUTCOME_WORDS.get(run.outcome, run.outcome)}; {run.completed} completed, {run.failed} failed, "
+          f"{run.blocked} blocked of {run.total}; ${run.cost_usd:.4f}", file=out)
+    print(f"Output: {folder}", file=out)
+    if run.error:
+        print(f"Error: {run.error}", file=out)
+    rows = [["PROMPT", "STATUS", "ITERATIONS", "BEST", "SCORE", "COST", "STOPPED", "ERROR"]]
+    for st in items:
+        rows.append([st.prompt_key, st.status, str(st.iterations), str(st.final_iteration or "-"),
+                     f"{st.best_score:.2f}" if st.best_score is not None else "-", f"${st.cost_usd:.4f}", st.stop_reason or "-", st.error])
+    _table(rows, out)
+    for reason in sorted({st.stop_reason for st in items if st.stop_reason}):
+        print(f"STOPPED {reason}: {stop_reason(reason)}", file=out)
     return EXIT_OK
 
 
 def cmd_export(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    control.check_file_target(args.out.resolve(), "out")
     engine = open_database(settings)
     with session(engine) as s:
         result = build_zip(s, settings, [args.run_id], args.out, selection=args.selection)
@@ -259,13 +270,16 @@ def main(argv: list[str] | None = None, *, out: TextIO | None = None, err: TextI
     try:
         settings = Settings.from_env()
         registry.ensure_loaded(settings.plugin_modules())
-        parser = build_parser(settings)
+        parser = build_parser(settings, out)
         try:
             args = parser.parse_args(argv)
-        except SystemExit as e:  # --help
+        except SystemExit as e:  # --help, --version
             return int(e.code or 0)
         return COMMANDS[args.command](args, settings, out)
-    except (InputError, registry.ConfigError) as e:
+    except InputError as e:
+        print(f"error: {e.worded(flag(e.field))}", file=err)
+        return EXIT_USAGE
+    except ConfigError as e:
         print(f"error: {e}", file=err)
         return EXIT_USAGE
     except RunStateError as e:
@@ -275,6 +289,10 @@ def main(argv: list[str] | None = None, *, out: TextIO | None = None, err: TextI
         print(f"error: {e}", file=err)
         return EXIT_FAILED
     except OSError as e:  # disk full, permission denied, …: say what and where, no traceback
+        known = storage_error(e)  # a full disk or a read-only folder: named, with what to do (read-only: exit 2)
+        if known is not None:
+            print(f"error: {known}", file=err)
+            return EXIT_USAGE if isinstance(known, InputError) else EXIT_FAILED
         where = f": {e.filename}" if e.filename else ""
         print(f"error: {e.strerror or e}{where}", file=err)
         return EXIT_FAILED

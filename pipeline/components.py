@@ -15,6 +15,7 @@ The overall score is not part of a :class:`Judgement`: ``scoring.py`` computes i
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -45,7 +46,24 @@ class Component(ABC):
 
 # ---- Generation ----------------------------------------------------------------------------
 @dataclass(frozen=True)
+class Submission:
+    """A job an asynchronous service (a queue, a poll-by-id API) accepted: enough to find it again."""
+
+    service: str  # the provider's registry name
+    request_id: str  # the service's own id for the job
+    meta: dict[str, Any] = field(default_factory=dict)  # what polling it needs besides the id (status/result URLs)
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
+    """What to generate. Asynchronous providers also honour the last two fields:
+
+    - ``on_submitted`` is called with the :class:`Submission` as soon as the service accepted the
+      job and before waiting on it (the pipeline records it, so a crash cannot lose it);
+    - ``resume`` is a job submitted before a crash: poll it first, and submit anew only if the
+      service says it is gone, failed or expired.
+    """
+
     prompt: str
     width: int
     height: int
@@ -53,6 +71,17 @@ class GenerationRequest:
     negative_prompt: str = ""
     prompt_id: str = ""
     reference_images: tuple[bytes, ...] = ()  # for providers that edit from references (OpenAI image[])
+    on_submitted: Callable[[Submission], None] | None = field(default=None, compare=False, repr=False)
+    resume: Submission | None = None
+
+    def submitted(self, submission: Submission) -> None:
+        """For providers: report the accepted job (a no-op when nobody asked)."""
+        if self.on_submitted is not None:
+            self.on_submitted(submission)
+
+    def resumable(self, service: str) -> Submission | None:
+        """For providers: the job to poll first, when it was submitted to ``service``."""
+        return self.resume if self.resume is not None and self.resume.service == service else None
 
 
 @dataclass
@@ -62,7 +91,9 @@ class GeneratedImage:
     model: str = ""
     cost_usd: float | None = None  # the service's own figure; None -> the price table
     http_status: int | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)  # the service's own (seed, timings, credits…), kept per iteration
+    request_id: str = ""  # the service's id for this generation
+    source_url: str = ""  # where the image was downloaded from ("" when the bytes came inline)
 
 
 class ImageProvider(Component):

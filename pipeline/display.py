@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pipeline import registry
+from pipeline.components import Component
+from pipeline.errors import ConfigError
 
 # Streamlit markdown (Material icons and badges render with the app's own font: no emoji font needed).
 STATUS_ICONS = {
@@ -10,11 +14,35 @@ STATUS_ICONS = {
     "queued": ":gray[:material/schedule:]", "running": ":blue[:material/play_circle:]",
     "interrupted": ":orange[:material/pause_circle:]", "paused": ":orange[:material/savings:]", "cancelled": ":gray[:material/cancel:]",
     "completed": ":green[:material/check_circle:]", "failed": ":red[:material/error:]",
+    "partial": ":orange[:material/warning:]",  # completed, with failed or blocked prompts (RunSummary.outcome)
     # prompts and iterations
     "pending": ":gray[:material/schedule:]", "blocked": ":violet[:material/block:]", "ok": ":green[:material/check_circle:]",
 }
 DECISION_BADGES = {"approved": ":green-badge[approved]", "rejected": ":red-badge[rejected]", "none": ""}
 ANSWER_ICONS = {"yes": ":green[:material/check_circle:]", "no": ":red[:material/cancel:]", "unsure": ":orange[:material/help:]"}
+# Why a prompt stopped (RunItem.stop_reason), in plain words for the CLI, summary.json and the pages.
+STOP_REASONS = {
+    "target_reached": "reached the target score",
+    "prompt_unchanged": "the refiner left the prompt unchanged, so another iteration would repeat the last",
+    "iterations_done": "used all its iterations",
+    "failed": "a step failed (see the error)",
+    "blocked": "blocked by a content policy (see the error)",
+    "budget": "waiting: the run's budget was reached; resume with a higher budget",
+    "paused": "waiting: the run paused; resume it to continue",
+    "cancelled": "waiting: the run was cancelled before this prompt finished",
+    "interrupted": "waiting: the run was interrupted; resume it to continue",
+}
+
+
+def stop_reason(code: str) -> str:
+    """Why a prompt stopped, in words ("" when not recorded: still running, or an older run)."""
+    return STOP_REASONS.get(code, code)
+
+
+def shown(text: str, limit: int = 80) -> str:
+    """User text quoted back in a message: lone surrogates written as ``\\ud800``, and cut to ``limit``."""
+    safe = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return safe if len(safe) <= limit else f"{safe[:limit]}… ({len(text):,} characters)"
 
 
 def duration(seconds: float | None) -> str:
@@ -51,12 +79,13 @@ def stars(n: int | None) -> str:
 def component_label(kind: str, name: str) -> str:
     """``offline (offline: local renderer, no network)``; a name not installed says so."""
     try:
-        return getattr(registry, kind).get_class(name).display_name()
-    except registry.ConfigError:
+        cls: type[Component] = getattr(registry, kind).get_class(name)
+        return cls.display_name()
+    except ConfigError:
         return f"{name} (not installed)"
 
 
-def routing_note(routing: dict | None) -> str:
+def routing_note(routing: dict[str, Any] | None) -> str:
     """How a step was served, when there is more to say than "first try on the first service"."""
     if not routing:
         return ""

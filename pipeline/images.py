@@ -42,10 +42,15 @@ class ImageInfo:
     byte_size: int
 
 
-def inspect_image(data: bytes, *, claimed_mime: str | None = None, max_pixels: int = 40_000_000) -> ImageInfo:
-    """Identify ``data`` or raise :class:`BadImage` saying what is wrong with it."""
+def inspect_image(data: bytes, *, claimed_mime: str | None = None, max_pixels: int = 40_000_000, decode_side: int = 320) -> ImageInfo:
+    """Identify ``data`` or raise :class:`BadImage` saying what is wrong with it.
+
+    The image is decoded in full (at ``decode_side``, the thumbnail's size, so the thumbnail
+    reuses the copy): a file cut short opens and verifies, and only decoding finds out. Bytes that
+    are not a readable image are a malformed answer, worth asking again (``retryable``); an image
+    over the pixel limit or in a format we do not take is not (another service may serve it)."""
     if not data:
-        raise BadImage("the provider returned an empty body instead of an image")
+        raise BadImage("the provider returned an empty body instead of an image", retryable=True)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -61,23 +66,29 @@ def inspect_image(data: bytes, *, claimed_mime: str | None = None, max_pixels: i
         raise BadImage(f"refused a possible decompression bomb: {e}") from None
     except Exception as e:  # Pillow raises many types for garbage input
         head = data[:16]
-        raise BadImage(f"not a readable image ({type(e).__name__}); first bytes {head!r}") from None
+        raise BadImage(f"not a readable image ({type(e).__name__}); first bytes {head!r}", retryable=True) from None
     if fmt not in FORMATS:
         raise BadImage(f"unsupported image format {fmt or 'unknown'}")
     mime, ext = FORMATS[fmt]
     if claimed_mime:
         claimed = claimed_mime.split(";")[0].strip().lower()
         if claimed in MIME_TO_FORMAT and MIME_TO_FORMAT[claimed] != fmt:
-            raise BadImage(f"the provider said {claimed} but the bytes are {mime}")
+            raise BadImage(f"the provider said {claimed} but the bytes are {mime}", retryable=True)
         if claimed not in MIME_TO_FORMAT and not claimed.startswith("image/") and claimed != "application/octet-stream":
-            raise BadImage(f"the provider answered with content type {claimed}, not an image")
+            raise BadImage(f"the provider answered with content type {claimed}, not an image", retryable=True)
+    sha256 = hashlib.sha256(data).hexdigest()
+    try:
+        preview(data, decode_side, sha256)
+    except Exception as e:  # noqa: BLE001 (truncated or corrupt pixel data: Pillow raises OSError, SyntaxError, ValueError...)
+        raise BadImage(f"the {fmt} image cannot be decoded ({type(e).__name__}: {e}): the file is cut short or corrupt",
+                       retryable=True) from None
     return ImageInfo(
         format=fmt,
         mime_type=mime,
         extension=ext,
         width=width,
         height=height,
-        sha256=hashlib.sha256(data).hexdigest(),
+        sha256=sha256,
         byte_size=len(data),
     )
 
@@ -87,7 +98,7 @@ def open_reduced(data: bytes, longest_side: int) -> tuple[Image.Image, tuple[int
 
     JPEG is decoded straight at a reduced scale (DCT scaling), which skips most of the work.
     """
-    im = Image.open(io.BytesIO(data))
+    im: Image.Image = Image.open(io.BytesIO(data))
     original_size = im.size
     if im.format == "JPEG":
         im.draft("RGB", (longest_side, longest_side))

@@ -47,8 +47,9 @@ class Registry(Generic[C]):
         return self._classes[key]
 
     def create(self, name: str, settings: Settings) -> C:
+        """An instance with its own table's settings, over ``[network]`` (body caps, where keys may go)."""
         cls = self.get_class(name)
-        return cls(settings.component(self.kind, cls.name))
+        return cls({**settings.section("network"), **settings.component(self.kind, cls.name)})
 
 
 providers: Registry[ImageProvider] = Registry("providers", "provider")

@@ -1,7 +1,8 @@
 """Fake components, registered like any plugin (``DARKROOM_PLUGINS=tests.fakes`` in subprocesses).
 
 ``FakeProvider`` renders with the offline renderer but lets a test script failures, delays and
-gates per prompt, and keeps a ``history`` of every request. With ``DARKROOM_FAKE_JOURNAL`` set
+gates per prompt, and keeps a ``history`` of every request. A prompt in ``stubborn`` makes a call
+that ignores its cancellation for that many seconds, like a badly behaved SDK. With ``DARKROOM_FAKE_JOURNAL`` set
 it also appends one line per call to that file: the count of calls the "service" received,
 independent of the pipeline's own call log (the kill -9 test reads it across processes).
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -28,6 +30,7 @@ class FakeProvider(ImageProvider):
     failures: deque[ProviderError | bytes] = deque()
     delays: dict[str, float] = {}
     gates: dict[str, asyncio.Event] = {}
+    stubborn: dict[str, float] = {}
     on_call: Callable[[GenerationRequest], None] | None = None
 
     @classmethod
@@ -36,6 +39,7 @@ class FakeProvider(ImageProvider):
         cls.failures = deque()
         cls.delays = {}
         cls.gates = {}
+        cls.stubborn = {}
         cls.on_call = None
 
     async def generate(self, request: GenerationRequest) -> GeneratedImage:
@@ -49,6 +53,13 @@ class FakeProvider(ImageProvider):
             hook(request)
         if request.prompt_id in self.gates:
             await self.gates[request.prompt_id].wait()
+        if request.prompt_id in self.stubborn:
+            until = time.monotonic() + self.stubborn[request.prompt_id]
+            while time.monotonic() < until:
+                try:
+                    await asyncio.sleep(0.05)
+                except asyncio.CancelledError:  # swallowed: this call keeps going whatever the caller wants
+                    continue
         delay = self.delays.get(request.prompt_id, float(os.environ.get("DARKROOM_FAKE_DELAY", "0")))
         if delay:
             await asyncio.sleep(delay)

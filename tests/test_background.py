@@ -1,4 +1,4 @@
-"""The dashboard's background runner: queued runs one after another, cancel, resume, recovery."""
+"""The dashboard's background runner: queued runs (several at once), cancel, resume, recovery."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 from sqlmodel import select
 
+from pipeline.config import Settings
 from pipeline.runs.background import BackgroundRunner
 from pipeline.runs.records import claim_for_resume, claim_next_queued, get_run
 from pipeline.store.db import session
-from pipeline.store.models import Run, RunItem, utcnow
+from pipeline.store.models import ProviderCall, Run, RunItem, utcnow
 from tests.conftest import create_run, make_prompts
 from tests.fakes import FakeProvider
 
@@ -37,14 +38,87 @@ def wait_for(engine, run_id: int, statuses: tuple[str, ...], timeout: float = 60
         time.sleep(0.05)
 
 
-def test_queued_runs_execute_one_after_another(runner, engine, settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+@pytest.fixture
+def quick_stop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Settings whose stopping runs cancel their calls in flight after half a second."""
+    override = tmp_path / "override.toml"
+    override.write_text("[runner]\nstop_grace_s = 0.5\ncancel_wait_s = 0.5\n")
+    monkeypatch.setenv("DARKROOM_CONFIG", str(override))
+    return Settings.from_env()
+
+
+def wait_until(predicate, timeout: float = 30) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_with_one_slot_queued_runs_execute_one_after_another(engine, settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    first = create_run(engine, settings, make_prompts(3), tmp_path, iterations=1)
+    second = create_run(engine, settings, make_prompts(2), tmp_path, iterations=1)
+    runner = BackgroundRunner(engine, settings, poll_seconds=0.1, parallel_runs=1)
+    try:
+        runner.start(log_to_file=False)
+        a = wait_for(engine, first, ("completed",))
+        b = wait_for(engine, second, ("completed",))
+        assert (a.completed, b.completed) == (3, 2)
+        assert b.started_at >= a.finished_at
+        assert runner.alive
+    finally:
+        runner.stop()
+
+
+def test_a_stuck_run_never_holds_up_the_runs_queued_behind_it_and_cancel_ends_its_calls(
+        engine, quick_stop, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    FakeProvider.delays = {"p000": 600.0}  # a call that never comes back
+    stuck = create_run(engine, quick_stop, make_prompts(1), tmp_path, providers=["fake"], iterations=1)
+    behind = create_run(engine, quick_stop, make_prompts(2), tmp_path, iterations=1)
+    runner = BackgroundRunner(engine, quick_stop, poll_seconds=0.1)  # parallel_runs from defaults.toml
+    try:
+        runner.start(log_to_file=False)
+        assert wait_for(engine, behind, ("completed",), timeout=30).completed == 2
+        with session(engine) as s:
+            assert get_run(s, stuck).status == "running"
+        t0 = time.monotonic()
+        runner.cancel(stuck)
+        run = wait_for(engine, stuck, ("cancelled",), timeout=15)
+        assert time.monotonic() - t0 < 4, "Cancel must end the calls in flight within a few seconds"
+        with session(engine) as s:
+            calls = s.exec(select(ProviderCall).where(ProviderCall.run_id == stuck)).all()
+            items = s.exec(select(RunItem).where(RunItem.run_id == stuck)).all()
+        assert [(c.provider, c.operation, c.outcome, c.error_kind) for c in calls] == [("fake", "generate", "cancelled", "cancelled")]
+        assert [i.status for i in items] == ["pending"]  # resumable: the cut-off step is redone
+        assert run.completed == 0 and runner.executing == []
+    finally:
+        runner.stop()
+
+
+def test_cancel_never_waits_for_a_call_that_ignores_its_cancellation(engine, quick_stop, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    FakeProvider.stubborn = {"p000": 5.0}  # swallows its cancellation: the call lasts 5 s whatever happens
+    stuck = create_run(engine, quick_stop, make_prompts(1), tmp_path, providers=["fake"], iterations=1)
+    behind = create_run(engine, quick_stop, make_prompts(1), tmp_path, iterations=1)
+    runner = BackgroundRunner(engine, quick_stop, poll_seconds=0.1, parallel_runs=1)  # one slot: the queue waits on the stuck run
+    try:
+        runner.start(log_to_file=False)
+        wait_until(lambda: FakeProvider.history)
+        t0 = time.monotonic()
+        runner.cancel(stuck)
+        wait_for(engine, stuck, ("cancelled",), timeout=15)
+        done = wait_for(engine, behind, ("completed",), timeout=15)
+        assert time.monotonic() - t0 < 3.5, "the runner moved on without waiting for the stubborn call to end"
+        assert done.completed == 1
+    finally:
+        runner.stop()
+
+
+def test_queued_runs_execute_several_at_once(runner, engine, settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     first = create_run(engine, settings, make_prompts(3), tmp_path, iterations=1)
     second = create_run(engine, settings, make_prompts(2), tmp_path, iterations=1)
     runner.start(log_to_file=False)
     a = wait_for(engine, first, ("completed",))
     b = wait_for(engine, second, ("completed",))
     assert (a.completed, b.completed) == (3, 2)
-    assert b.started_at >= a.finished_at
     assert runner.alive
 
 

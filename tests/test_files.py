@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 from pathlib import Path
@@ -9,8 +10,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pipeline.errors import BadImage
-from pipeline.files import atomic_write_bytes, atomic_write_json, leftover_temp_files
+from pipeline.errors import BadImage, DiskFull, InputError, StorageUnwritable, human_bytes
+from pipeline.files import (
+    atomic_write_bytes,
+    atomic_write_json,
+    check_writable_folder,
+    leftover_temp_files,
+    storage_error,
+)
 from pipeline.images import inspect_image, make_thumbnail
 
 
@@ -99,3 +106,57 @@ def test_thumbnail_is_a_small_jpeg_or_webp_on_request() -> None:
     webp = make_thumbnail(png((1200, 800)), side=320, fmt="WEBP")
     with Image.open(io.BytesIO(webp.data)) as t:
         assert (t.format, webp.mime_type) == ("WEBP", "image/webp")
+
+
+# ---- storage errors: a full disk or a read-only folder is named, never a bare OSError ---------------------------
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])
+def test_a_full_disk_is_named_with_the_path_and_the_space_needed(code: int, tmp_path: Path) -> None:
+    error = storage_error(OSError(code, os.strerror(code), str(tmp_path / "a.png")), needed=2_500_000)
+    assert isinstance(error, DiskFull) and not isinstance(error, InputError)
+    assert str(error).startswith(f"disk full: cannot write to {tmp_path / 'a.png'} (about 2.5 MB needed, ")
+    assert "free there" in str(error)
+
+
+@pytest.mark.parametrize("code, reason", [(errno.EROFS, "the file system is read-only"), (errno.EACCES, "permission denied")])
+def test_a_read_only_place_is_an_input_error_naming_it(code: int, reason: str, tmp_path: Path) -> None:
+    error = storage_error(OSError(code, os.strerror(code), str(tmp_path)))
+    assert isinstance(error, StorageUnwritable) and isinstance(error, InputError)  # the CLI's exit 2
+    assert str(error).startswith(f"cannot write {tmp_path}: {reason}") and "DARKROOM_DATA_DIR" in str(error)
+
+
+def test_other_os_errors_are_left_as_they_are() -> None:
+    assert storage_error(OSError(errno.EIO, "Input/output error")) is None
+    assert storage_error(FileNotFoundError(errno.ENOENT, "No such file")) is None
+
+
+@pytest.mark.parametrize("fails_at", ["open", "write", "rename"])
+def test_an_atomic_write_on_a_full_disk_raises_disk_full_and_leaves_the_old_file(fails_at: str, tmp_path: Path,
+                                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "iteration_1.png"
+    atomic_write_bytes(target, b"old")
+    no_space = OSError(errno.ENOSPC, "No space left on device")
+
+    def fail(*_args: object, **_kwargs: object) -> None:
+        raise no_space
+
+    if fails_at == "open":
+        monkeypatch.setattr("pipeline.files._open_temp", fail)
+    elif fails_at == "write":
+        monkeypatch.setattr(os, "fsync", fail)
+    else:
+        monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(DiskFull, match=f"cannot write to {target} \\(about 3 bytes needed"):
+        atomic_write_bytes(target, png()[:3])
+    assert target.read_bytes() == b"old"
+    assert leftover_temp_files(tmp_path) == []
+
+
+def test_check_writable_folder_creates_it_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    folder = tmp_path / "new" / "data"
+    check_writable_folder(folder)
+    assert folder.is_dir() and list(folder.iterdir()) == []
+
+
+def test_human_bytes_reads_like_a_person_would_say_it() -> None:
+    assert [human_bytes(n) for n in (0, 999, 1_500, 2_500_000, 3_200_000_000, None)] == [
+        "0 bytes", "999 bytes", "1.5 KB", "2.5 MB", "3.2 GB", "?"]

@@ -41,6 +41,8 @@ def test_a_version_1_database_upgrades_and_keeps_its_data(settings: Settings) ->
         assert conn.execute(sa.text("SELECT image_path FROM iteration WHERE id = 1")).scalar() == "results/p1/iteration_1.jpg"
         assert conn.execute(sa.text("SELECT COUNT(*) FROM prompt_element")).scalar() == 0
         assert conn.execute(sa.text("SELECT COUNT(*) FROM thumbnail")).scalar() == 0
+        # an old iteration has no request id, original URL or service metadata: empty, never NULL
+        assert conn.execute(sa.text("SELECT request_id, source_url, service_meta FROM iteration WHERE id = 1")).one() == ("", "", "{}")
     # Starting again applies nothing more.
     assert migrate(upgraded) == []
 
@@ -65,3 +67,29 @@ def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(settings: Settings) -> None
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 5000
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+
+
+def test_the_provider_request_columns_round_trip_through_the_model(settings: Settings) -> None:
+    from sqlmodel import select
+
+    from pipeline.store.db import session
+    from pipeline.store.models import Iteration, Prompt, PromptSet, Run, RunItem
+
+    engine = open_database(settings)
+    with session(engine) as s:
+        ps = PromptSet(name="s", sha256="x")
+        s.add(ps)
+        s.flush()
+        prompt = Prompt(prompt_set_id=ps.id, position=0, key="p1", prompt="A fox")
+        run = Run(prompt_set_id=ps.id)
+        s.add_all([prompt, run])
+        s.flush()
+        item = RunItem(run_id=run.id, prompt_id=prompt.id)
+        s.add(item)
+        s.flush()
+        s.add(Iteration(run_item_id=item.id, number=1, prompt_text="A fox", request_id="req-1", source_url="https://cdn.example/1.png",
+                        service_meta={"service": "fal", "submission": {"status_url": "https://q/1/status"}, "response": {"seed": 4}}))
+        s.commit()
+    with session(engine) as s:
+        it = s.exec(select(Iteration)).one()
+        assert (it.request_id, it.source_url, it.service_meta["response"]["seed"]) == ("req-1", "https://cdn.example/1.png", 4)

@@ -83,7 +83,7 @@ def test_a_second_run_may_not_write_into_the_first_runs_output(tmp_path: Path) -
     path = write_prompt_set(tmp_path / "set.json", make_prompts(1))
     assert run_cli("run", path, "--output", tmp_path / "out", "--iterations", "1").code == 0
     again = run_cli("run", path, "--output", tmp_path / "out")
-    assert again.code == 2 and "is not empty; choose another --output" in again.err
+    assert again.code == 2 and "error: --output: " in again.err and "is not empty; choose another folder" in again.err
 
 
 def test_iterations_and_target_score(tmp_path: Path, settings, engine) -> None:
@@ -118,13 +118,16 @@ def test_a_failed_and_a_blocked_prompt_end_recorded_while_the_others_complete(tm
 
 
 def test_a_non_image_from_a_provider_is_an_error_never_a_saved_file(tmp_path: Path, settings, engine) -> None:
-    FakeProvider.failures.append(b"<html>502 Bad Gateway</html>")
+    """A body that is no image is a malformed answer: logged, asked again (max_attempts = 4), then the prompt fails."""
+    FakeProvider.failures.extend([b"<html>502 Bad Gateway</html>"] * 4)
     path = write_prompt_set(tmp_path / "set.json", make_prompts(1))
     assert run_cli("run", path, "--providers", "fake", "--iterations", "1").code == 1
     with session(engine) as s:
         it = s.exec(select(Iteration)).one()
         assert (it.status, it.error_kind, it.image_path) == ("failed", "bad_image", "")
-        assert "not a readable image" in it.error_message
+        calls = list(s.exec(select(ProviderCall).where(ProviderCall.operation == "generate")))
+        assert [c.outcome for c in calls] == ["retried"] * 3 + ["error"]
+        assert all("not a readable image" in c.error_message for c in calls)
     assert not list((settings.runs_dir / "1" / "results" / "p000").glob("iteration_1.*"))
 
 

@@ -184,3 +184,85 @@ def test_compose_prompt_combines_fields_by_the_template_and_drops_empty_parts() 
     assert compose_prompt(PromptSpec(id="a", prompt="A fox.", mood="calm")) == "A fox. Mood: calm."
     assert compose_prompt(PromptSpec(id="a", prompt="A fox")) == "A fox."
     assert compose_prompt(full, "{prompt}, {mood} mood") == "A fox in snow, calm mood"
+
+
+# ---- hostile prompt sets (issue 11, items 7 and 16) ------------------------------------------------------------
+def test_a_lone_surrogate_anywhere_is_refused_with_its_json_path() -> None:
+    """Legal JSON, not valid Unicode: refused at validation, every occurrence named, the message printable."""
+    raw = (r'{"name": "set \ud800", "prompts": [{"id": "a", "prompt": "a fox \ud800 in snow", "title": "\udfff",'
+           r' "tags": ["ok", "\ud83d"], "camera": {"lens\ud800": 1, "odd key": ["\udc00"]}},'
+           r' {"id": "b\ud800", "prompt": "x"}]}').encode()
+    with pytest.raises(PromptSetInvalid) as info:
+        parse_bytes(raw)
+    assert [(p.path, p.message.split(":")[0]) for p in info.value.problems] == [
+        ("name", "contains a lone surrogate (\\ud800) at character 4"),
+        ("prompts[0].prompt", "contains a lone surrogate (\\ud800) at character 6"),
+        ("prompts[0].title", "contains a lone surrogate (\\udfff) at character 0"),
+        ("prompts[0].tags[1]", "contains a lone surrogate (\\ud83d) at character 0"),
+        ('prompts[0].camera["lens\\ud800"]', "this key contains a lone surrogate"),
+        ('prompts[0].camera["odd key"][0]', "contains a lone surrogate (\\udc00) at character 0"),
+        ("prompts[1].id", "contains a lone surrogate (\\ud800) at character 1"),
+    ]
+    str(info.value).encode("utf-8")  # the whole message can be printed and stored
+
+
+def test_a_valid_surrogate_pair_is_just_an_emoji() -> None:
+    spec = parse_bytes(rb'{"prompts": [{"id": "a", "prompt": "a fox \ud83e\udd8a"}]}')
+    assert spec.prompts[0].prompt == "a fox \N{FOX FACE}"
+
+
+def test_deep_nesting_is_a_message_not_a_recursion_error() -> None:
+    deep = b'{"prompts": [{"id": "a", "prompt": "x", "meta": ' + b"[" * 100_000 + b"]" * 100_000 + b"}]}"
+    with pytest.raises(PromptSetInvalid) as info:
+        parse_bytes(deep)
+    assert str(info.value.problems[0]).startswith("nested too deeply to read")
+    middling = {"prompts": [{"id": "a", "prompt": "x", "meta": json.loads("[" * 40 + "]" * 40)}]}
+    [problem] = problems_of(middling)
+    assert problem.startswith("prompts[0].meta[0]") and problem.endswith("nested more than 32 levels deep; flatten it")
+
+
+def test_a_5000_digit_integer_is_a_message_naming_where_it_is() -> None:
+    raw = b'{"prompts": [{"id": "a", "prompt": "x",\n "seed": ' + b"9" * 5_000 + b"}]}"
+    with pytest.raises(PromptSetInvalid) as info:
+        parse_bytes(raw)
+    assert str(info.value.problems[0]) == (
+        "a number at line 2 column 10 is too long (5,000 digits): at most 4,300 digits can be read (a seed is at most 4294967295)")
+    [problem] = problems_of({"prompts": [{"id": "a", "prompt": "x", "seed": 10**4000}]})
+    assert problem == "prompts[0].seed: a 4,001-digit number is outside 0–4294967295"  # not the number itself
+
+
+@pytest.mark.parametrize("name", ["COM0", "com1", "Lpt0", "LPT9", "con", "PRN", "aux", "NuL"])
+def test_every_windows_device_name_is_refused_as_an_id(name: str) -> None:
+    [problem] = problems_of({"prompts": [{"id": name, "prompt": "A fox"}]})
+    assert problem == f'prompts[0].id: "{name}" is a reserved device name on Windows and cannot be a folder name'
+
+
+def test_device_names_are_recognised_with_an_extension_and_lookalikes_are_not() -> None:
+    from pipeline.prompts.promptset import is_reserved_name
+
+    assert all(map(is_reserved_name, ["nul.txt", "COM0.jpg", "lpt9.tar.gz", "Con", "aux "]))
+    assert not any(map(is_reserved_name, ["console", "com10", "lpt", "nullable", "comet", "scene_001"]))
+
+
+def test_a_long_bad_value_is_cut_in_the_message() -> None:
+    [problem] = problems_of({"prompts": [{"id": "x/" * 5_000, "prompt": "A fox"}]})
+    assert "… (10,000 characters)" in problem and len(problem) < 300
+
+
+def test_a_file_name_that_is_not_utf8_is_shown_escaped(tmp_path: Path) -> None:
+    path = tmp_path / "caf\udce9.json"  # how Python names the bytes b"caf\xe9.json" on Linux
+    path.write_text(json.dumps({"prompts": [GOOD]}), encoding="utf-8")
+    spec = load_file(path)
+    assert spec.name == "caf\\udce9"
+    spec.name.encode("utf-8")
+
+
+def test_the_cli_refuses_a_lone_surrogate_with_exit_2_and_no_traceback(tmp_path: Path) -> None:
+    from tests.conftest import run_cli
+
+    path = tmp_path / "set.json"
+    path.write_bytes(rb'{"prompts": [{"id": "a", "prompt": "a fox \ud800 in snow"}]}')
+    result = run_cli("run", path)
+    assert result.code == 2
+    assert "prompts[0].prompt: contains a lone surrogate (\\ud800) at character 6" in result.err
+    assert "Traceback" not in result.err and len(result.err.splitlines()) <= 3

@@ -43,7 +43,7 @@ def test_gallery_pages_in_sql_with_thumbnails_and_clamps_the_page(engine, review
     assert [c.prompt_key for c in first.cards[:2]] == ["p000", "p000"]
 
 
-def test_filters_on_score_stars_and_decision_use_each_iterations_latest_rating(engine, reviewed: list[int]) -> None:  # type: ignore[no-untyped-def]
+def test_filters_on_score_stars_and_the_decision_in_force(engine, reviewed: list[int]) -> None:  # type: ignore[no-untyped-def]
     a, b = reviewed[0], reviewed[1]
     with session(engine) as s:
         rate(s, a, "ana", stars=5, decision="approved")
@@ -54,7 +54,9 @@ def test_filters_on_score_stars_and_decision_use_each_iterations_latest_rating(e
         by_decision = {d: gallery_page(s, GalleryFilter(decisions=(d,))).total for d in ("approved", "rejected", "none")}
         assert by_decision == {"approved": 0, "rejected": 1, "none": len(reviewed) - 1}
         assert [c.iteration_id for c in gallery_page(s, GalleryFilter(stars=(2,))).cards] == [b]
-        assert gallery_page(s, GalleryFilter(stars=(UNRATED,))).total == len(reviewed) - 1  # a: the latest rating has no stars
+        # bo's later decision (no stars) does not hide ana's 5 stars: stars are every reviewer's mean
+        assert [c.iteration_id for c in gallery_page(s, GalleryFilter(stars=(5,))).cards] == [a]
+        assert gallery_page(s, GalleryFilter(stars=(UNRATED,))).total == len(reviewed) - 2
         high = gallery_page(s, GalleryFilter(score_min=9.5, score_max=10)).cards
         assert high and all(c.score >= 9.5 for c in high)
         with pytest.raises(InputError, match="score range"):

@@ -9,6 +9,10 @@ The format is the seed format::
 optional strings; ``seed`` an integer; ``size`` ``"WxH"``; ``tags`` a list of strings. Other keys
 are kept as metadata. Validation collects every problem with its JSON path and raises
 :class:`PromptSetInvalid` if there is any, so the caller can write nothing.
+
+Every string anywhere in the document (keys included) must be valid Unicode: a lone surrogate
+such as ``"\ud800"`` is legal JSON but cannot be encoded, printed or stored, so it is refused with
+its path. Nesting is bounded (:attr:`Limits.max_depth`), and so is anything a message quotes back.
 """
 
 from __future__ import annotations
@@ -16,38 +20,41 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+from pipeline.config import Settings, shipped
+from pipeline.display import shown
 from pipeline.errors import Problem, PromptSetInvalid
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
-# Folder names Windows refuses whatever the extension; ids become folder names.
-RESERVED_NAMES = {"con", "prn", "aux", "nul"} | {f"com{i}" for i in range(1, 10)} | {f"lpt{i}" for i in range(1, 10)}
+# Device names Windows refuses as a file or folder name, in any case and whatever the extension
+# (``nul.txt`` too); COM0 and LPT0 included. Ids become folder names.
+RESERVED_NAMES = {"con", "prn", "aux", "nul"} | {f"com{i}" for i in range(10)} | {f"lpt{i}" for i in range(10)}
 SIZE_PATTERN = re.compile(r"(\d{1,5})x(\d{1,5})")
 KNOWN_KEYS = {"id", "title", "scene", "mood", "prompt", "negative_prompt", "seed", "size", "tags"}
 MAX_SEED = 2**32 - 1
 
 
+_SHIPPED = shipped()  # the defaults of a bare ``Limits()``, from defaults.toml
+
+
 @dataclass(frozen=True)
 class Limits:
-    max_bytes: int = 5_000_000
-    max_prompts: int = 10_000
-    max_chars: int = 10_000
-    min_side: int = 64
-    max_side: int = 4096
+    max_bytes: int = _SHIPPED.promptset.max_bytes
+    max_prompts: int = _SHIPPED.promptset.max_prompts
+    max_chars: int = _SHIPPED.prompt.max_chars
+    min_side: int = _SHIPPED.prompt.min_side
+    max_side: int = _SHIPPED.prompt.max_side
+    max_depth: int = _SHIPPED.promptset.max_depth  # objects and lists inside one another; metadata deeper than this is refused
 
     @classmethod
-    def from_settings(cls, settings: Any) -> "Limits":
-        p, s = settings.section("prompt"), settings.section("promptset")
-        return cls(
-            max_bytes=int(s.get("max_bytes", cls.max_bytes)),
-            max_prompts=int(s.get("max_prompts", cls.max_prompts)),
-            max_chars=int(p.get("max_chars", cls.max_chars)),
-            min_side=int(p.get("min_side", cls.min_side)),
-            max_side=int(p.get("max_side", cls.max_side)),
-        )
+    def from_settings(cls, settings: Settings) -> "Limits":
+        p, s = settings.prompt, settings.promptset
+        return cls(max_bytes=s.max_bytes, max_prompts=s.max_prompts, max_chars=p.max_chars, min_side=p.min_side,
+                   max_side=p.max_side, max_depth=s.max_depth)
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,62 @@ class PromptSetSpec:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
+def is_reserved_name(name: str) -> bool:
+    """True for a name Windows reserves for a device: ``CON``, ``nul.txt``, ``Com0``, ``LPT9.tar.gz``..."""
+    return name.split(".", 1)[0].rstrip(" ").lower() in RESERVED_NAMES
+
+
+def _lone_surrogate(text: str) -> int:
+    """Index of the first lone surrogate in ``text``, or -1."""
+    try:
+        text.encode("utf-8")
+        return -1
+    except UnicodeEncodeError as e:
+        return e.start
+
+
+def _key_path(path: str, key: str) -> str:
+    """``prompts[0].camera``, or ``prompts[0]["odd key"]`` (ASCII-escaped, so it can always be printed)."""
+    if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+        return f"{path}.{key}" if path else key
+    return f"{path or '$'}[{json.dumps(key)}]"
+
+
+def _text_problems(doc: Any, max_depth: int) -> list[Problem]:
+    """Lone surrogates in any string or key, and nesting past ``max_depth``, each with its JSON path.
+
+    Walks with an explicit stack, so a deep document cannot exhaust Python's recursion limit.
+    """
+    problems: list[Problem] = []
+    stack: list[tuple[Any, str, int]] = [(doc, "", 0)]
+    while stack:
+        value, path, depth = stack.pop()
+        if isinstance(value, str):
+            at = _lone_surrogate(value)
+            if at >= 0:
+                problems.append(Problem(path or "$", f"contains a lone surrogate ({shown(value[at])}) at character {at}: "
+                                                     "that is not valid Unicode text; remove it or write the intended character"))
+            continue
+        if not isinstance(value, (dict, list)):
+            continue
+        if depth >= max_depth:
+            problems.append(Problem(path or "$", f"nested more than {max_depth} levels deep; flatten it"))
+            continue
+        children: list[tuple[Any, str]] = []
+        if isinstance(value, dict):
+            for key, child in value.items():
+                child_path = _key_path(path, key)
+                at = _lone_surrogate(key)
+                if at >= 0:
+                    problems.append(Problem(child_path, "this key contains a lone surrogate: that is not valid Unicode text"))
+                    continue
+                children.append((child, child_path))
+        else:
+            children = [(child, f"{path or '$'}[{i}]") for i, child in enumerate(value)]
+        stack.extend((child, child_path, depth + 1) for child, child_path in reversed(children))
+    return problems
+
+
 def _type_name(value: Any) -> str:
     if value is None:
         return "null"
@@ -85,7 +148,7 @@ def parse_size(text: str, limits: Limits = Limits()) -> tuple[int, int] | str:
     """``"1024x768"`` -> ``(1024, 768)``, or a message saying what is wrong."""
     m = SIZE_PATTERN.fullmatch(text.strip().lower())
     if not m:
-        return f'expected "WIDTHxHEIGHT" such as "1024x1024", got "{text}"'
+        return f'expected "WIDTHxHEIGHT" such as "1024x1024", got "{shown(text)}"'
     w, h = int(m.group(1)), int(m.group(2))
     for label, v in (("width", w), ("height", h)):
         if not limits.min_side <= v <= limits.max_side:
@@ -118,8 +181,8 @@ def _validate_item(item: Any, path: str, limits: Limits, problems: list[Problem]
         problems.append(Problem(f"{path}.id", f"expected a string, got {_type_name(pid)}"))
     elif not ID_PATTERN.fullmatch(pid):
         why = "is empty" if pid == "" else ("is longer than 64 characters" if len(pid) > 64 else "has characters other than letters, digits, _ and -")
-        problems.append(Problem(f"{path}.id", f'"{pid}" {why}; ids become folder names, so use 1–64 of A–Z a–z 0–9 _ -'))
-    elif pid.lower() in RESERVED_NAMES:
+        problems.append(Problem(f"{path}.id", f'"{shown(pid)}" {why}; ids become folder names, so use 1–64 of A–Z a–z 0–9 _ -'))
+    elif is_reserved_name(pid):
         problems.append(Problem(f"{path}.id", f'"{pid}" is a reserved device name on Windows and cannot be a folder name'))
 
     text = item.get("prompt")
@@ -142,7 +205,8 @@ def _validate_item(item: Any, path: str, limits: Limits, problems: list[Problem]
         problems.append(Problem(f"{path}.seed", f"expected a whole number, got {_type_name(seed)}"))
         seed = None
     elif seed is not None and not 0 <= seed <= MAX_SEED:
-        problems.append(Problem(f"{path}.seed", f"{seed} is outside 0–{MAX_SEED}"))
+        number = str(seed) if abs(seed) < 10**30 else f"a {len(str(abs(seed))):,}-digit number"
+        problems.append(Problem(f"{path}.seed", f"{number} is outside 0–{MAX_SEED}"))
 
     size = item.get("size")
     if size is not None:
@@ -171,8 +235,8 @@ def _validate_item(item: Any, path: str, limits: Limits, problems: list[Problem]
     if len(problems) > before:
         return None
     return PromptSpec(
-        id=pid,
-        prompt=text,
+        id=cast(str, pid),  # both checked above: a problem would have been added
+        prompt=cast(str, text),
         title=title,
         scene=scene,
         mood=mood,
@@ -193,6 +257,9 @@ def validate_document(doc: Any, limits: Limits = Limits(), *, sha256: str = "", 
         )
     if not isinstance(doc, dict):
         raise PromptSetInvalid([Problem("$", f'expected an object {{"prompts": [...]}}, got {_type_name(doc)}')], source)
+    text_problems = _text_problems(doc, limits.max_depth)
+    if text_problems:  # nothing else can be checked, or even quoted, safely
+        raise PromptSetInvalid(text_problems, source)
 
     name = doc.get("name")
     if name is not None and not isinstance(name, str):
@@ -234,7 +301,7 @@ def validate_document(doc: Any, limits: Limits = Limits(), *, sha256: str = "", 
     if problems:
         raise PromptSetInvalid(problems, source)
     return PromptSetSpec(
-        name=name or (Path(source).stem if source else "prompt set"),
+        name=name or (shown(Path(source).stem, 200) if source else "prompt set"),
         prompts=tuple(specs),
         sha256=sha256,
         source=source,
@@ -256,11 +323,28 @@ def parse_bytes(raw: bytes, limits: Limits = Limits(), *, source: str = "") -> P
         doc = json.loads(text)
     except json.JSONDecodeError as e:
         raise PromptSetInvalid([Problem("", f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}")], source) from None
+    except RecursionError:
+        raise PromptSetInvalid([Problem("", "nested too deeply to read (lists or objects inside one another hundreds of "
+                                            f"levels deep); at most {limits.max_depth} levels are allowed")], source) from None
+    except ValueError:  # Python refuses to read an integer of more than sys.get_int_max_str_digits() digits
+        raise PromptSetInvalid([Problem("", _long_number(text))], source) from None
     return validate_document(doc, limits, sha256=hashlib.sha256(raw).hexdigest(), source=source)
 
 
+def _long_number(text: str) -> str:
+    """Where the integer too long for Python to read is, for the message."""
+    limit = sys.get_int_max_str_digits()
+    m = re.search(rf"\d{{{limit + 1},}}", text)
+    where = ""
+    if m:
+        line = text.count("\n", 0, m.start()) + 1
+        where = f" at line {line} column {m.start() - (text.rfind(chr(10), 0, m.start()) + 1) + 1}"
+    digits = f" ({len(m.group()):,} digits)" if m else ""
+    return f"a number{where} is too long{digits}: at most {limit:,} digits can be read (a seed is at most {MAX_SEED})"
+
+
 def load_file(path: Path, limits: Limits = Limits()) -> PromptSetSpec:
-    source = str(path)
+    source = shown(str(path), 4096)  # a file name that is not valid UTF-8 is shown escaped
     try:
         size = path.stat().st_size
         if size > limits.max_bytes:
@@ -276,7 +360,7 @@ def load_file(path: Path, limits: Limits = Limits()) -> PromptSetSpec:
 
 
 # ---- The text sent to a provider -------------------------------------------------------------
-DEFAULT_TEMPLATE = "{title}. {prompt}. Scene: {scene}. Mood: {mood}."
+DEFAULT_TEMPLATE = _SHIPPED.prompt.template
 _PLACEHOLDER = re.compile(r"\{(title|prompt|scene|mood)\}")
 _SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+")
 

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.config import from_table
+from pipeline.config import defaults_from, from_table
 from pipeline.errors import ProviderError
 
 log = logging.getLogger("pipeline.resilience.breaker")
@@ -37,12 +37,13 @@ def counts_against_health(error: ProviderError) -> bool:
 
 
 @dataclass(frozen=True)
+@defaults_from("resilience", "breaker")
 class BreakerSettings:
-    failure_threshold: int = 5
-    window: int = 20
-    min_calls: int = 10
-    failure_rate: float = 0.5
-    cooldown_s: float = 30.0
+    failure_threshold: int
+    window: int
+    min_calls: int
+    failure_rate: float
+    cooldown_s: float
 
     @classmethod
     def from_settings(cls, values: Mapping[str, Any]) -> "BreakerSettings":

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
-class BudgetReached(Exception):
-    """The next call would take the run over its spending cap."""
+from pipeline.errors import BudgetReached
 
 
 @dataclass

@@ -23,14 +23,15 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.config import from_table
+from pipeline.config import defaults_from, from_table
 
 
 @dataclass(frozen=True)
+@defaults_from("resilience", "limits")
 class LimitSettings:
-    max_concurrency: int = 8
-    requests_per_minute: float = 0.0
-    grow_after: int = 10
+    max_concurrency: int
+    requests_per_minute: float
+    grow_after: int
 
     @classmethod
     def from_settings(cls, values: Mapping[str, Any]) -> "LimitSettings":

@@ -21,19 +21,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.config import from_table
+from pipeline.config import defaults_from, from_table
 from pipeline.errors import ContentBlocked, ProviderError
 
 NEVER_RETRIED_STATUSES = frozenset({400, 401, 403, 404, 422})
 
 
 @dataclass(frozen=True)
+@defaults_from("resilience", "retry")
 class RetryPolicy:
-    max_attempts: int = 4  # per provider and call, the first one included (429s counted apart)
-    rate_limit_attempts: int = 10  # 429s tolerated per provider and call: back-pressure, not failure
-    initial_delay_s: float = 0.5
-    max_delay_s: float = 8.0
-    max_retry_after_s: float = 60.0
+    max_attempts: int  # per provider and call, the first one included (429s counted apart)
+    rate_limit_attempts: int  # 429s tolerated per provider and call: back-pressure, not failure
+    initial_delay_s: float
+    max_delay_s: float
+    max_retry_after_s: float
 
     @classmethod
     def from_settings(cls, values: Mapping[str, Any]) -> "RetryPolicy":

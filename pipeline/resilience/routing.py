@@ -8,10 +8,15 @@ providers, or its judges, or its refiners). :meth:`ServiceChain.call` sends one 
    rest behind them.
 2. For each service: skip it at once if its breaker is open; else try it up to
    ``max_attempts`` times under its rate limiter, waiting by the retry policy between attempts.
-3. A service that fails for good (breaker open, refused key, unknown model, or retries
-   exhausted) is skipped with the reason and the next one is tried. A content block or a
-   non-retryable request error (400, 422, a bad image) ends the call: another service would
-   be asked the same thing.
+3. A service that fails for good (breaker open, refused key, unknown model, an answer over its
+   size cap, an image that cannot be used, a URL it may not fetch, or retries exhausted) is
+   skipped with the reason and the next one is tried. A content block or a non-retryable
+   request error (400, 422) ends the call: another service would be asked the same thing.
+
+Each attempt has an overall deadline, the service's ``timeout_s`` plus ``[resilience.deadline]
+grace_s`` (time for its own timeout handling, e.g. cancelling a queued request): a service that
+trickles its answer a byte at a time defeats per-read timeouts, not this. An attempt cancelled
+from outside (Cancel, Ctrl-C) is reported as ``cancelled`` and the cancellation goes on at once.
 
 Every attempt is reported to ``on_attempt`` (the runner logs it in ``provider_call``); the
 result says which service served and why the ones before it were skipped.
@@ -29,8 +34,8 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from pipeline.components import Component
-from pipeline.config import Settings
-from pipeline.errors import ContentBlocked, ProviderError
+from pipeline.config import Settings, defaults_from, from_table
+from pipeline.errors import ChainFailed, ContentBlocked, ProviderError, Skip
 from pipeline.resilience.breaker import BreakerSettings, CircuitBreaker, board
 from pipeline.resilience.limits import LimitSettings, RateLimiter
 from pipeline.resilience.retry import RetryPolicy
@@ -38,17 +43,8 @@ from pipeline.resilience.retry import RetryPolicy
 log = logging.getLogger("pipeline.resilience.routing")
 C = TypeVar("C", bound=Component)
 T = TypeVar("T")
-FALLBACK_KINDS = frozenset({"auth", "not_found"})
+FALLBACK_KINDS = frozenset({"auth", "not_found", "too_large", "bad_image", "refused"})
 ROUTING_MODES = ("fallback", "pool")
-
-
-@dataclass(frozen=True)
-class Skip:
-    service: str
-    reason: str
-
-    def as_dict(self) -> dict[str, str]:
-        return {"service": self.service, "reason": self.reason}
 
 
 @dataclass
@@ -58,27 +54,15 @@ class Served(Generic[C, T]):
     attempts: int  # on the serving service
     skipped: list[Skip] = field(default_factory=list)
     latency_ms: float = 0.0  # of the successful attempt
-    reserved_usd: float = 0.0  # the budget reservation the caller settles
-    step_key: str = ""
 
     def routing(self) -> dict[str, object]:
         """What the iteration, evaluation or refinement records about how it was served."""
         return {"served_by": self.component.name, "attempts": self.attempts, "skipped": [s.as_dict() for s in self.skipped]}
 
 
-class ChainFailed(ProviderError):
-    """Every service in the chain was skipped or failed; the message says why for each."""
-
-    def __init__(self, role: str, skipped: list[Skip], last: ProviderError | None) -> None:
-        reasons = "; ".join(f"{s.service}: {s.reason}" for s in skipped)
-        super().__init__(f"no {role} could serve the request ({reasons})", kind=last.kind if last else "unavailable",
-                         http_status=last.http_status if last else None)
-        self.skipped = skipped
-
-
 @dataclass(frozen=True)
 class Attempt:
-    """One failed call attempt, for the call log. ``outcome``: retried | error | blocked."""
+    """One failed call attempt, for the call log. ``outcome``: retried | error | blocked | cancelled."""
 
     component: Component
     number: int
@@ -90,12 +74,25 @@ class Attempt:
 class Member(Generic[C]):
     """One service of a chain with its health: breaker, rate limiter and recent latency."""
 
-    def __init__(self, component: C, breaker: CircuitBreaker, limiter: RateLimiter, policy: RetryPolicy) -> None:
+    def __init__(self, component: C, breaker: CircuitBreaker, limiter: RateLimiter, policy: RetryPolicy,
+                 grace_s: float = 5.0) -> None:
         self.component = component
         self.breaker = breaker
         self.limiter = limiter
         self.policy = policy
         self.latency_ewma_ms: float | None = None
+        timeout = getattr(component, "timeout_s", None)  # networked services have one; local ones run unbounded
+        self.timeout_s: float | None = float(timeout) if timeout else None
+        self.grace_s = grace_s
+
+    @property
+    def deadline_s(self) -> float | None:
+        """How long one attempt may take in all, body included."""
+        return None if self.timeout_s is None else self.timeout_s + self.grace_s
+
+    def overdue(self) -> ProviderError:
+        return ProviderError(f"{self.name} did not finish within {self.deadline_s:g} s (timeout_s = {self.timeout_s:g} plus "
+                             f"{self.grace_s:g} s grace); the call was abandoned", kind="timeout", retryable=True)
 
     @property
     def name(self) -> str:
@@ -106,6 +103,12 @@ class Member(Generic[C]):
 
     def expected_wait(self, fallback_ms: float) -> float:
         return (self.latency_ewma_ms or fallback_ms) * (self.limiter.in_flight + self.limiter.waiting + 1) / max(1, self.limiter.limit)
+
+
+@dataclass(frozen=True)
+@defaults_from("resilience", "deadline")
+class DeadlineSettings:
+    grace_s: float  # one attempt may take the service's timeout_s plus this, body included
 
 
 def service_settings(settings: Settings, kind: str, name: str, table: str) -> dict[str, object]:
@@ -122,6 +125,7 @@ def member_for(settings: Settings, component: C) -> Member[C]:
         board.get(f"{kind}/{name}", BreakerSettings.from_settings(service_settings(settings, kind, name, "breaker"))),
         RateLimiter(LimitSettings.from_settings(service_settings(settings, kind, name, "limits"))),
         RetryPolicy.from_settings(service_settings(settings, kind, name, "retry")),
+        from_table(DeadlineSettings, service_settings(settings, kind, name, "deadline")).grace_s,
     )
 
 
@@ -161,7 +165,7 @@ class ServiceChain(Generic[C]):
             try:
                 value, attempts, latency = await self._attempts(member, send, on_attempt, priority)
             except ContentBlocked as e:
-                e.skipped = skipped  # type: ignore[attr-defined]
+                e.skipped = list(skipped)
                 raise
             except _GiveUp as give_up:
                 last = give_up.error
@@ -181,10 +185,22 @@ class ServiceChain(Generic[C]):
                     raise _GiveUp("circuit breaker open", None)
                 t0 = time.perf_counter()
                 try:
-                    value = await send(member.component)
+                    async with asyncio.timeout(member.deadline_s):
+                        value = await send(member.component)
                 except ProviderError as e:
                     latency = (time.perf_counter() - t0) * 1000
                     failure = e
+                except TimeoutError:  # the deadline passed (the attempt was cancelled by it, not from outside)
+                    latency = (time.perf_counter() - t0) * 1000
+                    failure = member.overdue()
+                except asyncio.CancelledError:  # the run was cancelled or interrupted mid-call: logged as such
+                    member.breaker.release()
+                    try:
+                        on_attempt(Attempt(member.component, number, "cancelled", (time.perf_counter() - t0) * 1000,
+                                           ProviderError("the call was in flight when the run stopped", kind="cancelled")))
+                    except Exception:  # noqa: BLE001 (recording must not hold the cancellation up)
+                        log.exception("%s %s: could not record the cancelled attempt", self.role, member.name)
+                    raise
                 except BaseException:
                     member.breaker.release()
                     raise

@@ -2,7 +2,9 @@
 
 The zip holds each image's original bytes, stored (not deflated: images are compressed
 already), in one folder per prompt id (under ``run_<id>/`` when several runs are exported),
-plus ``manifest.csv`` and ``manifest.json``. It is written through
+plus ``manifest.csv`` and ``manifest.json``. ``manifest.json`` holds every value exactly; in
+``manifest.csv``, which people open in a spreadsheet, a text cell that a spreadsheet would read
+as a formula is neutralised (see :func:`csv_safe`). It is written through
 ``files.atomic_file`` (a temporary file beside the destination, renamed into place), so a
 failed export leaves nothing behind. Files are
 streamed from disk in chunks, so memory stays flat however large the export.
@@ -19,27 +21,60 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from sqlalchemy import func
+from sqlalchemy import or_
 from sqlmodel import Session, col, select
 
 from pipeline.config import Settings
 from pipeline.errors import ExportError
 from pipeline.files import atomic_file
-from pipeline.review.ratings import latest_ratings_query
+from pipeline.review.decisions import review_config
+from pipeline.review.gallery import NEWEST, GalleryFilter, Sort, filtered_query, sort_order
 from pipeline.runs.records import get_run, output_dir_of
-from pipeline.store.models import Evaluation, Iteration, Prompt, RunItem, utcnow
+from pipeline.store.models import Evaluation, Iteration, Prompt, Rating, RunItem, utcnow
 
 MANIFEST_FIELDS = [
     "run_id", "prompt_id", "title", "scene", "mood", "final_prompt", "iteration", "file", "provider", "model", "seed",
-    "judge_score", "stars", "decision", "reviewer", "note", "cost_usd", "sha256",
-]
+    "judge_score", "stars", "star_count", "decision", "decision_rule", "needs_tiebreak", "reviewer", "note", "cost_usd", "sha256",
+]  # then, per reviewer, "<name>: stars", "<name>: decision", "<name>: note" (manifest.json: "ratings" by name)
+RATING_PARTS = ("stars", "decision", "note")
 
 
 SELECTIONS = {
-    "approved": "approved images (latest decision)",
+    "approved": "approved images (decision in force)",
     "best": "each prompt's best-scoring iteration",
     "all": "every generated image",
 }
+
+
+@dataclass(frozen=True)
+class ExportChoice:
+    """What an export holds: which runs, which images. A built zip is offered only for its own choice."""
+
+    run_ids: tuple[int, ...]
+    selection: str
+
+    @classmethod
+    def of(cls, run_ids: list[int] | tuple[int, ...], selection: str) -> "ExportChoice":
+        return cls(tuple(sorted(set(run_ids))), selection)
+
+    def describe(self, run_names: dict[int, str]) -> str:
+        """``run 3 (Night set), run 4 (Day set): approved images (latest decision)``: plain text."""
+        runs = ", ".join(f"run {i} ({run_names[i]})" if i in run_names else f"run {i}" for i in self.run_ids)
+        return f"{runs}: {SELECTIONS.get(self.selection, self.selection)}"
+
+
+@dataclass(frozen=True)
+class BuiltZip:
+    """A zip written for ``choice``; the page keeps it between reruns."""
+
+    choice: ExportChoice
+    path: Path
+    images: int
+    bytes_written: int
+
+    def offered_for(self, choice: ExportChoice) -> bool:
+        """Download only the zip of the choice on screen, and only while its file exists."""
+        return self.choice == choice and self.path.is_file()
 
 
 @dataclass(frozen=True)
@@ -49,49 +84,135 @@ class ExportResult:
     bytes_written: int
 
 
-def manifest_rows(s: Session, settings: Settings, run_ids: list[int], *, selection: str = "approved") -> list[dict[str, Any]]:
-    """One row per image to export; ``selection`` is a key of :data:`SELECTIONS`."""
-    if selection not in SELECTIONS:
-        raise ExportError(f"selection {selection!r} is not one of {', '.join(SELECTIONS)}")
-    if not run_ids:
-        raise ExportError("choose at least one run to export")
+def _fmt_stars(mean: Any) -> float | int | None:
+    """Mean stars as a spreadsheet reads them best: 5, 3.5, 4.33."""
+    if mean is None:
+        return None
+    value = round(float(mean), 2)
+    return int(value) if value.is_integer() else value
+
+
+def _in_force_by(ratings: list[Rating], decision: str, rule: str) -> list[Rating]:
+    """Whose decision the one in force is: the latest decider, or every reviewer on the winning side."""
+    side = [r for r in ratings if r.decision == decision and decision != "none"]
+    if rule == "latest" and side:
+        return [max(side, key=lambda r: (r.decided_at is not None, r.decided_at or r.rated_at, r.id))]
+    return side
+
+
+def _collect(s: Session, settings: Settings, f: GalleryFilter, *, sort: Sort, reviewer: str, rule: str,
+             disputed_star_spread: int = 2, prefix_runs: bool | None = None) -> list[dict[str, Any]]:
+    """Manifest rows for exactly the images the gallery shows for ``f``, in its order (two queries)."""
+    opts: dict[str, Any] = {"reviewer": reviewer, "rule": rule, "disputed_star_spread": disputed_star_spread}
+    q, p = filtered_query(f, lambda p: [
+        RunItem.run_id, Prompt.key, Prompt.title, Prompt.scene, Prompt.mood, Iteration.prompt_text, Iteration.number,
+        Iteration.image_path, Iteration.provider, Iteration.model, Iteration.seed, Evaluation.overall_score,
+        p.consensus.c.mean_stars, p.consensus.c.star_count, p.decision, p.consensus.c.needs_tiebreak,
+        Iteration.cost_usd, Iteration.sha256, Iteration.id,
+    ], delta=sort.key == "delta", **opts)
+    found = s.exec(q.order_by(*sort_order(sort, p))).all()
+    ids_q, _ = filtered_query(f, lambda p: [Iteration.id], delta=False, ratings=False, **opts)
+    said = or_(col(Rating.stars).is_not(None), col(Rating.decision) != "none", col(Rating.note) != "")
+    ratings: dict[int, list[Rating]] = {}
+    for r in s.exec(select(Rating).where(col(Rating.iteration_id).in_(ids_q), said).order_by(Rating.reviewer)):
+        ratings.setdefault(r.iteration_id, []).append(r)
+    run_ids = sorted({row[0] for row in found})
     folders = {rid: output_dir_of(settings, get_run(s, rid)) for rid in run_ids}
-    latest = latest_ratings_query()
-    q = (
-        select(RunItem.run_id, Prompt.key, Prompt.title, Prompt.scene, Prompt.mood, Iteration.prompt_text, Iteration.number,
-               Iteration.image_path, Iteration.provider, Iteration.model, Iteration.seed, Evaluation.overall_score, latest.c.stars,
-               func.coalesce(latest.c.decision, "none"), func.coalesce(latest.c.reviewer, ""), func.coalesce(latest.c.note, ""),
-               Iteration.cost_usd, Iteration.sha256)
-        .select_from(Iteration)
-        .join(RunItem, RunItem.id == Iteration.run_item_id)
-        .join(Prompt, Prompt.id == RunItem.prompt_id)
-        .join(Evaluation, Evaluation.iteration_id == Iteration.id, isouter=True)
-        .join(latest, latest.c.iteration_id == Iteration.id, isouter=True)
-        .where(col(RunItem.run_id).in_(run_ids), Iteration.status == "ok")
-        .order_by(RunItem.run_id, Prompt.position, Iteration.number)
-    )
-    if selection == "approved":
-        q = q.where(latest.c.decision == "approved")
-    elif selection == "best":
-        q = q.where(Iteration.number == RunItem.final_iteration)
-    prefix_runs = len(run_ids) > 1
+    if prefix_runs is None:  # one folder per run when several appear, so equal prompt ids never collide
+        prefix_runs = len(run_ids) > 1
     out = []
-    for (run_id, key, title, scene, mood, text, number, image_path, provider, model, seed, score, stars, decision, reviewer, note,
-         cost, sha) in s.exec(q).all():
+    for (run_id, key, title, scene, mood, text, number, image_path, provider, model, seed, score, mean, count, decision, tie,
+         cost, sha, iteration_id) in found:
         folder = f"run_{run_id}/{key}" if prefix_runs else key
+        mine = ratings.get(iteration_id, [])
+        by = _in_force_by(mine, decision, rule)
         out.append({
             "run_id": run_id, "prompt_id": key, "title": title, "scene": scene, "mood": mood, "final_prompt": text,
             "iteration": number, "file": f"{folder}/{PurePosixPath(image_path).name}", "provider": provider, "model": model,
-            "seed": seed, "judge_score": score, "stars": stars, "decision": decision, "reviewer": reviewer, "note": note,
-            "cost_usd": cost, "sha256": sha, "_source": folders[run_id] / image_path,
+            "seed": seed, "judge_score": score, "stars": _fmt_stars(mean), "star_count": count or 0, "decision": decision,
+            "decision_rule": rule, "needs_tiebreak": bool(tie), "reviewer": "; ".join(r.reviewer for r in by),
+            "note": "; ".join(r.note for r in by if r.note), "cost_usd": cost, "sha256": sha,
+            "ratings": {r.reviewer: {"stars": r.stars, "decision": r.decision, "note": r.note, "rated_at": r.rated_at.isoformat()}
+                        for r in mine},
+            "_source": folders[run_id] / image_path,
         })
     return out
 
 
-def manifest_json(run_ids: list[int], selection: str, images: list[dict[str, Any]]) -> str:
-    """One image per line: readable, and written by the C encoder (``indent=`` would use the slow Python one)."""
+def manifest_rows(s: Session, settings: Settings, run_ids: list[int], *, selection: str = "approved",
+                  rule: str | None = None) -> list[dict[str, Any]]:
+    """One row per image to export; ``selection`` is a key of :data:`SELECTIONS`; ``rule`` defaults to [review]."""
+    if selection not in SELECTIONS:
+        raise ExportError(f"selection {selection!r} is not one of {', '.join(SELECTIONS)}")
+    if not run_ids:
+        raise ExportError("choose at least one run to export")
+    for rid in run_ids:
+        get_run(s, rid)  # an unknown run is named, not silently empty
+    cfg = review_config(settings)
+    f = GalleryFilter(run_ids=tuple(run_ids), decisions=("approved",) if selection == "approved" else (),
+                      best_only=selection == "best")
+    return _collect(s, settings, f, sort=Sort("newest", descending=False), reviewer="", rule=rule or cfg.decision_rule,
+                    disputed_star_spread=cfg.disputed_star_spread, prefix_runs=len(run_ids) > 1)
+
+
+def manifest_rows_for_selection(s: Session, settings: Settings, f: GalleryFilter, *, reviewer: str = "", rule: str | None = None,
+                                sort: Sort = NEWEST) -> list[dict[str, Any]]:
+    """Rows for exactly what the Gallery shows with filter ``f`` (every page, in the grid's order)."""
+    f.validate()
+    cfg = review_config(settings)
+    return _collect(s, settings, f, sort=sort, reviewer=reviewer, rule=rule or cfg.decision_rule,
+                    disputed_star_spread=cfg.disputed_star_spread)
+
+
+def manifest_json(run_ids: list[int], selection: str, images: list[dict[str, Any]], **header: Any) -> str:
+    """One image per line: readable, and written by the C encoder (``indent=`` would use the slow Python one).
+
+    ``header`` adds top-level keys (the decision rule, the filter of a Gallery selection).
+    """
     lines = ",\n".join("    " + json.dumps(row, ensure_ascii=False) for row in images)
-    return f'{{"runs": {json.dumps(run_ids)}, "selection": {json.dumps(selection)},\n "images": [\n{lines}\n]}}\n'
+    extra = "".join(f" {json.dumps(k)}: {json.dumps(v, ensure_ascii=False)}," for k, v in header.items())
+    return f'{{"runs": {json.dumps(run_ids)}, "selection": {json.dumps(selection)},{extra}\n "images": [\n{lines}\n]}}\n'
+
+
+def manifest_table(images: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """CSV rows and columns: every reviewer's rating in its own ``<name>: stars|decision|note`` columns."""
+    reviewers = sorted({name for row in images for name in (row.get("ratings") or {})}, key=lambda n: (n.casefold(), n))
+    flat = []
+    for row in images:
+        cells = {k: v for k, v in row.items() if k != "ratings"}
+        for name, rating in (row.get("ratings") or {}).items():
+            cells.update({f"{name}: {part}": rating.get(part) for part in RATING_PARTS})
+        flat.append(cells)
+    return flat, MANIFEST_FIELDS + [f"{name}: {part}" for name in reviewers for part in RATING_PARTS]
+
+
+# OWASP "CSV injection": a cell starting with one of these is run as a formula by Excel, LibreOffice, Sheets.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(value: Any) -> Any:
+    """A text cell a spreadsheet would treat as a formula, prefixed with ``'`` so it shows as text.
+
+    Numbers are left alone (a spreadsheet reads a number as a number); only ``manifest.csv`` is
+    neutralised, ``manifest.json`` keeps the exact text.
+    """
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def manifest_csv(images: list[dict[str, Any]], fields: list[str] | None = None) -> str:
+    """The manifest as CSV for spreadsheets: ``fields`` (default :data:`MANIFEST_FIELDS`) as columns.
+
+    Every cell goes through :func:`csv_safe`, the header too (a column may be named after a
+    reviewer); keys not in ``fields`` are left out.
+    """
+    columns = fields or MANIFEST_FIELDS
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow([csv_safe(name) for name in columns])
+    writer.writerows([csv_safe(row.get(name)) for name in columns] for row in images)
+    return text.getvalue()
 
 
 COPY_CHUNK = 1 << 20  # zipfile.write copies in 8 KiB pieces; 1 MiB keeps pace with `zip -0`
@@ -105,13 +226,7 @@ def _add_stored(zf: zipfile.ZipFile, source: Path, name: str) -> None:
         shutil.copyfileobj(src, dest, COPY_CHUNK)
 
 
-def build_zip(s: Session, settings: Settings, run_ids: list[int], dest: Path, *, selection: str = "approved") -> ExportResult:
-    rows = manifest_rows(s, settings, run_ids, selection=selection)
-    runs_text = ", ".join(str(r) for r in run_ids)
-    if not rows:
-        what = {"approved": "approved images", "best": "scored images", "all": "generated images"}[selection]
-        raise ExportError(f"run{'s' if len(run_ids) > 1 else ''} {runs_text} {'have' if len(run_ids) > 1 else 'has'} "
-                          f"no {what} to export; nothing was written")
+def _write_zip(rows: list[dict[str, Any]], dest: Path, run_ids: list[int], selection: str, **header: Any) -> ExportResult:
     missing = [str(r["_source"]) for r in rows if not r["_source"].is_file()]
     if missing:
         listed = "\n  ".join(missing[:10]) + (f"\n  … and {len(missing) - 10} more" if len(missing) > 10 else "")
@@ -121,13 +236,39 @@ def build_zip(s: Session, settings: Settings, run_ids: list[int], dest: Path, *,
         for row in rows:
             _add_stored(zf, row["_source"], row["file"])
         public = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
-        text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=MANIFEST_FIELDS)
-        writer.writeheader()
-        writer.writerows(public)
-        zf.writestr("manifest.csv", text.getvalue(), compress_type=zipfile.ZIP_DEFLATED)
-        zf.writestr("manifest.json", manifest_json(run_ids, selection, public), compress_type=zipfile.ZIP_DEFLATED)
+        zf.writestr("manifest.csv", manifest_csv(*manifest_table(public)), compress_type=zipfile.ZIP_DEFLATED)
+        zf.writestr("manifest.json", manifest_json(run_ids, selection, public, **header), compress_type=zipfile.ZIP_DEFLATED)
     return ExportResult(path=dest, images=len(rows), bytes_written=dest.stat().st_size)
+
+
+def build_zip(s: Session, settings: Settings, run_ids: list[int], dest: Path, *, selection: str = "approved",
+              rule: str | None = None) -> ExportResult:
+    rule = rule or review_config(settings).decision_rule
+    rows = manifest_rows(s, settings, run_ids, selection=selection, rule=rule)
+    runs_text = ", ".join(str(r) for r in run_ids)
+    if not rows:
+        what = {"approved": "approved images", "best": "scored images", "all": "generated images"}[selection]
+        raise ExportError(f"run{'s' if len(run_ids) > 1 else ''} {runs_text} {'have' if len(run_ids) > 1 else 'has'} "
+                          f"no {what} to export; nothing was written")
+    return _write_zip(rows, dest, run_ids, selection, decision_rule=rule)
+
+
+def build_selection_zip(s: Session, settings: Settings, f: GalleryFilter, dest: Path, *, reviewer: str = "",
+                        rule: str | None = None, sort: Sort = NEWEST) -> ExportResult:
+    """**Export this selection**: a zip of exactly the images the Gallery shows with filter ``f``."""
+    rule = rule or review_config(settings).decision_rule
+    rows = manifest_rows_for_selection(s, settings, f, reviewer=reviewer, rule=rule, sort=sort)
+    if not rows:
+        raise ExportError(f"no images match this selection ({f.describe()}); nothing was written")
+    run_ids = sorted({r["run_id"] for r in rows})
+    return _write_zip(rows, dest, run_ids, "gallery selection", decision_rule=rule, filter=f.describe(),
+                      reviewer=reviewer.strip())
+
+
+def selection_export_path(settings: Settings) -> Path:
+    """Where the dashboard writes a Gallery selection: ``data/exports/darkroom_selection_<time>.zip``."""
+    stamp = utcnow().strftime("%Y%m%d_%H%M%S_%f")
+    return settings.exports_dir / f"darkroom_selection_{stamp}.zip"
 
 
 def export_path(settings: Settings, run_ids: list[int], selection: str) -> Path:

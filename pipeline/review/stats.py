@@ -11,11 +11,12 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import sqlalchemy
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
-from pipeline.review.ratings import latest_ratings_query
-from pipeline.store.models import BreakerEvent, Evaluation, Iteration, ProviderCall, Rating, Run, RunItem
+from pipeline.review.decisions import consensus_query
+from pipeline.store.models import BreakerEvent, Evaluation, Iteration, ProviderCall, Rating, Run, RunItem, row_id
 
 OUTCOMES = ("ok", "retried", "error", "blocked")
 _BUCKETS = [timedelta(minutes=m) for m in (1, 5, 15, 60, 360, 1440, 10080)]
@@ -32,9 +33,9 @@ class Call:
 
 def calls(s: Session, limit: int = 100_000) -> list[Call]:
     """The most recent calls (newest ``limit``), oldest first."""
-    rows = s.exec(
-        select(ProviderCall.provider, ProviderCall.operation, ProviderCall.started_at, ProviderCall.latency_ms,
-               ProviderCall.outcome, ProviderCall.cost_usd)
+    rows = s.execute(  # six columns: sqlmodel's select() types at most four, SQLAlchemy's any number
+        sqlalchemy.select(col(ProviderCall.provider), col(ProviderCall.operation), col(ProviderCall.started_at),
+                          col(ProviderCall.latency_ms), col(ProviderCall.outcome), col(ProviderCall.cost_usd))
         .order_by(col(ProviderCall.started_at).desc()).limit(limit)
     ).all()
     return [Call(f"{p} · {op}", at, lat or 0.0, outcome, cost or 0.0) for p, op, at, lat, outcome, cost in reversed(rows)]
@@ -99,18 +100,19 @@ class RunCost:
         return self.cost_usd / self.approved if self.approved else None
 
 
-def cost_by_run(s: Session, limit: int = 30) -> list[RunCost]:
+def cost_by_run(s: Session, limit: int = 30, rule: str = "latest") -> list[RunCost]:
+    """Cost per run and per image approved (the decision in force under ``rule``)."""
     runs = list(s.exec(select(Run).order_by(col(Run.id).desc()).limit(limit)))
     ids = [r.id for r in runs]
     costs = dict(s.exec(select(ProviderCall.run_id, func.coalesce(func.sum(ProviderCall.cost_usd), 0.0))
-                        .where(col(ProviderCall.run_id).in_(ids)).group_by(ProviderCall.run_id)).all())
-    latest = latest_ratings_query()
+                        .where(col(ProviderCall.run_id).in_(ids)).group_by(col(ProviderCall.run_id))).all())
+    consensus = consensus_query(rule, 0)
     approved = dict(s.exec(
-        select(RunItem.run_id, func.count()).select_from(Iteration).join(RunItem, RunItem.id == Iteration.run_item_id)
-        .join(latest, latest.c.iteration_id == Iteration.id)
-        .where(col(RunItem.run_id).in_(ids), Iteration.status == "ok", latest.c.decision == "approved").group_by(RunItem.run_id)
+        select(RunItem.run_id, func.count()).select_from(Iteration).join(RunItem, col(RunItem.id) == Iteration.run_item_id)
+        .join(consensus, consensus.c.iteration_id == Iteration.id)
+        .where(col(RunItem.run_id).in_(ids), Iteration.status == "ok", consensus.c.decision == "approved").group_by(col(RunItem.run_id))
     ).all())
-    return [RunCost(r.id, r.name, float(costs.get(r.id) or 0.0), approved.get(r.id, 0)) for r in reversed(runs)]
+    return [RunCost(row_id(r), r.name, float(costs.get(r.id) or 0.0), approved.get(row_id(r), 0)) for r in reversed(runs)]
 
 
 @dataclass(frozen=True)
@@ -122,15 +124,15 @@ class Scored:
 
 def scores(s: Session) -> list[Scored]:
     rows = s.exec(select(Iteration.number, Iteration.provider, Evaluation.overall_score)
-                  .join(Evaluation, Evaluation.iteration_id == Iteration.id)).all()
+                  .join(Evaluation, col(Evaluation.iteration_id) == Iteration.id)).all()
     return [Scored(n, p, sc) for n, p, sc in rows]
 
 
 def stars_against_scores(s: Session) -> list[tuple[float, int, str]]:
     """(judge score, stars, reviewer) for every starred, judged iteration."""
     rows = s.exec(select(Evaluation.overall_score, Rating.stars, Rating.reviewer)
-                  .join(Rating, Rating.iteration_id == Evaluation.iteration_id).where(col(Rating.stars).is_not(None))).all()
-    return [(sc, st, rv) for sc, st, rv in rows]
+                  .join(Rating, col(Rating.iteration_id) == Evaluation.iteration_id).where(col(Rating.stars).is_not(None))).all()
+    return [(sc, st, rv) for sc, st, rv in rows if st is not None]  # the query keeps starred rows only
 
 
 def _ranks(values: list[float]) -> list[float]:

@@ -1,11 +1,14 @@
 """The dashboard's background runner: one daemon thread per server process executing queued runs.
 
-The thread owns its asyncio loop and executes runs one after another (a run's prompts run
-concurrently inside :class:`~pipeline.runs.runner.RunExecutor`). It talks to the pages only through
-the database: a page queues a run or asks for a cancel by writing rows, and the thread claims
-queued runs atomically (:func:`~pipeline.runs.records.claim_next_queued`), so several processes sharing
-one database never execute the same run. HTTP clients and semaphores are created inside
-``execute``, on this thread's loop. Nothing here imports streamlit.
+The thread owns its asyncio loop and executes up to ``[runner] parallel_runs`` runs at once,
+each as its own task (a run's prompts run concurrently inside
+:class:`~pipeline.runs.runner.RunExecutor`), so one stuck run never holds up the runs queued
+behind it. It talks to the pages only through the database: a page queues a run or asks for a
+cancel by writing rows (:mod:`pipeline.runs.control`), and the thread claims queued runs
+atomically (:func:`~pipeline.runs.records.claim_next_queued`), so several processes sharing one
+database never execute the same run. A cancel also reaches the run's executor at once, which
+cancels its calls in flight after ``stop_grace_s``. HTTP clients and semaphores are created
+inside ``execute``, on this thread's loop. Nothing here imports streamlit.
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ import threading
 from sqlalchemy.engine import Engine
 
 from pipeline.config import Settings
-from pipeline.logs import setup_logging
-from pipeline.runs.records import claim_next_queued, get_run, recover_orphans, request_cancel
+from pipeline.logs import LogFiles, setup_logging
+from pipeline.redaction import redact
+from pipeline.runs import control
+from pipeline.runs.records import claim_next_queued, get_run
 from pipeline.runs.runner import RunExecutor
 from pipeline.store.db import session
 from pipeline.store.models import Run, utcnow
@@ -27,16 +32,17 @@ log = logging.getLogger("pipeline.runs.background")
 
 
 class BackgroundRunner:
-    def __init__(self, engine: Engine, settings: Settings, *, poll_seconds: float = 1.0) -> None:
+    def __init__(self, engine: Engine, settings: Settings, *, poll_seconds: float = 1.0, parallel_runs: int | None = None) -> None:
         self.engine = engine
         self.settings = settings
         self.poll_seconds = poll_seconds
+        self.parallel_runs = max(1, parallel_runs if parallel_runs is not None else settings.runner.parallel_runs)
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._closing = False
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._executor: RunExecutor | None = None
+        self._executors: dict[int, RunExecutor] = {}
 
     # ---- control (any thread) -----------------------------------------------------------------
     def start(self, *, log_to_file: bool = True) -> list[int]:
@@ -45,10 +51,8 @@ class BackgroundRunner:
             if self._thread is not None and self._thread.is_alive():
                 return []
             if log_to_file:
-                setup_logging(self.settings.logs_dir, console_level=logging.WARNING)
-            with session(self.engine) as s:
-                recovered = recover_orphans(s)
-                s.commit()
+                setup_logging(LogFiles.from_settings(self.settings), console_level=logging.WARNING)
+            recovered = control.recover(self.engine)
             for run_id in recovered:
                 log.warning("run %s was left running by a process that is gone; marked interrupted", run_id)
             self._closing = False
@@ -65,28 +69,27 @@ class BackgroundRunner:
         return self._thread is not None and self._thread.is_alive()
 
     @property
-    def current_run_id(self) -> int | None:
-        executor = self._executor
-        return executor.run_id if executor else None
+    def executing(self) -> list[int]:
+        """The ids of the runs this thread is executing now."""
+        return sorted(self._executors)
 
     def cancel(self, run_id: int) -> str:
-        """Cancel a run: a queued one at once; a running one takes no new work and finishes its
-        in-flight steps. Returns the run's status after the request."""
-        with session(self.engine) as s:
-            run = request_cancel(s, run_id)
-            s.commit()
-            status = run.status
-        executor, loop = self._executor, self._loop
-        if executor is not None and executor.run_id == run_id and loop is not None:
+        """Cancel a run: a queued one at once; a running one takes no new work, and its calls in
+        flight are cancelled after the grace period. Returns the run's status after the request."""
+        status = control.cancel(self.engine, run_id)
+        executor, loop = self._executors.get(run_id), self._loop
+        if executor is not None and loop is not None:
             loop.call_soon_threadsafe(executor.cancel)
         return status
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop the thread: the current run finishes its in-flight steps and is left ``interrupted``."""
+        """Stop the thread: each run it executes stops (in-flight calls get the grace period, then
+        are cancelled) and is left ``interrupted``."""
         self._closing = True
-        executor, loop = self._executor, self._loop
-        if executor is not None and loop is not None and loop.is_running():
-            loop.call_soon_threadsafe(executor.request_stop)
+        loop = self._loop
+        if loop is not None and loop.is_running():
+            for executor in list(self._executors.values()):
+                loop.call_soon_threadsafe(executor.request_stop)
         self._wake.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
@@ -98,16 +101,34 @@ class BackgroundRunner:
 
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
+        tasks: set[asyncio.Task[None]] = set()
         try:
             while not self._closing:
-                with session(self.engine) as s:
-                    run_id = claim_next_queued(s)
-                if run_id is None:
-                    await self._idle()
-                    continue
-                await self._execute(run_id)
+                self._start_queued(tasks)
+                await self._idle()
+            for executor in list(self._executors.values()):
+                executor.request_stop()
+            if tasks:
+                await asyncio.wait(tasks)  # each ends within its grace period and cancel wait
         finally:
             self._loop = None
+
+    def _start_queued(self, tasks: set[asyncio.Task[None]]) -> None:
+        """Claim queued runs while there is a free slot; each runs as its own task."""
+        while len(self._executors) < self.parallel_runs and not self._closing:
+            try:
+                with session(self.engine) as s:
+                    run_id = claim_next_queued(s)
+            except Exception:  # a locked or lost database: try again at the next poll
+                log.exception("could not look for queued runs")
+                return
+            if run_id is None:
+                return
+            executor = RunExecutor(self.engine, self.settings, run_id)
+            self._executors[run_id] = executor
+            task = asyncio.create_task(self._execute(executor), name=f"run-{run_id}")
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
 
     async def _idle(self) -> None:
         waited = 0.0
@@ -116,19 +137,19 @@ class BackgroundRunner:
             waited += 0.05
         self._wake.clear()
 
-    async def _execute(self, run_id: int) -> None:
-        executor = RunExecutor(self.engine, self.settings, run_id)
-        self._executor = executor
+    async def _execute(self, executor: RunExecutor) -> None:
+        run_id = executor.run_id
         try:
             if self._closing:
                 executor.request_stop()
             outcome = await executor.execute()
-            log.info("run %s ended %s", run_id, outcome.status)
+            log.info("run %s ended %s", run_id, outcome.outcome)
         except Exception as e:  # a bug or a lost database must not kill the thread: record it on the run
             log.exception("run %s failed", run_id)
             with session(self.engine) as s:
                 run = s.get(Run, run_id) or get_run(s, run_id)
-                run.status, run.error, run.owner, run.finished_at = "failed", f"{type(e).__name__}: {e}", "", utcnow()
+                run.status, run.error, run.owner, run.finished_at = "failed", redact(f"{type(e).__name__}: {e}"), "", utcnow()
                 s.commit()
         finally:
-            self._executor = None
+            self._executors.pop(run_id, None)
+            self._wake.set()  # a slot is free: look for the next queued run now

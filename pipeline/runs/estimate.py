@@ -47,7 +47,7 @@ def estimate_run(settings: Settings, config: RunConfig, prompts: Sequence[Prompt
         return cost
 
     # Generations are priced on the chain's first provider, at each prompt's own size.
-    default_size = str(settings.section("prompt").get("default_size", "1024x1024"))
+    default_size = settings.prompt.default_size
     image_cost = 0.0
     for p in prompts:
         size = parse_size(p.size or default_size)

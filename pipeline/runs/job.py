@@ -5,29 +5,27 @@ database for its own result, so a resumed prompt skips what is finished and redo
 was half-done (an iteration row still ``running``, or one whose image file is missing).
 Between steps the job checks whether the run is stopping; if so it leaves the prompt
 ``pending`` for a later resume.
+
+The bookkeeping of each call (budget, call log, cost, commit) is the :class:`StepLedger`'s;
+this module says what the steps are and what each one stores.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from sqlalchemy import bindparam, insert, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import select
+from sqlmodel import Session, col, select
 
-from pipeline import prices
 from pipeline.components import (
     Check,
-    Component,
     Decomposition,
     Element,
     EvaluationRequest,
@@ -40,23 +38,27 @@ from pipeline.components import (
     RefinedPrompt,
     RefinementRequest,
     Refiner,
+    Submission,
 )
 from pipeline.config import Settings
-from pipeline.errors import ContentBlocked, ProviderError
+from pipeline.errors import BudgetReached, ContentBlocked, DiskFull, ProviderError, StepFailed, Stopped, StorageError
 from pipeline.files import atomic_write_bytes
 from pipeline.images import ImageInfo, Thumb, inspect_image, make_thumbnail
 from pipeline.prompts.promptset import PromptSpec, compose_prompt, parse_size
-from pipeline.resilience.budget import Budget, BudgetReached
-from pipeline.resilience.routing import Attempt, ChainFailed, Served, ServiceChain
+from pipeline.redaction import redact
+from pipeline.resilience.budget import Budget
+from pipeline.resilience.routing import ServiceChain
 from pipeline.runs import scoring
+from pipeline.runs.ledger import Call, StepLedger, table_price
 from pipeline.runs.records import RunConfig, default_seed, iterations_with_evaluations
 from pipeline.store import sidecars
 from pipeline.store.db import session
-from pipeline.store.models import Evaluation, Iteration, Prompt, PromptElement, ProviderCall, Refinement, Run, RunItem, Thumbnail, utcnow
+from pipeline.store.models import Evaluation, Iteration, Prompt, PromptElement, Refinement, Run, RunItem, Thumbnail, utcnow
+from pipeline.store.statements import append, delete_where, insert_row, table_of, update_row
 
 log = logging.getLogger("pipeline.runs.job")
-ITEM_FIELDS = ("status", "error_kind", "error_message", "started_at", "finished_at", "cost_usd", "best_score", "final_iteration")
-ITERATION_FIELDS = tuple(c.name for c in Iteration.__table__.columns if c.name not in ("id", "run_item_id", "number"))
+META_TEXT_CHARS, META_DEPTH, META_ITEMS = 1000, 6, 50  # how much of a service's own metadata an iteration keeps
+ITERATION_FIELDS = tuple(c.name for c in table_of(Iteration).columns if c.name not in ("id", "run_item_id", "number"))
 
 
 @dataclass
@@ -74,29 +76,33 @@ class RunContext:
     stopping: Callable[[], bool]
     budget: Budget
     on_step: Callable[[], None] = lambda: None
+    stop_cause: Callable[[], str] = lambda: "interrupted"  # why the run is stopping: cancelled | paused | interrupted
     on_budget: Callable[[str], None] = lambda reason: None  # the budget is spent: the run pauses
 
-    @property
-    def template(self) -> str:
-        return str(self.settings.section("prompt").get("template", "{prompt}"))
 
-    @property
-    def faithfulness_weight(self) -> float:
-        return float(self.settings.section("scoring").get("faithfulness_weight", scoring.DEFAULT_FAITHFULNESS_WEIGHT))
+def stored_elements(s: Session, prompt_id: int | None) -> list[PromptElement]:
+    return list(s.exec(select(PromptElement).where(PromptElement.prompt_id == prompt_id).order_by(col(PromptElement.number))))
 
 
-class Stopped(Exception):
-    """The run is stopping; this prompt goes back to pending, its finished steps kept."""
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-class StepFailed(Exception):
-    def __init__(self, status: str, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.kind, self.message = status, kind, message
-
-
-def step_key(run_id: int, item_id: int, number: int, operation: str) -> str:
-    return f"run{run_id}/item{item_id}/it{number}/{operation}"
+def _compact(value: Any, depth: int = 0) -> Any:
+    """A service's metadata fit to keep: JSON values only, long strings cut, secrets redacted,
+    nesting and lists bounded (a data: URI or a workflow graph is not metadata)."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, str):
+        text = redact(value)
+        return text if len(text) <= META_TEXT_CHARS else f"{text[:META_TEXT_CHARS]}… ({len(text):,} characters)"
+    if depth >= META_DEPTH:
+        return "…"
+    if isinstance(value, dict):
+        return {str(k): _compact(v, depth + 1) for k, v in list(value.items())[:META_ITEMS]}
+    if isinstance(value, (list, tuple)):
+        return [_compact(v, depth + 1) for v in list(value)[:META_ITEMS]]
+    return _compact(str(value), depth)
 
 
 def _judgement_from_row(ev: Evaluation) -> Judgement:
@@ -108,160 +114,104 @@ def _judgement_from_row(ev: Evaluation) -> Judgement:
     )
 
 
-# The hot path writes rows with statements built once and run with bound parameters on the
-# session's connection: no ORM unit of work, no statement rebuilt per row. (Measured: this and
-# the in-memory state below halve the database's share of the per-image overhead.)
-@functools.cache
-def _insert_statement(table: Any, returning: bool) -> Any:
-    stmt = insert(table)
-    return stmt.returning(table.c.id) if returning else stmt
-
-
-@functools.cache
-def _update_statement(table: Any, fields: tuple[str, ...]) -> Any:
-    return update(table).where(table.c.id == bindparam("row_id")).values({f: bindparam(f"new_{f}") for f in fields})
-
-
-def _insert(s: Any, obj: Any) -> None:
-    """INSERT ``obj``'s row and set its id."""
-    table = type(obj).__table__
-    values = {c.name: getattr(obj, c.name) for c in table.columns if c.name != "id"}
-    obj.id = s.connection().execute(_insert_statement(table, True), values).scalar_one()
-
-
-def _update(s: Any, obj: Any, *fields: str) -> None:
-    table = type(obj).__table__
-    s.connection().execute(_update_statement(table, fields), {"row_id": obj.id, **{f"new_{f}": getattr(obj, f) for f in fields}})
-
-
 class PromptJob:
     def __init__(self, ctx: RunContext, item_id: int) -> None:
         self.ctx = ctx
         self.item_id = item_id
         with session(ctx.engine) as s:
-            self.item = s.get(RunItem, item_id)
-            self.prompt = s.get(Prompt, self.item.prompt_id)
+            self.item = s.get_one(RunItem, item_id)
+            self.prompt = s.get_one(Prompt, self.item.prompt_id)
             # This job is the only writer of its prompt's rows, so their state is read once here
             # and kept current in memory as each step commits.
             rows = iterations_with_evaluations(s, item_id)
             refinements = s.exec(select(Refinement).where(Refinement.run_item_id == item_id)).all()
-            self.stored_elements = s.exec(select(PromptElement).where(PromptElement.prompt_id == self.prompt.id)
-                                          .order_by(PromptElement.number)).all()
+            self.stored_elements = stored_elements(s, self.prompt.id)
         self.iterations: dict[int, Iteration] = {it.number: it for it, _ in rows}
         self.evaluations: dict[int, Evaluation] = {it.number: ev for it, ev in rows if ev is not None}
         self.refinements: dict[int, Refinement] = {r.from_iteration: r for r in refinements}
         p = self.prompt
+        self.ledger = StepLedger(ctx.engine, ctx.run.id or 0, self.item, ctx.budget, p.key)
         self.spec = PromptSpec(id=p.key, prompt=p.prompt, title=p.title, scene=p.scene, mood=p.mood)
-        self.original_text = compose_prompt(self.spec, ctx.template)
-        size = parse_size(p.size or str(ctx.settings.section("prompt").get("default_size", "1024x1024")))
+        self.original_text = compose_prompt(self.spec, ctx.settings.prompt.template)
+        size = parse_size(p.size or ctx.settings.prompt.default_size)
         self.width, self.height = size if isinstance(size, tuple) else (1024, 1024)
         self.seed = p.seed if p.seed is not None else default_seed(p.key)
         self.folder = ctx.output_dir / "results" / p.key
-        self._item_dirty = False
         self._fresh_image: tuple[int, bytes] | None = None
-        self._last_failed = ""  # the service whose attempt failed last, for messages
 
     # ---- the loop ------------------------------------------------------------------------
     async def run(self) -> str:
         """Take the prompt as far as it goes; return its final status (``pending`` if stopped)."""
-        ctx = self.ctx
-        self._set_item(status="running", started=True, defer=True)
+        self._set_item(status="running", reason="", started=True, defer=True)
         try:
             self.mirror_sidecars()
-            elements = await self.elements()
-            text = self.original_text
-            for number in range(1, ctx.config.iterations + 1):
-                it = await self.generated(number, text)
-                ev = await self.evaluated(it, elements)
-                if ctx.config.target_score is not None and ev.overall_score >= ctx.config.target_score:
-                    break
-                if number == ctx.config.iterations:
-                    break
-                refinement = await self.refined(it, ev)
-                if refinement.new_prompt.strip() == text.strip():
-                    log.info("%s: refiner left the prompt unchanged; stopping at iteration %d", self.prompt.key, number)
-                    break
-                text = refinement.new_prompt
-        except (Stopped, BudgetReached) as e:
-            if isinstance(e, BudgetReached):
-                ctx.on_budget(str(e))
-            self._set_item(status="pending")
-            self._write_summary()  # what is done so far; rewritten when the prompt finishes
+            reason = await self._iterate(await self.elements())
+        except Stopped:
+            self._leave_pending(self.ctx.stop_cause())
+            return "pending"
+        except (BudgetReached, DiskFull) as e:  # the budget is spent, or the disk is full: the run pauses (nothing failed)
+            self.ctx.on_budget(str(e))
+            self._leave_pending("budget" if isinstance(e, BudgetReached) else "paused")
             return "pending"
         except StepFailed as e:
-            self._set_item(status=e.status, error=(e.kind, e.message), finished=True)
+            self._set_item(status=e.status, reason=e.status, error=(e.kind, e.message), finished=True)
             return e.status
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, StorageError):  # a damaged database, a read-only folder: the run ends with it
             raise
         except Exception as e:  # a bug or an unexpected failure: record it, keep the run going
             log.exception("%s: unexpected error", self.prompt.key)
-            self._set_item(status="failed", error=("internal", f"{type(e).__name__}: {e}"), finished=True)
+            self._set_item(status="failed", reason="failed", error=("internal", redact(f"{type(e).__name__}: {e}")), finished=True)
             return "failed"
-        self._set_item(status="completed", error=("", ""), finished=True)
+        self._set_item(status="completed", reason=reason, error=("", ""), finished=True)
         return "completed"
+
+    async def _iterate(self, elements: tuple[Element, ...]) -> str:
+        """Generate, judge, refine, generate … until the target score, the last iteration, or a
+        refiner that leaves the prompt as it was; return which of those stopped it."""
+        config = self.ctx.config
+        text = self.original_text
+        for number in range(1, config.iterations + 1):
+            it = await self.generated(number, text)
+            ev = await self.judged(it, elements)
+            if config.target_score is not None and ev.overall_score >= config.target_score:
+                return "target_reached"
+            if number == config.iterations:
+                return "iterations_done"
+            refinement = await self.refined(it, ev)
+            if refinement.new_prompt.strip() == text.strip():
+                log.info("%s: refiner left the prompt unchanged; stopping at iteration %d", self.prompt.key, number)
+                return "prompt_unchanged"
+            text = refinement.new_prompt
+        return "iterations_done"  # only with iterations < 1, which a run's config refuses
 
     def _check_stop(self) -> None:
         if self.ctx.stopping():
             raise Stopped()
 
-    # ---- calls along a chain ---------------------------------------------------------------
-    async def _call(self, chain: ServiceChain[Any], operation: str, number: int, send: Callable[[Any], Any], *,
-                    estimate: Callable[[Any], float | None], iteration_id: int | None = None, step: str = "") -> Served[Any, Any]:
-        """One budgeted call along ``chain``: every failed attempt logged as it happens; the
-        caller logs the successful one with its cost, then settles ``served.reserved_usd``.
-        Later iterations go first when a service is busy, so started prompts finish first."""
-        key = step_key(self.ctx.run.id, self.item_id, number, step or operation)
-        budget = self.ctx.budget
-
-        async def attempt(component: Any) -> Any:
-            reserved = estimate(component) or 0.0
-            budget.reserve(reserved, f"{operation} on {component.name}")
-            try:
-                return await send(component), reserved
-            except BaseException:
-                budget.release(reserved)
-                raise
-
-        def on_attempt(a: Attempt) -> None:
-            started = utcnow() - timedelta(milliseconds=a.latency_ms)
-            with session(self.ctx.engine) as s:
-                self._log_call(s, self._call_row(a.component, operation, key, started, a.latency_ms, a.outcome,
-                                                 error=a.error, iteration_id=iteration_id, attempt=a.number))
-                s.commit()
-            self._last_failed = a.component.name
-            log.warning("%s: %s %s attempt %d %s: %s", self.prompt.key, a.component.name, operation, a.number, a.outcome, a.error)
-
-        served = await chain.call(attempt, on_attempt, priority=-number)
-        served.value, served.reserved_usd = served.value
-        served.step_key = key
-        return served
-
-    def _ok_row(self, served: Served[Any, Any], operation: str, cost: float | None, *, iteration_id: int | None = None,
-                http_status: int | None = None, model: str = "") -> dict[str, Any]:
-        started = utcnow() - timedelta(milliseconds=served.latency_ms)
-        return self._call_row(served.component, operation, served.step_key, started, served.latency_ms, "ok", cost=cost,
-                              http_status=http_status, iteration_id=iteration_id, attempt=served.attempts, model=model)
-
-    @staticmethod
-    def _failure(role: str, e: ProviderError, last: str) -> str:
-        return str(e) if isinstance(e, ChainFailed) else f"{role} {last} failed: {e}".lstrip()
+    def _leave_pending(self, reason: str) -> None:
+        """Back to ``pending``, with what is done so far in the summary (rewritten when the prompt
+        finishes). On a full disk this may not fit: the runner puts the prompt back to pending at
+        the run's end, and resume rewrites every sidecar."""
+        try:
+            self._set_item(status="pending", reason=reason)
+            self._write_summary()
+        except DiskFull:
+            pass
 
     # ---- elements (once per prompt) ----------------------------------------------------------
     async def elements(self) -> tuple[Element, ...]:
         rows = list(self.stored_elements)
         if not rows:
             made, source = await self._decompose()
-            rows = [PromptElement(prompt_id=self.prompt.id, number=e.number, category=e.category, question=e.question,
+            rows = [PromptElement(prompt_id=self.prompt.id or 0, number=e.number, category=e.category, question=e.question,
                                   tuple_text=e.tuple_text, parent_numbers=list(e.parent_numbers), critical=e.critical,
                                   source=source) for e in made.elements]
             try:
-                with session(self.ctx.engine) as s:
+                with self.ledger.transaction() as s:
                     s.add_all(rows)
-                    self._commit(s)
             except IntegrityError:  # another run of the same prompt stored them first: use those
                 with session(self.ctx.engine) as s:
-                    rows = list(s.exec(select(PromptElement).where(PromptElement.prompt_id == self.prompt.id)
-                                       .order_by(PromptElement.number)))
+                    rows = stored_elements(s, self.prompt.id)
         return tuple(Element(number=r.number, category=r.category, question=r.question, tuple_text=r.tuple_text,
                              parent_numbers=tuple(r.parent_numbers), critical=r.critical) for r in rows)
 
@@ -272,36 +222,56 @@ class PromptJob:
             return await judges.primary.decompose(self.original_text), judges.primary.name
         self._check_stop()
         try:
-            served = await self._call(judges, "decompose", 0, lambda j: j.decompose(self.original_text),
-                                      estimate=lambda j: prices.table_cost(j.settings, j.model))
+            call: Call[Judge, Decomposition] = await self.ledger.call(judges, "decompose", 0, lambda j: j.decompose(self.original_text))
         except ProviderError as e:
             status = "blocked" if isinstance(e, ContentBlocked) else "failed"
-            raise StepFailed(status, e.kind, f"the prompt's elements could not be listed: {self._failure('judge', e, self._last_failed)}") from None
-        made: Decomposition = served.value
-        judge = served.component
-        cost = made.cost_usd if made.cost_usd is not None else prices.table_cost(judge.settings, made.model or judge.model)
-        with session(self.ctx.engine) as s:
-            self._log_call(s, self._ok_row(served, "decompose", cost))
-            self._add_cost(cost)
-            self._commit(s)
-        self.ctx.budget.settle(served.reserved_usd, cost)
-        return made, judge.name
+            raise StepFailed(status, e.kind, f"the prompt's elements could not be listed: {self.ledger.failure('judge', e)}") from None
+        self.ledger.record_call(call, self.ledger.cost(call, call.value.cost_usd, call.value.model))
+        return call.value, call.component.name
 
     # ---- generate ----------------------------------------------------------------------------
     async def generated(self, number: int, text: str) -> Iteration:
-        ctx = self.ctx
         it = self.iterations.get(number)
         if it is not None and it.status == "ok" and self._image_intact(it):
             return it
         self._check_stop()
+        it, rewrites = self._begin_iteration(number, text, it)
+        call = await self._generate(it, rewrites)
+        result, info = call.value
+        cost = self.ledger.cost(call, result.cost_usd, result.model, info.width, info.height)
+        image_path = self.folder / f"iteration_{number}.{info.extension}"
+        thumb = await asyncio.to_thread(self._store_image, image_path, result.data, info.sha256)
+        self._fresh_image = (number, result.data)  # the judge needs these bytes next: no need to read them back
+        provider = call.component
+        it.status, it.provider, it.model = "ok", provider.name, result.model or provider.model
+        it.image_path = str(image_path.relative_to(self.ctx.output_dir))
+        it.mime_type, it.width, it.height = info.mime_type, info.width, info.height
+        it.sha256, it.byte_size = info.sha256, info.byte_size
+        it.latency_ms, it.cost_usd, it.finished_at = call.served.latency_ms, cost, utcnow()
+        it.routing = {**call.served.routing(), **({"rewrites": rewrites} if rewrites else {})}
+        submitted = it.service_meta if (it.service_meta or {}).get("service") == provider.name else {}
+        it.request_id = result.request_id or (it.request_id if submitted else "")
+        it.source_url = "" if result.source_url.startswith("data:") else result.source_url[:2000]
+        it.service_meta = {**submitted, "service": provider.name, "response": _compact(result.metadata)}
+        with self.ledger.record(call, cost, http_status=result.http_status, model=it.model) as s:
+            update_row(s, it, *ITERATION_FIELDS)
+            append(s, Thumbnail, {"iteration_id": it.id, "mime_type": thumb.mime_type, "width": thumb.width,
+                                  "height": thumb.height, "data": thumb.data})
+        self._write_results(it)
+        self.ctx.on_step()
+        return it
+
+    def _begin_iteration(self, number: int, text: str, it: Iteration | None) -> tuple[Iteration, list[dict[str, Any]]]:
+        """The iteration's row, marked ``running`` and committed before the provider is asked."""
         rewrites: list[dict[str, Any]] = []
         if it is not None:  # a rewrite made after a block, before a crash, is kept: it was paid for
             earlier = list((it.routing or {}).get("rewrites", []))
             if earlier and earlier[0].get("from") == text:
                 rewrites, text = earlier, earlier[-1]["to"]
-        primary = ctx.providers.primary
+        primary = self.ctx.providers.primary
         self.evaluations.pop(number, None)  # a regenerated image needs a fresh judgement
         new = it is None
+        running_before = it is not None and it.status == "running"  # cut off mid-call: its job may still be at the service
         if it is None:
             it = Iteration(run_item_id=self.item_id, number=number, prompt_text=text)
         it.prompt_text, it.negative_prompt = text, self.prompt.negative_prompt
@@ -309,124 +279,113 @@ class PromptJob:
         it.parameters = {"width": self.width, "height": self.height}
         it.status, it.error_kind, it.error_message = "running", "", ""
         it.started_at, it.finished_at, it.routing = utcnow(), None, {"rewrites": rewrites} if rewrites else {}
-        with session(ctx.engine) as s:
+        if not (it.request_id and running_before):  # only a job in flight when the run stopped is worth polling again
+            it.request_id, it.source_url, it.service_meta = "", "", {}
+        with self.ledger.transaction() as s:
             if new:
-                _insert(s, it)
+                insert_row(s, it)
             else:  # a half-done or failed attempt: the same row is reused, and any old judgement dropped
-                for table in (Evaluation.__table__, Thumbnail.__table__):
-                    s.exec(table.delete().where(table.c.iteration_id == it.id))  # type: ignore[call-overload]
-                _update(s, it, *ITERATION_FIELDS)
-            self._commit(s)
+                for model in (Evaluation, Thumbnail):
+                    delete_where(s, model, "iteration_id", it.id)
+                update_row(s, it, *ITERATION_FIELDS)
         self.iterations[number] = it
         self._fresh_image = None
-        max_pixels = int(ctx.settings.section("images").get("max_pixels", 40_000_000))
+        return it, rewrites
+
+    async def _generate(self, it: Iteration, rewrites: list[dict[str, Any]]) -> Call[ImageProvider, tuple[GeneratedImage, ImageInfo]]:
+        """The image from the provider chain; a blocked prompt is rewritten to comply up to
+        ``block_rewrites`` times (each rewrite kept in ``rewrites``) before the prompt ends blocked."""
+        max_pixels = self.ctx.settings.images.max_pixels
+        earlier = self._submitted_earlier(it)
         while True:
             request = GenerationRequest(prompt=it.prompt_text, width=self.width, height=self.height, seed=self.seed,
-                                        negative_prompt=self.prompt.negative_prompt, prompt_id=self.prompt.key)
+                                        negative_prompt=self.prompt.negative_prompt, prompt_id=self.prompt.key,
+                                        on_submitted=self._recorder(it))
 
             async def send(provider: ImageProvider, request: GenerationRequest = request) -> tuple[GeneratedImage, ImageInfo]:
+                nonlocal earlier
+                if earlier is not None and earlier.service == provider.name:  # polled once, by the service that has it
+                    request, earlier = replace(request, resume=earlier), None
                 result = await provider.generate(request)
-                return result, inspect_image(result.data, claimed_mime=result.mime_type, max_pixels=max_pixels)
+                # Checking decodes the image (a few ms): off the event loop, like the write.
+                info = await asyncio.to_thread(inspect_image, result.data, claimed_mime=result.mime_type, max_pixels=max_pixels)
+                return result, info
 
             try:
-                served = await self._call(ctx.providers, "generate", number, send, iteration_id=it.id,
-                                          estimate=lambda p: prices.table_cost(p.settings, p.model, self.width, self.height))
+                return await self.ledger.call(self.ctx.providers, "generate", it.number, send, iteration_id=it.id,
+                                              estimate=lambda p: table_price(p, self.width, self.height))
             except ContentBlocked as e:
-                if len(rewrites) < ctx.config.block_rewrites:
-                    rewrites.append(await self._rewrite_blocked(it, e, len(rewrites) + 1))
-                    it.prompt_text, it.routing = rewrites[-1]["to"], {"rewrites": rewrites}
-                    with session(ctx.engine) as s:
-                        _update(s, it, "prompt_text", "routing")
-                        self._commit(s)
-                    continue
-                self._generation_failed(it, "blocked", e)
+                if len(rewrites) >= self.ctx.config.block_rewrites:
+                    self._generation_failed(it, "blocked", e)
+                rewrites.append(await self._rewrite_blocked(it, e, len(rewrites) + 1))
+                it.prompt_text, it.routing = rewrites[-1]["to"], {"rewrites": rewrites}
+                with self.ledger.transaction() as s:
+                    update_row(s, it, "prompt_text", "routing")
             except ProviderError as e:
                 self._generation_failed(it, "failed", e)
-            break
-        result, info = served.value
-        provider = served.component
-        cost = result.cost_usd
-        if cost is None:
-            cost = prices.table_cost(provider.settings, result.model or provider.model, info.width, info.height)
-        image_path = self.folder / f"iteration_{number}.{info.extension}"
-        images_cfg = ctx.settings.section("images")
 
-        def store() -> Thumb:
-            atomic_write_bytes(image_path, result.data)
-            return make_thumbnail(result.data, side=int(images_cfg.get("thumbnail_side", 320)),
-                                  fmt=str(images_cfg.get("thumbnail_format", "JPEG")),
-                                  quality=int(images_cfg.get("thumbnail_quality", 82)), sha256=info.sha256)
+    def _submitted_earlier(self, it: Iteration) -> Submission | None:
+        """The job a service accepted for this very prompt text before the run stopped, if any."""
+        meta = it.service_meta or {}
+        if not it.request_id or meta.get("prompt_sha256") != _sha256(it.prompt_text):
+            return None
+        log.info("%s: iteration %d: %s still has request %s from before the run stopped; polling it first",
+                 self.prompt.key, it.number, meta.get("service"), it.request_id)
+        return Submission(str(meta.get("service", "")), it.request_id, dict(meta.get("submission") or {}))
 
-        thumb = await asyncio.to_thread(store)
-        self._fresh_image = (number, result.data)  # the judge needs these bytes next: no need to read them back
-        it.status, it.provider, it.model = "ok", provider.name, result.model or provider.model
-        it.image_path = str(image_path.relative_to(ctx.output_dir))
-        it.mime_type, it.width, it.height = info.mime_type, info.width, info.height
-        it.sha256, it.byte_size = info.sha256, info.byte_size
-        it.latency_ms, it.cost_usd, it.finished_at = served.latency_ms, cost, utcnow()
-        it.routing = {**served.routing(), **({"rewrites": rewrites} if rewrites else {})}
-        with session(ctx.engine) as s:
-            _update(s, it, *ITERATION_FIELDS)
-            s.connection().execute(_insert_statement(Thumbnail.__table__, False), {
-                "iteration_id": it.id, "mime_type": thumb.mime_type, "width": thumb.width, "height": thumb.height, "data": thumb.data})
-            self._log_call(s, self._ok_row(served, "generate", cost, http_status=result.http_status, iteration_id=it.id,
-                                           model=it.model))
-            self._add_cost(cost)
-            self._commit(s)
-        ctx.budget.settle(served.reserved_usd, cost)
-        self._write_results(it)
-        ctx.on_step()
-        return it
+    def _recorder(self, it: Iteration) -> Callable[[Submission], None]:
+        """``on_submitted``: store the service's request id (and how to poll it) before anyone waits
+        on it, so a crash cannot lose a job that is being paid for."""
+        prompt_sha256 = _sha256(it.prompt_text)
 
-    def _generation_failed(self, it: Iteration, status: str, e: ProviderError) -> None:
-        """Record the iteration as failed or blocked, and end the prompt."""
-        it.status, it.error_kind, it.error_message = status, e.kind, str(e)
-        it.finished_at = utcnow()
-        skipped = getattr(e, "skipped", [])
-        it.routing = {**(it.routing or {}), "served_by": "", "skipped": [s.as_dict() for s in skipped]}
-        with session(self.ctx.engine) as s:
-            _update(s, it, *ITERATION_FIELDS)
-            self._commit(s)
-        self._write_results(it)
-        what = f"{self._last_failed} blocked the prompt: {e}" if status == "blocked" else self._failure("", e, self._last_failed)
-        raise StepFailed(status, e.kind, f"iteration {it.number}: {what}")
+        def record(submission: Submission) -> None:
+            it.request_id = submission.request_id
+            it.service_meta = {"service": submission.service, "submission": _compact(submission.meta), "prompt_sha256": prompt_sha256}
+            with self.ledger.transaction() as s:
+                update_row(s, it, "request_id", "service_meta")
+
+        return record
 
     async def _rewrite_blocked(self, it: Iteration, blocked: ContentBlocked, count: int) -> dict[str, Any]:
-        """Ask the refiner to rewrite a blocked prompt so it complies (``block_rewrites`` times at most)."""
-        ctx = self.ctx
-        by = self._last_failed
-        hint = str(ctx.settings.section("run").get("block_rewrite_hint", "describe it in a non-graphic way suitable for all audiences"))
+        """Ask the refiner to rewrite a blocked prompt so it complies."""
+        by = self.ledger.last_failed
         judgement = Judgement(criteria={}, issues=[Issue(kind="content_policy", description=f"{by} refused it: {blocked}",
-                                                         suggestion=hint, severity=1.0)])
+                                                         suggestion=self.ctx.settings.run.block_rewrite_hint, severity=1.0)])
         request = RefinementRequest(original_prompt=self.original_text, current_prompt=it.prompt_text, judgement=judgement,
                                     failed_checks=(), history=(), purpose="comply")
         try:
-            served = await self._call(ctx.refiners, "refine", it.number, lambda r: self._checked(r.refine(request)),
-                                      estimate=lambda r: prices.table_cost(r.settings, r.model), iteration_id=it.id, step=f"rewrite{count}")
+            call: Call[Refiner, RefinedPrompt] = await self.ledger.call(
+                self.ctx.refiners, "refine", it.number, lambda r: self._checked(r.refine(request)), iteration_id=it.id,
+                step=f"rewrite{count}")
         except ProviderError as e:
-            self._generation_failed(it, "blocked", ContentBlocked(f"{blocked}; rewriting it to comply failed: {e}", http_status=blocked.http_status))
-        refined: RefinedPrompt = served.value
+            self._generation_failed(it, "blocked", ContentBlocked(f"{blocked}; rewriting it to comply failed: {e}",
+                                                                  http_status=blocked.http_status))
+        refined = call.value
+        self.ledger.record_call(call, self.ledger.cost(call, refined.cost_usd, refined.model))
         if refined.prompt.strip() == it.prompt_text.strip():
-            self._generation_failed(it, "blocked", ContentBlocked(f"{blocked}; the refiner could not rewrite it", http_status=blocked.http_status))
-        refiner = served.component
-        cost = refined.cost_usd if refined.cost_usd is not None else prices.table_cost(refiner.settings, refined.model)
-        with session(ctx.engine) as s:
-            self._log_call(s, self._ok_row(served, "refine", cost, iteration_id=it.id))
-            self._add_cost(cost)
-            self._commit(s)
-        ctx.budget.settle(served.reserved_usd, cost)
-        log.info("%s: iteration %d blocked by %s; rewritten by %s to comply", self.prompt.key, it.number, by, refiner.name)
-        return {"from": it.prompt_text, "to": refined.prompt, "rationale": refined.rationale, "blocked_by": by, "refiner": refiner.name}
+            self._generation_failed(it, "blocked", ContentBlocked(f"{blocked}; the refiner could not rewrite it",
+                                                                  http_status=blocked.http_status))
+        log.info("%s: iteration %d blocked by %s; rewritten by %s to comply", self.prompt.key, it.number, by, call.component.name)
+        return {"from": it.prompt_text, "to": refined.prompt, "rationale": refined.rationale, "blocked_by": by,
+                "refiner": call.component.name}
 
-    async def _checked(self, refining: Any) -> RefinedPrompt:
-        """A refiner's answer, refused when empty or over the prompt length limit."""
-        refined: RefinedPrompt = await refining
-        max_chars = int(self.ctx.settings.section("prompt").get("max_chars", 10_000))
-        if not refined.prompt.strip():
-            raise ProviderError("the refiner returned an empty prompt", kind="malformed")
-        if len(refined.prompt) > max_chars:
-            raise ProviderError(f"the refined prompt is {len(refined.prompt):,} characters, over the limit of {max_chars:,}", kind="malformed")
-        return refined
+    def _generation_failed(self, it: Iteration, status: str, e: ProviderError) -> NoReturn:
+        """Record the iteration as failed or blocked, and end the prompt."""
+        it.status, it.error_kind, it.error_message = status, e.kind, str(e)
+        it.finished_at = utcnow()
+        it.routing = {**(it.routing or {}), "served_by": "", "skipped": [s.as_dict() for s in e.skipped]}
+        with self.ledger.transaction() as s:
+            update_row(s, it, *ITERATION_FIELDS)
+        self._write_results(it)
+        what = f"{self.ledger.last_failed} blocked the prompt: {e}" if status == "blocked" else self.ledger.failure("", e)
+        raise StepFailed(status, e.kind, f"iteration {it.number}: {what}")
+
+    def _store_image(self, path: Path, data: bytes, sha256: str) -> Thumb:
+        """Write the image file (atomically) and make its gallery thumbnail; run off the event loop."""
+        images = self.ctx.settings.images
+        atomic_write_bytes(path, data)
+        return make_thumbnail(data, side=images.thumbnail_side, fmt=images.thumbnail_format,
+                              quality=images.thumbnail_quality, sha256=sha256)
 
     def _image_intact(self, it: Iteration) -> bool:
         """A finished generation counts only while its file is there with the recorded hash."""
@@ -440,50 +399,43 @@ class PromptJob:
         return intact
 
     # ---- judge -------------------------------------------------------------------------------
-    async def evaluated(self, it: Iteration, elements: tuple[Element, ...]) -> Evaluation:
-        ctx = self.ctx
+    async def judged(self, it: Iteration, elements: tuple[Element, ...]) -> Evaluation:
         if it.number in self.evaluations:
             return self.evaluations[it.number]
         self._check_stop()
         fresh = self._fresh_image
-        data = fresh[1] if fresh and fresh[0] == it.number else (ctx.output_dir / it.image_path).read_bytes()
+        data = fresh[1] if fresh and fresh[0] == it.number else (self.ctx.output_dir / it.image_path).read_bytes()
         request = EvaluationRequest(original_prompt=self.original_text, sent_prompt=it.prompt_text, elements=elements,
                                     image=data, mime_type=it.mime_type, requested_width=self.width, requested_height=self.height)
         try:
-            served = await self._call(ctx.judges, "evaluate", it.number, lambda j: j.evaluate(request), iteration_id=it.id,
-                                      estimate=lambda j: prices.table_cost(j.settings, j.model))
+            call: Call[Judge, Judgement] = await self.ledger.call(self.ctx.judges, "evaluate", it.number, lambda j: j.evaluate(request),
+                                                                  iteration_id=it.id)
         except ProviderError as e:
-            raise StepFailed("failed", e.kind, f"iteration {it.number}: {self._failure('judge', e, self._last_failed)}") from None
-        judgement: Judgement = served.value
-        judge = served.component
-        cost = judgement.cost_usd if judgement.cost_usd is not None else prices.table_cost(judge.settings, judgement.model)
-        score = scoring.overall(judgement, elements, ctx.faithfulness_weight)
+            raise StepFailed("failed", e.kind, f"iteration {it.number}: {self.ledger.failure('judge', e)}") from None
+        judgement, judge = call.value, call.component
+        cost = self.ledger.cost(call, judgement.cost_usd, judgement.model)
+        score = scoring.overall(judgement, elements, self.ctx.settings.scoring.faithfulness_weight)
         top = judgement.top_issue
-        with session(ctx.engine) as s:
-            ev = Evaluation(
-                iteration_id=it.id, judge=judge.name, model=judgement.model or judge.model, overall_score=score,
-                criteria=judgement.criteria, checks=[c.__dict__ for c in judgement.checks],
-                issues=[i.__dict__ for i in sorted(judgement.issues, key=lambda i: -i.severity)],
-                top_suggestion=(top.suggestion or top.description) if top else "",
-                raw_response=judgement.raw_response, latency_ms=served.latency_ms, cost_usd=cost, routing=served.routing(),
-            )
-            _insert(s, ev)
-            self._log_call(s, self._ok_row(served, "evaluate", cost, iteration_id=it.id))
-            self._add_cost(cost)
+        ev = Evaluation(
+            iteration_id=it.id or 0, judge=judge.name, model=judgement.model or judge.model, overall_score=score,
+            criteria=judgement.criteria, checks=[c.__dict__ for c in judgement.checks],
+            issues=[i.__dict__ for i in sorted(judgement.issues, key=lambda i: -i.severity)],
+            top_suggestion=(top.suggestion or top.description) if top else "",
+            raw_response=judgement.raw_response, latency_ms=call.served.latency_ms, cost_usd=cost, routing=call.served.routing(),
+        )
+        with self.ledger.record(call, cost) as s:
+            insert_row(s, ev)
             best = max(self.evaluations.values(), key=lambda e: e.overall_score, default=None)
             if best is None or score >= best.overall_score:
                 self.item.best_score, self.item.final_iteration = score, it.number
-                self._item_dirty = True
-            self._commit(s)
-        ctx.budget.settle(served.reserved_usd, cost)
+                self.ledger.touch()
         self.evaluations[it.number] = ev
         sidecars.write_iteration_evaluation(self.folder, sidecars.iteration_evaluation(self.prompt, it, ev))
-        ctx.on_step()
+        self.ctx.on_step()
         return ev
 
     # ---- refine ------------------------------------------------------------------------------
     async def refined(self, it: Iteration, ev: Evaluation) -> Refinement:
-        ctx = self.ctx
         if it.number in self.refinements:
             return self.refinements[it.number]
         self._check_stop()
@@ -495,75 +447,48 @@ class PromptJob:
             history=tuple((p, score) for p, score in history),
         )
         try:
-            served = await self._call(ctx.refiners, "refine", it.number, lambda r: self._checked(r.refine(request)),
-                                      estimate=lambda r: prices.table_cost(r.settings, r.model), iteration_id=it.id)
+            call: Call[Refiner, RefinedPrompt] = await self.ledger.call(self.ctx.refiners, "refine", it.number,
+                                                                        lambda r: self._checked(r.refine(request)), iteration_id=it.id)
         except ProviderError as e:
-            raise StepFailed("failed", e.kind, f"iteration {it.number}: {self._failure('refiner', e, self._last_failed)}") from None
-        refined: RefinedPrompt = served.value
-        refiner = served.component
-        cost = refined.cost_usd if refined.cost_usd is not None else prices.table_cost(refiner.settings, refined.model)
-        with session(ctx.engine) as s:
-            ref = Refinement(run_item_id=self.item_id, from_iteration=it.number, new_prompt=refined.prompt,
-                             refiner=refiner.name, model=refined.model or refiner.model, rationale=refined.rationale,
-                             edits=refined.edits, latency_ms=served.latency_ms, cost_usd=cost, routing=served.routing())
-            _insert(s, ref)
-            self._log_call(s, self._ok_row(served, "refine", cost, iteration_id=it.id))
-            self._add_cost(cost)
-            self._commit(s)
-        ctx.budget.settle(served.reserved_usd, cost)
+            raise StepFailed("failed", e.kind, f"iteration {it.number}: {self.ledger.failure('refiner', e)}") from None
+        refined, refiner = call.value, call.component
+        cost = self.ledger.cost(call, refined.cost_usd, refined.model)
+        ref = Refinement(run_item_id=self.item_id, from_iteration=it.number, new_prompt=refined.prompt,
+                         refiner=refiner.name, model=refined.model or refiner.model, rationale=refined.rationale,
+                         edits=refined.edits, latency_ms=call.served.latency_ms, cost_usd=cost, routing=call.served.routing())
+        with self.ledger.record(call, cost) as s:
+            insert_row(s, ref)
         self.refinements[it.number] = ref
-        ctx.on_step()
+        self.ctx.on_step()
         return ref
 
-    # ---- records -------------------------------------------------------------------------------
-    def _call_row(self, component: Component, operation: str, key: str, started: Any, latency: float, outcome: str, *,
-                  cost: float | None = None, http_status: int | None = None, error: ProviderError | None = None,
-                  iteration_id: int | None = None, attempt: int = 1, model: str = "") -> dict[str, Any]:
-        """The values of one call-log row (append-only: written by :meth:`_log_call`, no object needed)."""
-        return dict(
-            run_id=self.ctx.run.id, iteration_id=iteration_id, step_key=key, provider=component.name,
-            model=model or component.model, operation=operation, started_at=started, latency_ms=latency, outcome=outcome,
-            http_status=error.http_status if error else http_status, error_kind=error.kind if error else "",
-            error_message=str(error)[:2000] if error else "", attempt=attempt, cost_usd=cost,
-        )
+    async def _checked(self, refining: Any) -> RefinedPrompt:
+        """A refiner's answer, refused when empty or over the prompt length limit."""
+        refined: RefinedPrompt = await refining
+        max_chars = self.ctx.settings.prompt.max_chars
+        if not refined.prompt.strip():
+            raise ProviderError("the refiner returned an empty prompt", kind="malformed")
+        if len(refined.prompt) > max_chars:
+            raise ProviderError(f"the refined prompt is {len(refined.prompt):,} characters, over the limit of {max_chars:,}", kind="malformed")
+        return refined
 
-    @staticmethod
-    def _log_call(s: Any, values: dict[str, Any]) -> None:
-        s.connection().execute(_insert_statement(ProviderCall.__table__, False), values)
-
-    def _add_cost(self, cost: float | None) -> None:
-        if cost:
-            self.item.cost_usd += cost
-            self._item_dirty = True
-
-    def _set_item(self, *, status: str, error: tuple[str, str] | None = None, started: bool = False,
+    # ---- the prompt's row and its sidecars -----------------------------------------------------
+    def _set_item(self, *, status: str, reason: str, error: tuple[str, str] | None = None, started: bool = False,
                   finished: bool = False, defer: bool = False) -> None:
-        """Record the prompt's status; ``defer`` lets the next step's commit carry it (one commit fewer)."""
+        """Record the prompt's status and why it stopped (``reason``, a key of display.STOP_REASONS;
+        "" while it runs); ``defer`` lets the next step's commit carry it (one commit fewer)."""
         item = self.item
-        item.status = status
+        item.status, item.stop_reason = status, reason
         if error is not None:
             item.error_kind, item.error_message = error
         if started and item.started_at is None:
             item.started_at = utcnow()
         if finished:
             item.finished_at = utcnow()
-        self._item_dirty = True
+            self._write_summary()  # before the row: a full disk must not leave a finished prompt without its summary
+        self.ledger.touch()
         if not defer:
-            with session(self.ctx.engine) as s:
-                self._commit(s)
-        if finished:
-            self._write_summary()
-
-    def _commit(self, s: Any) -> None:
-        """Commit ``s`` together with the prompt's own row (status, cost, best) if it changed.
-
-        The job is the only writer of that row, so one UPDATE of its in-memory copy per commit
-        keeps it exact, and the step's result and the prompt's totals land in one transaction.
-        """
-        if self._item_dirty:
-            _update(s, self.item, *ITEM_FIELDS)
-            self._item_dirty = False
-        s.commit()
+            self.ledger.save()
 
     def _write_results(self, it: Iteration) -> None:
         ref = self.refinements.get(it.number - 1)

@@ -7,7 +7,7 @@ import sys
 import time
 from typing import TextIO
 
-from pipeline.runs.runner import Progress
+from pipeline.runs.records import RunSummary
 
 log = logging.getLogger("pipeline.runs.progress")
 
@@ -18,10 +18,20 @@ def _clock(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
 
 
-def describe(p: Progress) -> str:
+def describe(p: RunSummary) -> str:
     extra = f", {p.failed} failed" if p.failed else ""
     extra += f", {p.blocked} blocked" if p.blocked else ""
-    return f"{p.done}/{p.total} prompts done ({p.completed} completed{extra}), {p.running} in progress, ${p.cost_usd:.4f}, {_clock(p.elapsed_s)}"
+    return (f"{p.done}/{p.total} prompts done ({p.completed} completed{extra}), {p.running} in progress, ${p.cost_usd:.4f}, "
+            f"{_clock(p.elapsed_s or 0.0)}")
+
+
+def bar_text(p: RunSummary, width: int) -> str:
+    """█ completed, ▒ failed or blocked, ░ still to do: a run whose prompts all failed never shows a full solid bar."""
+    if not p.total:
+        return "░" * width
+    ok = int(width * p.completed / p.total)
+    bad = int(width * p.done / p.total) - ok
+    return "█" * ok + "▒" * bad + "░" * (width - ok - bad)
 
 
 class TerminalBar:
@@ -30,13 +40,12 @@ class TerminalBar:
     def __init__(self, stream: TextIO = sys.stderr, width: int = 28) -> None:
         self.stream, self.width, self._last = stream, width, 0.0
 
-    def __call__(self, p: Progress) -> None:
+    def __call__(self, p: RunSummary) -> None:
         now = time.monotonic()
         if now - self._last < 0.1 and p.done < p.total:
             return
         self._last = now
-        filled = int(self.width * p.done / p.total) if p.total else self.width
-        bar = "█" * filled + "░" * (self.width - filled)
+        bar = bar_text(p, self.width)
         self.stream.write(f"\r{bar} {describe(p)}\x1b[K")
         self.stream.flush()
 
@@ -51,7 +60,7 @@ class LogLines:
     def __init__(self) -> None:
         self._done = -1
 
-    def __call__(self, p: Progress) -> None:
+    def __call__(self, p: RunSummary) -> None:
         if p.done != self._done:
             self._done = p.done
             log.info(describe(p))

@@ -8,6 +8,7 @@ process is found by :func:`recover_orphans` and marked ``interrupted`` so it can
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import socket
 from dataclasses import asdict, dataclass, field
@@ -20,6 +21,7 @@ from sqlmodel import Session, col, select
 
 from pipeline.config import Settings
 from pipeline.errors import InputError, RunStateError
+from pipeline.files import unused_folder
 from pipeline.prompts.promptset import PromptSetSpec
 from pipeline.store.models import (
     TERMINAL_ITEM_STATUSES,
@@ -30,9 +32,11 @@ from pipeline.store.models import (
     ProviderCall,
     Run,
     RunItem,
+    row_id,
     utcnow,
 )
 
+log = logging.getLogger("pipeline.runs.records")
 HEARTBEAT_SECONDS = 2.0
 STALE_AFTER = timedelta(seconds=30)
 
@@ -68,27 +72,26 @@ class RunConfig:
         return cls(**known)
 
     def validate(self, settings: Settings) -> None:
-        limits = settings.section("run")
-        max_iterations = int(limits.get("max_iterations", 5))
-        max_concurrency = int(limits.get("max_concurrency", 32))
+        """Refuse a bad setting with an :class:`InputError` whose ``field`` is the CLI option's name."""
+        max_iterations, max_concurrency = settings.run.max_iterations, settings.run.max_concurrency
         if not self.providers:
-            raise InputError("--providers: name at least one provider")
+            raise InputError("name at least one provider", field="providers")
         if not 1 <= self.iterations <= max_iterations:
-            raise InputError(f"--iterations: {self.iterations} is outside 1–{max_iterations}")
+            raise InputError(f"{self.iterations} is outside 1–{max_iterations}", field="iterations")
         if not 1 <= self.concurrency <= max_concurrency:
-            raise InputError(f"--concurrency: {self.concurrency} is outside 1–{max_concurrency}")
+            raise InputError(f"{self.concurrency} is outside 1–{max_concurrency}", field="concurrency")
         if self.target_score is not None and not 0 <= self.target_score <= 10:
-            raise InputError(f"--target-score: {self.target_score} is outside 0–10")
+            raise InputError(f"{self.target_score} is outside 0–10", field="target_score")
         if self.routing not in ("fallback", "pool"):
-            raise InputError(f"--routing: {self.routing!r} is not one of fallback, pool")
+            raise InputError(f"{self.routing!r} is not one of fallback, pool", field="routing")
         if not 0 <= self.block_rewrites <= 3:
-            raise InputError(f"--block-rewrites: {self.block_rewrites} is outside 0–3")
+            raise InputError(f"{self.block_rewrites} is outside 0–3", field="block_rewrites")
         if self.budget_usd is not None and self.budget_usd <= 0:
-            raise InputError(f"--budget: {self.budget_usd} must be more than 0 (leave it out for no cap)")
-        for role, names in (("--providers", self.providers), ("--judge", self.judges), ("--refiner", self.refiners)):
+            raise InputError(f"{self.budget_usd} must be more than 0 (leave it out for no cap)", field="budget")
+        for role, names in (("providers", self.providers), ("judge", self.judges), ("refiner", self.refiners)):
             repeated = sorted({n for n in names if names.count(n) > 1})
             if repeated:
-                raise InputError(f"{role}: {', '.join(repeated)} named more than once")
+                raise InputError(f"{', '.join(repeated)} named more than once", field=role)
 
 
 def default_seed(prompt_key: str) -> int:
@@ -128,7 +131,7 @@ def import_prompt_set(s: Session, spec: PromptSetSpec) -> PromptSet:
     s.flush()
     for position, p in enumerate(spec.prompts):
         s.add(Prompt(
-            prompt_set_id=ps.id, position=position, key=p.id, title=p.title, scene=p.scene, mood=p.mood,
+            prompt_set_id=row_id(ps), position=position, key=p.id, title=p.title, scene=p.scene, mood=p.mood,
             prompt=p.prompt, negative_prompt=p.negative_prompt, seed=p.seed, size=p.size, tags=list(p.tags), meta=p.metadata,
         ))
     return ps
@@ -155,24 +158,37 @@ def create_run(s: Session, settings: Settings, prompt_set: PromptSet, config: Ru
     ``claim=True`` (the CLI, which executes the run itself) creates it already owned by this
     process, so a dashboard's background runner sharing the database never picks it up.
     """
-    run = Run(prompt_set_id=prompt_set.id, name=name or prompt_set.name, config=config.to_dict(), status="queued")
+    run = Run(prompt_set_id=row_id(prompt_set), name=name or prompt_set.name, config=config.to_dict(), status="queued")
     if claim:
         _claim(run)
     s.add(run)
     s.flush()
-    run.output_dir = stored_output_dir(settings, output_dir or settings.runs_dir / str(run.id))
-    prompt_ids = s.exec(select(Prompt.id).where(Prompt.prompt_set_id == prompt_set.id).order_by(Prompt.position)).all()
+    run.output_dir = stored_output_dir(settings, output_dir or _default_output_dir(s, settings, run.id or 0))
+    prompt_ids = s.exec(select(Prompt.id).where(Prompt.prompt_set_id == prompt_set.id).order_by(col(Prompt.position))).all()
     for pid in prompt_ids:
-        s.add(RunItem(run_id=run.id, prompt_id=pid))
+        assert pid is not None  # a stored prompt's primary key
+        s.add(RunItem(run_id=row_id(run), prompt_id=pid))
     run.total = len(prompt_ids)
     return run
+
+
+def _default_output_dir(s: Session, settings: Settings, run_id: int) -> Path:
+    """``data/runs/<id>``, unless it holds files the database does not know (the database was
+    deleted or emptied, and ids start again): then the next free ``data/runs/<id>-2``, and say so."""
+    wanted = settings.runs_dir / str(run_id)
+    chosen = unused_folder(wanted, taken=lambda p: s.exec(select(Run.id).where(
+        Run.output_dir == stored_output_dir(settings, p), Run.id != run_id)).first() is not None)
+    if chosen != wanted:
+        log.warning("run %s: %s holds the files of a run this database does not know; they are left untouched, "
+                    "and this run writes to %s instead", run_id, wanted, chosen)
+    return chosen
 
 
 def check_output_dir_empty(output_dir: Path) -> None:
     """Refuse a folder whose results/ already holds files (checked before anything is written)."""
     results = output_dir / "results"
     if results.is_dir() and any(results.iterdir()):
-        raise InputError(f"{results} is not empty; choose another --output so no earlier files are overwritten")
+        raise InputError(f"{results} is not empty; choose another folder so no earlier files are overwritten", field="output")
 
 
 def check_output_dir_unclaimed(settings: Settings, s: Session, output_dir: Path) -> None:
@@ -181,13 +197,16 @@ def check_output_dir_unclaimed(settings: Settings, s: Session, output_dir: Path)
     if other is not None:
         raise InputError(
             f"{output_dir} already belongs to run {other.id} ({other.status}); "
-            f"choose another --output, or resume that run with: python -m pipeline resume {other.id}"
+            f"choose another folder, or resume that run with: python -m pipeline resume {other.id}", field="output",
         )
 
 
 # ---- Reading ----------------------------------------------------------------------------------
+MAX_ROW_ID = 2**63 - 1  # SQLite's and PostgreSQL's bigint: a larger id cannot name a run
+
+
 def get_run(s: Session, run_id: int) -> Run:
-    run = s.get(Run, run_id)
+    run = s.get(Run, run_id) if 0 < run_id <= MAX_ROW_ID else None
     if run is None:
         raise RunStateError(f"no run {run_id}; `python -m pipeline status` lists the runs")
     return run
@@ -207,29 +226,35 @@ class ItemState:
     final_iteration: int | None
     cost_usd: float
     error: str
+    stop_reason: str = ""  # why it stopped (pipeline.display.STOP_REASONS)
 
 
 def item_states(s: Session, run_id: int) -> list[ItemState]:
     iteration_count = (
         select(Iteration.run_item_id, func.count().label("n"))
-        .where(Iteration.status == "ok").group_by(Iteration.run_item_id).subquery()
+        .where(Iteration.status == "ok").group_by(col(Iteration.run_item_id)).subquery()
     )
     rows = s.exec(
         select(RunItem, Prompt, iteration_count.c.n)
-        .join(Prompt, Prompt.id == RunItem.prompt_id)
+        .join(Prompt, col(Prompt.id) == RunItem.prompt_id)
         .join(iteration_count, iteration_count.c.run_item_id == RunItem.id, isouter=True)
-        .where(RunItem.run_id == run_id).order_by(Prompt.position)
+        .where(RunItem.run_id == run_id).order_by(col(Prompt.position))
     ).all()
     return [
         ItemState(p.key, p.title, item.status, n or 0, item.best_score, item.final_iteration, item.cost_usd,
-                  f"{item.error_kind}: {item.error_message}" if item.error_message else "")
+                  f"{item.error_kind}: {item.error_message}" if item.error_message else "", item.stop_reason)
         for item, p, n in rows
     ]
 
 
+ACTIVE_RUN_STATUSES = ("queued", "running")
+
+
 @dataclass(frozen=True)
 class RunSummary:
-    """A run as the Runs page shows it: counts straight from its prompts, so they are live."""
+    """A run's counts, the one shape the CLI's bar and summary, ``status`` and the Runs page all
+    show. Counts come from the run's prompts (live while it runs); ``elapsed_s`` is the run's
+    wall time, or this execution's when the runner reports it."""
 
     id: int
     name: str
@@ -250,48 +275,92 @@ class RunSummary:
         return self.completed + self.failed + self.blocked
 
     @property
+    def unfinished(self) -> int:
+        return self.total - self.done
+
+    @property
     def fraction(self) -> float:
-        return self.done / self.total if self.total else 0.0
+        """The share of prompts that completed (failed and blocked ones never fill the bar)."""
+        return self.completed / self.total if self.total else 0.0
 
     @property
     def active(self) -> bool:
         return self.status in ACTIVE_RUN_STATUSES
 
+    @property
+    def outcome(self) -> str:
+        """The status as a person should read it: a run that reached its end with no prompt
+        completed is ``failed`` (``blocked`` when every one was blocked), one with some failed or
+        blocked prompts ``partial``; any other run, its status."""
+        if self.status != "completed" or not (self.failed or self.blocked):
+            return self.status
+        if self.completed:
+            return "partial"
+        return "failed" if self.failed else "blocked"
 
-ACTIVE_RUN_STATUSES = ("queued", "running")
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON values (``status --json``)."""
+        data = asdict(self)
+        data["created_at"] = self.created_at.isoformat()
+        return {**data, "outcome": self.outcome, "done": self.done}
 
 
-def run_summaries(s: Session, limit: int = 50, now: datetime | None = None) -> list[RunSummary]:
-    """The newest runs with their live counts and cost: three queries whatever the number of runs."""
-    runs = list_runs(s, limit)
+def summary_of(run: Run, *, running: int = 0, elapsed_s: float | None = None) -> RunSummary:
+    """The summary of a run whose counts were just refreshed (:func:`refresh_counts`)."""
+    if elapsed_s is None and run.started_at:
+        elapsed_s = ((run.finished_at or utcnow()) - run.started_at).total_seconds()
+    return RunSummary(id=row_id(run), name=run.name, status=run.status, total=run.total, completed=run.completed, failed=run.failed,
+                      blocked=run.blocked, running=running, cost_usd=run.cost_usd, elapsed_s=elapsed_s, created_at=run.created_at,
+                      config=run.config, error=run.error)
+
+
+def run_summaries(s: Session, limit: int = 50, now: datetime | None = None, *, run_ids: list[int] | None = None) -> list[RunSummary]:
+    """The newest runs (or those of ``run_ids``) with their live counts and cost: three queries
+    whatever the number of runs."""
+    if run_ids is None:
+        runs = list_runs(s, limit)
+    else:
+        runs = list(s.exec(select(Run).where(col(Run.id).in_(run_ids)).order_by(col(Run.id).desc())))
     if not runs:
         return []
     ids = [r.id for r in runs]
     counts: dict[int, dict[str, int]] = {}
     for run_id, status, n in s.exec(
-        select(RunItem.run_id, RunItem.status, func.count()).where(col(RunItem.run_id).in_(ids)).group_by(RunItem.run_id, RunItem.status)
+        select(RunItem.run_id, RunItem.status, func.count()).where(col(RunItem.run_id).in_(ids)).group_by(col(RunItem.run_id), col(RunItem.status))
     ).all():
         counts.setdefault(run_id, {})[status] = n
     costs = dict(s.exec(
         select(ProviderCall.run_id, func.coalesce(func.sum(ProviderCall.cost_usd), 0.0))
-        .where(col(ProviderCall.run_id).in_(ids)).group_by(ProviderCall.run_id)
+        .where(col(ProviderCall.run_id).in_(ids)).group_by(col(ProviderCall.run_id))
     ).all())
     now = now or utcnow()
     out = []
     for r in runs:
-        c = counts.get(r.id, {})
+        rid = row_id(r)
+        c = counts.get(rid, {})
         elapsed = ((r.finished_at or now) - r.started_at).total_seconds() if r.started_at else None
         out.append(RunSummary(
-            id=r.id, name=r.name, status=r.status, total=sum(c.values()), completed=c.get("completed", 0), failed=c.get("failed", 0),
+            id=rid, name=r.name, status=r.status, total=sum(c.values()), completed=c.get("completed", 0), failed=c.get("failed", 0),
             blocked=c.get("blocked", 0), running=c.get("running", 0), cost_usd=float(costs.get(r.id) or 0.0), elapsed_s=elapsed,
             created_at=r.created_at, config=r.config, error=r.error,
         ))
     return out
 
 
+def run_summary(s: Session, run_id: int) -> RunSummary:
+    get_run(s, run_id)  # a clear message for an unknown id
+    return run_summaries(s, run_ids=[run_id])[0]
+
+
+def prompt_keys(s: Session, run_id: int) -> dict[int, str]:
+    """Each of the run's items by its prompt's id in the set (what logs and messages name)."""
+    rows = s.exec(select(RunItem.id, Prompt.key).join(Prompt, col(Prompt.id) == RunItem.prompt_id).where(RunItem.run_id == run_id)).all()
+    return {item_id: key for item_id, key in rows if item_id is not None}  # stored rows: never None
+
+
 def refresh_counts(s: Session, run: Run) -> None:
     """Recompute the run's counts and cost from its items and calls (derived, never drifted)."""
-    counts = dict(s.exec(select(RunItem.status, func.count()).where(RunItem.run_id == run.id).group_by(RunItem.status)).all())
+    counts = dict(s.exec(select(RunItem.status, func.count()).where(RunItem.run_id == run.id).group_by(col(RunItem.status))).all())
     run.total = sum(counts.values())
     run.completed = counts.get("completed", 0)
     run.failed = counts.get("failed", 0)
@@ -302,9 +371,9 @@ def refresh_counts(s: Session, run: Run) -> None:
 
 def unfinished_items(s: Session, run_id: int) -> list[RunItem]:
     return list(s.exec(
-        select(RunItem).join(Prompt, Prompt.id == RunItem.prompt_id)
+        select(RunItem).join(Prompt, col(Prompt.id) == RunItem.prompt_id)
         .where(RunItem.run_id == run_id, col(RunItem.status).not_in(TERMINAL_ITEM_STATUSES))
-        .order_by(Prompt.position)
+        .order_by(col(Prompt.position))
     ))
 
 
@@ -317,8 +386,8 @@ def recover_orphans(s: Session) -> list[int]:
             run.status = "interrupted"
             run.owner = ""
             for item in s.exec(select(RunItem).where(RunItem.run_id == run.id, RunItem.status == "running")):
-                item.status = "pending"
-            recovered.append(run.id)
+                item.status, item.stop_reason = "pending", "interrupted"
+            recovered.append(row_id(run))
     return recovered
 
 
@@ -329,9 +398,9 @@ def _claim(run: Run) -> None:
 def claim_next_queued(s: Session) -> int | None:
     """Take the oldest queued run for this process, or None. Atomic: of several processes
     sharing the database, exactly one gets each run."""
-    for run_id in s.exec(select(Run.id).where(Run.status == "queued").order_by(Run.id)).all():
+    for run_id in s.exec(select(Run.id).where(Run.status == "queued").order_by(col(Run.id))).all():
         taken = s.execute(
-            update(Run).where(Run.id == run_id, Run.status == "queued")
+            update(Run).where(col(Run.id) == run_id, col(Run.status) == "queued")
             .values(status="running", owner=this_owner(), heartbeat_at=utcnow())
         )
         s.commit()
@@ -356,7 +425,7 @@ def claim_for_resume(s: Session, run: Run, *, retry_failed: bool = False, claim:
         raise RunStateError(f"run {run.id} is already completed; add --retry-failed to retry its failed prompts")
     if retry_failed:
         for item in s.exec(select(RunItem).where(RunItem.run_id == run.id, col(RunItem.status).in_(("failed", "blocked")))):
-            item.status, item.error_kind, item.error_message, item.finished_at = "pending", "", "", None
+            item.status, item.error_kind, item.error_message, item.finished_at, item.stop_reason = "pending", "", "", None, ""
     run.status, run.cancel_requested, run.error, run.finished_at = "queued", False, "", None
     if claim:
         _claim(run)
@@ -373,7 +442,7 @@ def request_cancel(s: Session, run_id: int) -> Run:
 
 def iterations_with_evaluations(s: Session, run_item_id: int) -> list[tuple[Iteration, Evaluation | None]]:
     rows = s.exec(
-        select(Iteration, Evaluation).join(Evaluation, Evaluation.iteration_id == Iteration.id, isouter=True)
-        .where(Iteration.run_item_id == run_item_id).order_by(Iteration.number)
+        select(Iteration, Evaluation).join(Evaluation, col(Evaluation.iteration_id) == Iteration.id, isouter=True)
+        .where(Iteration.run_item_id == run_item_id).order_by(col(Iteration.number))
     ).all()
     return [(it, ev) for it, ev in rows]

@@ -4,7 +4,7 @@
   when any of its parents is answered "no"; "unsure" counts 0. Elements the judge gave no
   check for are left out (a judge that cannot tell does not guess).
 - quality (0–10): mean of the judge's criteria that apply.
-- overall = 10 x faithfulness x w + quality x (1 - w), with w from ``[scoring]`` (default 0.6);
+- overall = 10 x faithfulness x w + quality x (1 - w), with w from ``[scoring]``;
   either part alone when the other is missing.
 """
 
@@ -13,8 +13,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from pipeline.components import Check, Element, Judgement
+from pipeline.config import shipped
 
-DEFAULT_FAITHFULNESS_WEIGHT = 0.6
+DEFAULT_FAITHFULNESS_WEIGHT = shipped().scoring.faithfulness_weight  # [scoring] in defaults.toml
 
 
 def faithfulness(checks: Sequence[Check], elements: Sequence[Element]) -> float | None:

@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from pipeline import registry
 from pipeline.components import Component
@@ -19,7 +20,7 @@ from pipeline.config import Settings
 from pipeline.errors import DarkroomError
 from pipeline.services.remote import Probe, Probing
 
-KINDS = {"providers": registry.providers, "judges": registry.judges, "refiners": registry.refiners}
+KINDS: dict[str, registry.Registry[Any]] = {"providers": registry.providers, "judges": registry.judges, "refiners": registry.refiners}
 
 
 @dataclass(frozen=True)

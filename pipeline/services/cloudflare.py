@@ -38,15 +38,22 @@ class CloudflareProvider(Remote, ImageProvider):
         return "GET", f"{self.base_url}/accounts/{self.account_id}/ai/models/search", {
             "headers": {"Authorization": f"Bearer {self._key}"}, "params": {"search": self.model.rsplit("/", 1)[-1]}}
 
-    def _fail(self, response: httpx.Response) -> ProviderError:
-        errors: list[Any] = []
+    def model_missing(self, response: httpx.Response) -> str | None:
+        """The catalogue search lists the models by name (``@cf/owner/model``)."""
         try:
-            body = response.json()
-            errors = body.get("errors") or [] if isinstance(body, dict) else []
-        except ValueError:
-            pass
+            found = response.json().get("result")
+        except (ValueError, AttributeError):
+            return None
+        if not isinstance(found, list):
+            return None
+        names = {str(m.get("name", "")) for m in found if isinstance(m, dict)}
+        return None if self.model in names else f"Workers AI has no model {self.model!r} (CLOUDFLARE_MODEL or [providers.cloudflare] model)"
+
+    def _fail(self, response: httpx.Response) -> ProviderError:
+        body = wire.error_body(response)
+        errors = (body.get("errors") or []) if isinstance(body, dict) else []
         codes = {e.get("code") for e in errors if isinstance(e, dict)}
-        message = "; ".join(f"{e.get('message', '')} (code {e.get('code')})" for e in errors if isinstance(e, dict))
+        message = wire.error_text(body)
         blocked = "nsfw" in message.lower() or "content polic" in message.lower()
         retryable = False if codes & NO_RETRY_CODES else True if codes & RETRY_CODES else None
         return wire.status_error(self.name, response, message, blocked=blocked, retryable=retryable)
@@ -58,15 +65,16 @@ class CloudflareProvider(Remote, ImageProvider):
             if request.negative_prompt:
                 payload["negative_prompt"] = request.negative_prompt
         url = f"{self.base_url}/accounts/{self.account_id}/ai/run/{self.model}"
-        async with wire.client(headers={"Authorization": f"Bearer {self._key}"}, timeout_s=self.timeout_s) as http:
+        async with self.client(headers={"Authorization": f"Bearer {self._key}"}, cap=self.network.image_json) as http:
             response = await wire.send(http, self.name, "POST", url, json=payload)
         content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
         if response.status_code != 200:
             raise self._fail(response)
         if content_type.startswith("image/"):
-            return GeneratedImage(data=response.content, mime_type=content_type, model=self.model, http_status=200)
+            data = wire.check_size(self.name, response.content, self.network.image)
+            return GeneratedImage(data=data, mime_type=content_type, model=self.model, http_status=200)
         body = wire.json_of(self.name, response)
         if not body.get("success", True):
             raise self._fail(response)
         image = wire.field(self.name, body, "result", "image")
-        return GeneratedImage(data=wire.b64decode(self.name, str(image)), mime_type=None, model=self.model, http_status=200)
+        return GeneratedImage(data=wire.b64decode(self.name, str(image), self.network.image), mime_type=None, model=self.model, http_status=200)

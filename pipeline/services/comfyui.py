@@ -5,11 +5,16 @@ file (``COMFYUI_WORKFLOW``, exported with "Save (API format)"). String values th
 a placeholder are replaced with typed values: ``{{prompt}}``, ``{{negative_prompt}}``,
 ``{{seed}}``, ``{{width}}``, ``{{height}}``, ``{{checkpoint}}``, ``{{steps}}``, ``{{cfg}}``. A prompt
 still running at the timeout is interrupted and removed from the queue.
+
+The prompt id is reported (``request.submitted``) as soon as the server queues it; a request
+resumed after a crash (``request.resume``) waits for that prompt when the server still has it
+(in ``/history`` or ``/queue``) and queues it anew otherwise.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from pathlib import Path
@@ -17,11 +22,12 @@ from typing import Any
 
 import httpx
 
-from pipeline.components import GeneratedImage, GenerationRequest, ImageProvider
+from pipeline.components import GeneratedImage, GenerationRequest, ImageProvider, Submission
 from pipeline.errors import ConfigError, ContentBlocked, ProviderError
 from pipeline.services import wire
 from pipeline.services.remote import Remote
 
+log = logging.getLogger("pipeline.services.comfyui")
 DEFAULT_WORKFLOW = Path(__file__).parent / "workflows" / "comfyui_txt2img.json"
 
 
@@ -56,19 +62,29 @@ class ComfyUIProvider(Remote, ImageProvider):
         self.model = self.checkpoint or "comfyui"
 
     def probe_request(self) -> tuple[str, str, dict[str, Any]]:
-        return "GET", f"{self.base_url}/system_stats", {}
+        return "GET", f"{self.base_url}/object_info/CheckpointLoaderSimple", {}  # answers with the checkpoints it can load
+
+    def model_missing(self, response: httpx.Response) -> str | None:
+        """Whether the checkpoint the workflow loads is one the server has."""
+        if not self.checkpoint or "{{checkpoint}}" not in json.dumps(self.workflow):
+            return None
+        try:
+            options = response.json()["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0]
+        except (ValueError, KeyError, IndexError, TypeError):
+            return None
+        if not isinstance(options, list) or self.checkpoint in options:
+            return None
+        return (f"the checkpoint {self.checkpoint!r} is not on this server (it has: {', '.join(map(str, options)) or 'none'}); "
+                "set COMFYUI_CHECKPOINT or [providers.comfyui] checkpoint")
 
     def _fail(self, response: httpx.Response) -> ProviderError:
-        message = ""
-        try:
-            body = response.json()
-            error = body.get("error") if isinstance(body, dict) else None
-            message = error.get("message", "") if isinstance(error, dict) else str(error or "")
-            for node_id, problem in (body.get("node_errors") or {}).items() if isinstance(body.get("node_errors"), dict) else []:
-                details = "; ".join(f"{e.get('message', '')}: {e.get('details', '')}" for e in problem.get("errors", []))
+        body = wire.error_body(response)
+        message = wire.error_text(body)
+        node_errors = body.get("node_errors") if isinstance(body, dict) else None
+        for node_id, problem in node_errors.items() if isinstance(node_errors, dict) else []:
+            if isinstance(problem, dict):
+                details = "; ".join(f"{e.get('message', '')}: {e.get('details', '')}" for e in problem.get("errors", []) if isinstance(e, dict))
                 message += f" [node {node_id} {problem.get('class_type', '')}: {details}]"
-        except ValueError:
-            pass
         return wire.status_error(self.name, response, message)
 
     async def generate(self, request: GenerationRequest) -> GeneratedImage:
@@ -77,11 +93,16 @@ class ComfyUIProvider(Remote, ImageProvider):
                   "steps": int(self.settings.get("steps", 20)), "cfg": float(self.settings.get("cfg", 7.0))}
         graph = fill(self.workflow, values)
         deadline = time.monotonic() + self.timeout_s
-        async with wire.client(timeout_s=self.timeout_s) as http:
-            queued = await wire.send(http, self.name, "POST", f"{self.base_url}/prompt", json={"prompt": graph, "client_id": str(uuid.uuid4())})
-            if queued.status_code != 200:
-                raise self._fail(queued)
-            prompt_id = str(wire.field(self.name, wire.json_of(self.name, queued), "prompt_id"))
+        async with self.client() as http:
+            earlier = request.resumable(self.name)
+            if earlier is not None and await self._still_there(http, earlier.request_id):
+                prompt_id = earlier.request_id
+            else:
+                queued = await wire.send(http, self.name, "POST", f"{self.base_url}/prompt", json={"prompt": graph, "client_id": str(uuid.uuid4())})
+                if queued.status_code != 200:
+                    raise self._fail(queued)
+                prompt_id = str(wire.field(self.name, wire.json_of(self.name, queued), "prompt_id"))
+                request.submitted(Submission(self.name, prompt_id))  # before waiting: a resume polls it
             try:
                 entry = await self._wait(http, prompt_id, deadline)
             except ProviderError as e:
@@ -90,12 +111,33 @@ class ComfyUIProvider(Remote, ImageProvider):
                 raise
             images = [img for out in (entry.get("outputs") or {}).values() for img in (out.get("images") or []) if img.get("type") == "output"]
             image = wire.field(self.name, images, 0)
-            viewed = await wire.send(http, self.name, "GET", f"{self.base_url}/view",
-                                     params={"filename": image.get("filename", ""), "subfolder": image.get("subfolder", ""), "type": "output"})
+            view = httpx.URL(f"{self.base_url}/view", params={"filename": image.get("filename", ""), "subfolder": image.get("subfolder", ""),
+                                                             "type": "output"})
+            viewed = await wire.send(http, self.name, "GET", str(view), extensions=self.network.image.extension())
             if viewed.status_code != 200:
                 raise self._fail(viewed)
         return GeneratedImage(data=viewed.content, mime_type=viewed.headers.get("content-type", "").split(";")[0] or None,
-                              model=self.model, cost_usd=0.0, http_status=200, metadata={"prompt_id": prompt_id})
+                              model=self.model, cost_usd=0.0, http_status=200, request_id=prompt_id, source_url=str(view),
+                              metadata={"prompt_id": prompt_id, "outputs": entry.get("outputs"), "status": entry.get("status")})
+
+    async def _still_there(self, http: httpx.AsyncClient, prompt_id: str) -> bool:
+        """Whether the server still has a prompt queued before a crash: in its history (done) or
+        its queue (waiting or running). A restarted ComfyUI has forgotten it: submit anew."""
+        history = await wire.send(http, self.name, "GET", f"{self.base_url}/history/{prompt_id}")
+        if history.status_code != 200:
+            raise self._fail(history)
+        if isinstance(wire.json_of(self.name, history).get(prompt_id), dict):
+            found = True
+        else:
+            queue = await wire.send(http, self.name, "GET", f"{self.base_url}/queue")
+            if queue.status_code != 200:
+                raise self._fail(queue)
+            listed = wire.json_of(self.name, queue)
+            jobs = [*(listed.get("queue_running") or []), *(listed.get("queue_pending") or [])] if isinstance(listed, dict) else []
+            found = any(isinstance(job, list) and len(job) > 1 and job[1] == prompt_id for job in jobs)
+        log.info("%s: prompt %s queued before a restart %s", self.name, prompt_id,
+                 "is still there: waiting for it instead of queueing it again" if found else "is gone; queueing it anew")
+        return found
 
     async def _wait(self, http: httpx.AsyncClient, prompt_id: str, deadline: float) -> dict[str, Any]:
         async def finished() -> dict[str, Any] | None:
@@ -107,7 +149,7 @@ class ComfyUIProvider(Remote, ImageProvider):
                 return None  # {} until the prompt has run
             status = entry.get("status") or {}
             if status.get("status_str") == "error":
-                detail = next((m[1] for m in status.get("messages", []) if m and m[0] == "execution_error"), {})
+                detail: dict[str, Any] = next((m[1] for m in status.get("messages", []) if m and m[0] == "execution_error"), {})
                 text = f"{detail.get('node_type', '')}: {detail.get('exception_message', 'execution error')}".strip(": ")
                 if any(w in text.lower() for w in ("nsfw", "safety", "content policy")):
                     raise ContentBlocked(f"{self.name} workflow refused the image: {text}", http_status=200)
@@ -121,5 +163,5 @@ class ComfyUIProvider(Remote, ImageProvider):
         for path, body in (("/interrupt", {"prompt_id": prompt_id}), ("/queue", {"delete": [prompt_id]})):
             try:
                 await http.post(f"{self.base_url}{path}", json=body, timeout=5.0)
-            except httpx.HTTPError:
+            except (httpx.HTTPError, ProviderError):
                 pass

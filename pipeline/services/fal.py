@@ -9,33 +9,28 @@ Wire format (docs.fal.ai, fal_client): ``POST {base}/{model}`` returns ``request
 ``IN_PROGRESS`` → ``COMPLETED``; the result holds ``images[].url`` and ``has_nsfw_concepts``.
 A request that runs past ``timeout_s`` is cancelled (``PUT cancel_url``) so it is not billed
 further. Content filters answer 422 with a ``detail[]`` list, or 200 with ``has_nsfw_concepts``.
+
+The request id and its URLs are reported (``request.submitted``) as soon as fal accepts the job;
+a request resumed after a crash (``request.resume``) polls that job first and submits anew only
+when fal no longer knows it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any
 
 import httpx
 
-from pipeline.components import GeneratedImage, GenerationRequest, ImageProvider
+from pipeline.components import GeneratedImage, GenerationRequest, ImageProvider, Submission
 from pipeline.errors import ContentBlocked, ProviderError
 from pipeline.services import wire
 from pipeline.services.remote import Remote
 
+log = logging.getLogger("pipeline.services.fal")
 _BLOCK_WORDS = ("content_policy", "nsfw", "safety", "unsafe", "content policy")
-
-
-def _detail_message(body: Any) -> tuple[str, bool]:
-    """fal's ``detail`` (a string, or a list of {msg, type}) as text, and whether it is a content block."""
-    detail = body.get("detail") if isinstance(body, dict) else None
-    if isinstance(detail, list):
-        parts = [f"{d.get('msg', '')} ({d.get('type', '')})" if isinstance(d, dict) else str(d) for d in detail]
-        text = "; ".join(parts)
-    else:
-        text = str(detail or "")
-    return text, any(w in text.lower() for w in _BLOCK_WORDS)
 
 
 class FalProvider(Remote, ImageProvider):
@@ -48,12 +43,8 @@ class FalProvider(Remote, ImageProvider):
     _no_stream = False  # set once the service answered that it has no status stream
 
     def _fail(self, response: httpx.Response) -> ProviderError:
-        body: Any = None
-        try:
-            body = response.json()
-        except ValueError:
-            pass
-        text, blocked = _detail_message(body)
+        text = wire.error_text(wire.error_body(response))  # fal's ``detail``: a string, or a list of {msg, type}
+        blocked = any(w in text.lower() for w in _BLOCK_WORDS)
         hint = response.headers.get("x-fal-retryable")
         retryable = None if hint is None else hint.lower() == "true"
         return wire.status_error(self.name, response, text, blocked=blocked and response.status_code in (400, 422), retryable=retryable)
@@ -74,34 +65,61 @@ class FalProvider(Remote, ImageProvider):
         if request.negative_prompt and self.settings.get("negative_prompt", False):
             payload["negative_prompt"] = request.negative_prompt
         deadline = time.monotonic() + self.timeout_s
-        async with wire.client(headers={"Authorization": f"Key {self._key}"}, timeout_s=self.timeout_s) as http:
+        async with self.client(headers={"Authorization": f"Key {self._key}"}) as http:
+            earlier = request.resumable(self.name)
+            if earlier is not None and await self._still_there(http, earlier):
+                return await self._collect(http, earlier.request_id, self._urls(earlier.request_id, earlier.meta), deadline)
             submitted = await wire.send(http, self.name, "POST", f"{self.base_url}/{self.model}", json=payload)
             if submitted.status_code != 200:
                 raise self._fail(submitted)
             ticket = wire.json_of(self.name, submitted)
             request_id = str(wire.field(self.name, ticket, "request_id"))
-            app = "/".join(self.model.split("/")[:2])  # status/result URLs drop the model's subpath
-            base = f"{self.base_url}/{app}/requests/{request_id}"
-            status_url = ticket.get("status_url") or f"{base}/status"
-            response_url = ticket.get("response_url") or base
-            cancel_url = ticket.get("cancel_url") or f"{base}/cancel"
-            try:
-                await self._wait(http, status_url, deadline, request_id)
-            except ProviderError as e:
-                if e.kind == "timeout":
-                    await self._cancel(http, cancel_url)
-                raise
-            result = await wire.send(http, self.name, "GET", response_url)
-            if result.status_code != 200:
-                raise self._fail(result)
-            output = wire.json_of(self.name, result)
-            nsfw = output.get("has_nsfw_concepts") if isinstance(output, dict) else None
-            if isinstance(nsfw, list) and any(nsfw) or nsfw is True:
-                raise ContentBlocked(f"{self.name} flagged the image as NSFW (has_nsfw_concepts) for request {request_id}", http_status=200)
-            image = wire.field(self.name, output, "images", 0)
-            data, content_type = await wire.download(http, self.name, str(wire.field(self.name, image, "url")))
+            urls = self._urls(request_id, ticket)
+            request.submitted(Submission(self.name, request_id, urls))  # recorded before waiting: a resume polls it
+            return await self._collect(http, request_id, urls, deadline)
+
+    def _urls(self, request_id: str, given: Any) -> dict[str, str]:
+        """The job's status, result and cancel URLs: as fal gave them, else built from the id."""
+        given = given if isinstance(given, dict) else {}
+        app = "/".join(self.model.split("/")[:2])  # status/result URLs drop the model's subpath
+        base = f"{self.base_url}/{app}/requests/{request_id}"
+        return {"status_url": str(given.get("status_url") or f"{base}/status"), "response_url": str(given.get("response_url") or base),
+                "cancel_url": str(given.get("cancel_url") or f"{base}/cancel")}
+
+    async def _still_there(self, http: httpx.AsyncClient, earlier: Submission) -> bool:
+        """Whether fal still has a job submitted before a crash (an unknown or expired id answers 4xx)."""
+        polled = await wire.send(http, self.name, "GET", self._urls(earlier.request_id, earlier.meta)["status_url"])
+        if polled.status_code in (400, 404, 410, 422):
+            log.info("%s: request %s submitted before a restart is gone (HTTP %d); submitting anew",
+                     self.name, earlier.request_id, polled.status_code)
+            return False
+        if polled.status_code not in (200, 202):
+            raise self._fail(polled)
+        log.info("%s: polling request %s submitted before a restart instead of submitting again", self.name, earlier.request_id)
+        return True
+
+    async def _collect(self, http: httpx.AsyncClient, request_id: str, urls: dict[str, str], deadline: float) -> GeneratedImage:
+        """Wait for a submitted job, fetch its result and download the image."""
+        status_url, response_url, cancel_url = urls["status_url"], urls["response_url"], urls["cancel_url"]
+        try:
+            await self._wait(http, status_url, deadline, request_id)
+        except ProviderError as e:
+            if e.kind == "timeout":
+                await self._cancel(http, cancel_url)
+            raise
+        result = await wire.send(http, self.name, "GET", response_url, extensions=self.network.image_json.extension())  # may hold data: URIs
+        if result.status_code != 200:
+            raise self._fail(result)
+        output = wire.json_of(self.name, result)
+        nsfw = output.get("has_nsfw_concepts") if isinstance(output, dict) else None
+        if isinstance(nsfw, list) and any(nsfw) or nsfw is True:
+            raise ContentBlocked(f"{self.name} flagged the image as NSFW (has_nsfw_concepts) for request {request_id}", http_status=200)
+        image = wire.field(self.name, output, "images", 0)
+        url = str(wire.field(self.name, image, "url"))
+        data, content_type = await wire.download(http, self.name, url, self.network.image)
         return GeneratedImage(data=data, mime_type=image.get("content_type") or content_type or None, model=self.model,
-                              http_status=200, metadata={"request_id": request_id, "seed": output.get("seed")})
+                              http_status=200, request_id=request_id, source_url=url,
+                              metadata={"request_id": request_id, **{k: v for k, v in output.items() if k != "images"}})
 
     async def _wait(self, http: httpx.AsyncClient, status_url: str, deadline: float, request_id: str) -> None:
         """Until the request is done: from the status stream when the service offers one (no
@@ -162,5 +180,5 @@ class FalProvider(Remote, ImageProvider):
     async def _cancel(self, http: httpx.AsyncClient, cancel_url: str) -> None:
         try:
             await http.put(cancel_url, timeout=5.0)
-        except httpx.HTTPError:
+        except (httpx.HTTPError, ProviderError):  # ProviderError: the guard refused a cancel URL on another host
             pass  # best effort: the timeout is what gets reported

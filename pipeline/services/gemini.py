@@ -16,8 +16,9 @@ malformed answer. Cost comes from the usage metadata's tokens at the configured 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, ClassVar
 
+import httpx
 from google import genai
 from google.genai import errors, types
 
@@ -30,7 +31,6 @@ from pipeline.services.remote import Remote
 BLOCK_FINISH = {"SAFETY", "PROHIBITED_CONTENT", "IMAGE_SAFETY", "IMAGE_PROHIBITED_CONTENT", "BLOCKLIST", "SPII", "RECITATION",
                 "IMAGE_RECITATION"}
 KEY_INVALID = "API key not valid"  # Gemini answers a bad key with 400 INVALID_ARGUMENT, reason API_KEY_INVALID
-_KIND = {400: "bad_request", 401: "auth", 403: "auth", 404: "not_found", 429: "rate_limited"}
 
 
 def retry_delay(details: Any) -> float | None:
@@ -44,11 +44,14 @@ def retry_delay(details: Any) -> float | None:
 
 
 def gemini_error(service: str, e: Exception) -> ProviderError:
+    inner = wire.provider_error_in(e)  # a body cap or credentials refusal raised inside the transport
+    if inner is not None:
+        return inner
     if isinstance(e, errors.APIError):
         status = int(e.code or 0)
         details = e.details.get("error", {}).get("details") if isinstance(e.details, dict) else e.details
         text = f"{service} answered HTTP {status} ({e.status or 'error'}): {e.message or ''}".rstrip(": ")
-        kind = "auth" if status == 400 and KEY_INVALID in (e.message or "") else _KIND.get(status, "server" if status >= 500 else "bad_request")
+        kind = "auth" if status == 400 and KEY_INVALID in (e.message or "") else wire.kind_for_status(status)
         return ProviderError(text, kind=kind, http_status=status,
                              retryable=wire.retryable_status(status), retry_after=retry_delay(details))
     name = type(e).__name__
@@ -63,8 +66,8 @@ def gemini_error(service: str, e: Exception) -> ProviderError:
 
 class GeminiService(Remote):
     name = "gemini"
-    key_env_var = "GEMINI_API_KEY"
-    base_url_env_var = "GEMINI_BASE_URL"
+    key_env_var: ClassVar[str | None] = "GEMINI_API_KEY"
+    base_url_env_var: ClassVar[str | None] = "GEMINI_BASE_URL"
     default_base_url = "https://generativelanguage.googleapis.com"
 
     def probe_request(self) -> tuple[str, str, dict[str, Any]]:
@@ -73,11 +76,14 @@ class GeminiService(Remote):
     def key_refused(self, response: Any) -> bool:
         return response.status_code in (401, 403) or (response.status_code == 400 and KEY_INVALID in response.text)
 
-    async def _generate(self, contents: list[Any], config: types.GenerateContentConfig) -> Any:
+    async def _generate(self, contents: list[Any], config: types.GenerateContentConfig, cap: wire.BodyCap | None = None) -> Any:
+        """One ``generate_content`` call through our own httpx client: its transport caps the body
+        (``cap``, default JSON) and keeps the key to the service's origin."""
         tls = wire.tls_context()  # the SDK would load the CA bundle twice per client otherwise (~40 ms of CPU)
+        http = httpx.AsyncClient(transport=wire.guarded_transport(self.guard(cap)), timeout=self.timeout_s)
         client = genai.Client(api_key=self._key, http_options=types.HttpOptions(
             base_url=self.base_url, api_version="v1beta", timeout=int(self.timeout_s * 1000),
-            client_args={"verify": tls}, async_client_args={"verify": tls, "ssl": tls}))
+            client_args={"verify": tls}, httpx_async_client=http))
         try:
             return await client.aio.models.generate_content(model=self.model, contents=contents, config=config)
         except ProviderError:
@@ -86,6 +92,7 @@ class GeminiService(Remote):
             raise gemini_error(self.name, e) from None
         finally:
             await client.aio.aclose()
+            await http.aclose()
 
     def _check_blocked(self, response: Any) -> None:
         feedback = getattr(response, "prompt_feedback", None)
@@ -145,7 +152,8 @@ class GeminiImageProvider(GeminiService, ImageProvider):
         aspect = nearest_aspect_ratio(request.width, request.height)
         response = await self._generate([request.prompt], types.GenerateContentConfig(
             response_modalities=["IMAGE"], seed=request.seed,
-            image_config=types.ImageConfig(aspect_ratio=aspect, image_size=str(self.settings.get("image_size", "1K")))))
+            image_config=types.ImageConfig(aspect_ratio=aspect, image_size=str(self.settings.get("image_size", "1K")))),
+            cap=self.network.image_json)
         self._check_blocked(response)
         candidates = getattr(response, "candidates", None) or []
         parts = (candidates[0].content.parts or []) if candidates and candidates[0].content else []
@@ -158,4 +166,5 @@ class GeminiImageProvider(GeminiService, ImageProvider):
             raise ProviderError(f"{self.name} answered without an image (finishReason {finish_name or 'none'})", kind="malformed",
                                 http_status=200, retryable=True)
         return GeneratedImage(data=image.data, mime_type=image.mime_type, model=self.model, http_status=200,
-                              cost_usd=self._usage_cost(response), metadata={"aspect_ratio": aspect})
+                              cost_usd=self._usage_cost(response), metadata={"aspect_ratio": aspect, "finish_reason": finish_name},
+                              request_id=str(getattr(response, "response_id", None) or ""))

@@ -3,13 +3,28 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 
 from pipeline.errors import ProviderError
-from pipeline.services.wire import DEFAULT_TIMEOUT_S, _snippet, client, require, safe_url, send, setting
+from pipeline.services.wire import (
+    DEFAULT_TIMEOUT_S,
+    BodyCap,
+    Guard,
+    NetworkSettings,
+    _snippet,
+    client,
+    origin,
+    require,
+    safe_url,
+    send,
+    setting,
+)
+
+PROBE_TIMEOUT_S = 10.0  # the whole Test connection request, body included
 
 
 @dataclass(frozen=True)
@@ -31,15 +46,29 @@ class Probing:
     def key_refused(self, response: httpx.Response) -> bool:
         return response.status_code in (401, 403)
 
+    def model_missing(self, response: httpx.Response) -> str | None:
+        """Why the configured model cannot be used, when the probe's answer lists what the service
+        has (a run would otherwise fail later with 404); None when it is there or cannot be told."""
+        return None
+
+    def probe_guard(self) -> Guard | None:
+        return None
+
     async def probe(self) -> Probe:
         method, url, kwargs = self.probe_request()
         try:
-            async with client(headers=kwargs.pop("headers", {}), timeout_s=10.0) as http:
-                response = await send(http, self.name, method, url, **kwargs)  # type: ignore[attr-defined]
+            async with asyncio.timeout(PROBE_TIMEOUT_S):  # a service that trickles its answer is bounded too
+                async with client(headers=kwargs.pop("headers", {}), timeout_s=PROBE_TIMEOUT_S, guard=self.probe_guard()) as http:
+                    response = await send(http, self.name, method, url, **kwargs)  # type: ignore[attr-defined]
         except ProviderError as e:
             return Probe(False, str(e))
+        except TimeoutError:
+            return Probe(False, f"{safe_url(url)} did not answer completely within {PROBE_TIMEOUT_S:g} s")
         code = response.status_code
         if code in self.probe_ok:
+            missing = self.model_missing(response) if code == 200 else None
+            if missing:
+                return Probe(False, f"{safe_url(url)} answered HTTP {code}: reachable, but {missing}")
             return Probe(True, f"{safe_url(url)} answered HTTP {code}: reachable, key accepted")
         if self.key_refused(response):
             return Probe(False, f"{safe_url(url)} refused the key (HTTP {code})")
@@ -53,16 +82,16 @@ class Remote(Probing):
     messages or the database.
     """
 
-    name: str
-    key_env_var: str | None
-    base_url_env_var: str | None
-    default_base_url: str
-    model_env_var: str | None
+    name: ClassVar[str]
+    key_env_var: ClassVar[str | None]
+    base_url_env_var: ClassVar[str | None]
+    default_base_url: ClassVar[str]
+    model_env_var: ClassVar[str | None]
     settings: dict[str, Any]
     model: str
 
     def __init__(self, settings: dict[str, Any] | None = None) -> None:
-        super().__init__(settings)  # type: ignore[call-arg]  (Component.__init__, next in the MRO)
+        super().__init__(settings)  # type: ignore[call-arg]  # Component.__init__, next in the MRO
         self._configure()
 
     def _configure(self) -> None:
@@ -72,6 +101,22 @@ class Remote(Probing):
         self.timeout_s = float(self.settings.get("timeout_s", DEFAULT_TIMEOUT_S))
         self.poll_initial_s = float(self.settings.get("poll_initial_s", 0.5))  # for services answered by polling
         self.poll_max_s = float(self.settings.get("poll_max_s", 2.0))
+        self.network = NetworkSettings.from_settings(self.settings)  # [network] under the service's own table (registry)
+
+    def guard(self, cap: BodyCap | None = None) -> Guard:
+        """Body cap (default: JSON) and credentials policy for this service's clients: keys go to its
+        base URL's origin and its ``trusted_hosts`` only."""
+        base = self.base_url if "://" in self.base_url or not self.base_url else f"http://{self.base_url}"  # OLLAMA_HOST may be host:port
+        own = {origin(base)} if base else set()
+        own |= {origin(h if "://" in h else f"https://{h}") for h in self.network.trusted_hosts}
+        return Guard(self.name, cap or self.network.json, frozenset(own) if own else None, self.network.foreign_downloads)
+
+    def probe_guard(self) -> Guard | None:
+        return self.guard()
+
+    def client(self, *, headers: dict[str, str] | None = None, cap: BodyCap | None = None) -> httpx.AsyncClient:
+        """A fresh client for one call, with this service's timeout and guard."""
+        return client(headers=headers, timeout_s=self.timeout_s, guard=self.guard(cap))
 
     def _token_cost(self, input_tokens: int | None, output_tokens: int | None) -> float | None:
         """Cost from the service's own token counts at the model's configured per-million rates

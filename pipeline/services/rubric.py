@@ -17,9 +17,9 @@ again here; anything unusable is a ``malformed`` :class:`~pipeline.errors.Provid
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
-from pipeline.components import Check, Element, EvaluationRequest, Issue, Judgement, RefinedPrompt, RefinementRequest
+from pipeline.components import Answer, Check, Element, EvaluationRequest, Issue, Judgement, RefinedPrompt, RefinementRequest
 from pipeline.errors import ProviderError
 
 CATEGORIES = ["entity", "attribute", "count", "relation_spatial", "relation_action", "text_rendering", "style", "global", "negation"]
@@ -148,7 +148,7 @@ def parse_judgement(service: str, data: Any, request: EvaluationRequest, *, mode
             raise _bad(service, f"answer {answer!r} lacks an id or an answer") from None
         if number not in questions:
             continue  # an answer to a question nobody asked counts for nothing
-        checks.append(Check(element=number, question=questions[number], answer=verdict if verdict in ("yes", "no", "unsure") else "unsure",
+        checks.append(Check(element=number, question=questions[number], answer=cast(Answer, verdict if verdict in ("yes", "no", "unsure") else "unsure"),
                             evidence=str(answer.get("evidence", ""))[:400]))
     if request.elements and not checks:
         raise _bad(service, "none of the questions was answered")

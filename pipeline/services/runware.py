@@ -36,9 +36,8 @@ class RunwareProvider(Remote, ImageProvider):
     def _task_errors(self, response: httpx.Response, errors: list[Any]) -> ProviderError:
         """Runware's per-task ``errors`` (a 200 may carry them too) as one error; NSFW refusals are blocks."""
         first = next((e for e in errors if isinstance(e, dict)), {})
-        code, message = str(first.get("code", "")), str(first.get("message", ""))
-        text = f"{message} ({code})" if code else message
-        if "nsfw" in f"{code} {message}".lower():
+        code, text = str(first.get("code", "")), wire.error_text({"errors": [first]})
+        if "nsfw" in text.lower():
             return ContentBlocked(f"{self.name} refused the prompt: {text}", http_status=response.status_code)
         if response.status_code != 200:
             return wire.status_error(self.name, response, text, kind=_KIND_BY_CODE.get(code))
@@ -55,14 +54,10 @@ class RunwareProvider(Remote, ImageProvider):
         }
         if request.negative_prompt:
             task["negativePrompt"] = request.negative_prompt
-        async with wire.client(headers={"Authorization": f"Bearer {self._key}"}, timeout_s=self.timeout_s) as http:
+        async with self.client(headers={"Authorization": f"Bearer {self._key}"}, cap=self.network.image_json) as http:  # may hold base64
             response = await wire.send(http, self.name, "POST", self.base_url, json=[task])
-            body: Any = None
             if response.status_code != 200:
-                try:
-                    body = response.json()
-                except ValueError:
-                    pass
+                body = wire.error_body(response)
                 errors = body.get("errors") if isinstance(body, dict) else None
                 raise self._task_errors(response, errors) if errors else wire.status_error(self.name, response)
             body = wire.json_of(self.name, response)
@@ -76,10 +71,11 @@ class RunwareProvider(Remote, ImageProvider):
             if not url:
                 raise ProviderError(f"{self.name} sent a result without an image", kind="malformed", retryable=True)
             if result.get("imageBase64Data") and not str(url).startswith(("http", "data:")):
-                data, content_type = wire.b64decode(self.name, str(url)), ""
+                data, content_type = wire.b64decode(self.name, str(url), self.network.image), ""
             else:
-                data, content_type = await wire.download(http, self.name, str(url))
+                data, content_type = await wire.download(http, self.name, str(url), self.network.image)
         cost = result.get("cost")
         return GeneratedImage(data=data, mime_type=content_type or None, model=self.model, http_status=200,
                               cost_usd=float(cost) if isinstance(cost, (int, float)) else None,
-                              metadata={"task_uuid": task_uuid, "image_uuid": result.get("imageUUID")})
+                              request_id=task_uuid, source_url=str(url) if str(url).startswith("http") else "",
+                              metadata={"task_uuid": task_uuid, "image_uuid": result.get("imageUUID"), "seed": result.get("seed")})

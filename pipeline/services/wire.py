@@ -5,8 +5,13 @@
   in force.
 - Every failure becomes a :class:`~pipeline.errors.ProviderError` with a stable ``kind``,
   the HTTP status, whether the service says it may be retried, and ``Retry-After`` when given.
-- Keys travel only in request headers. Messages built here quote the service's error text,
-  never a header, and a URL's query string is dropped before it is quoted.
+- Keys travel only in request headers, and only to the service's own origin: every client's
+  transport (ours and the SDKs') strips credentials from a request to any other host, or refuses
+  it (``foreign_downloads``). Messages built here quote the service's error text, never a
+  header, with configured secrets redacted, and a URL's query string is dropped before it is quoted.
+- Every body is read through the same transport, which stops at a cap (``[network]
+  max_image_bytes`` for images, ``max_json_bytes`` for JSON, decompressed size counted): past it the
+  call fails with a ``too_large`` error naming the cap, having held at most the cap in memory.
 """
 
 from __future__ import annotations
@@ -20,15 +25,23 @@ import json
 import os
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Mapping
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass
+from types import ModuleType
 from typing import Any, TypeVar
 
 import httpx
 
+from pipeline.config import from_table
 from pipeline.errors import ConfigError, ContentBlocked, ProviderError
+from pipeline.redaction import redact
 
 DEFAULT_TIMEOUT_S = 120.0
-MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
+CAP_EXTENSION = "darkroom.body_cap"  # a request's own cap, in its ``extensions``
+SECRET_HEADERS = ("authorization", "proxy-authorization", "x-api-key", "x-goog-api-key", "api-key", "cookie")
+FOREIGN_POLICIES = ("anonymous", "refuse")
+_INFLATE_CHUNK = 1 << 20  # decompressed output is produced at most this much at a time
 _KIND_BY_STATUS = {400: "bad_request", 401: "auth", 403: "auth", 404: "not_found", 408: "timeout", 409: "conflict",
                    413: "bad_request", 422: "bad_request", 429: "rate_limited"}
 
@@ -40,6 +53,42 @@ def retryable_status(code: int, headers: Mapping[str, str] | None = None) -> boo
     if hint in ("true", "false"):
         return hint == "true"
     return code in (408, 409, 429) or code >= 500
+
+
+def kind_for_status(code: int) -> str:
+    """The error ``kind`` of an HTTP status: the one table every service (and SDK wrapper) uses."""
+    return _KIND_BY_STATUS.get(code, "server" if code >= 500 else "bad_request")
+
+
+def error_body(response: httpx.Response) -> Any:
+    """An error response's JSON body, or None when it has none (the status then speaks for itself)."""
+    try:
+        return response.json()
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def _error_item(item: Any) -> str:
+    if isinstance(item, dict):
+        text = str(item.get("message") or item.get("msg") or "")
+        code = item.get("code") or item.get("type")
+        return f"{text} ({code})" if text and code not in (None, "") else text
+    return item if isinstance(item, str) else ""
+
+
+def error_text(body: Any) -> str:
+    """The service's own explanation in a JSON error body, whatever its shape, or "":
+    ``{"error": {"message", "code"}}`` (OpenAI, ComfyUI), ``{"error": "..."}`` (Ollama, Leonardo,
+    workers), ``{"detail": "..." | [{"msg", "type"}]}`` (fal, FastAPI), ``{"errors": [{"message",
+    "code"}]}`` (Cloudflare, Runware), ``{"message": "..."}``."""
+    if not isinstance(body, dict):
+        return ""
+    for key in ("error", "detail", "errors", "message"):
+        value = body.get(key)
+        text = "; ".join(t for t in map(_error_item, value) if t) if isinstance(value, list) else _error_item(value)
+        if text:
+            return text
+    return ""
 
 
 def setting(env_var: str | None, settings: Mapping[str, Any], key: str, default: str = "") -> str:
@@ -68,10 +117,13 @@ def tls_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
-def client(base_url: str = "", *, headers: Mapping[str, str] | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> httpx.AsyncClient:
-    """A fresh client for one call (use ``async with``); redirects followed, no retries."""
+def client(base_url: str = "", *, headers: Mapping[str, str] | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
+           guard: Guard | None = None) -> httpx.AsyncClient:
+    """A fresh client for one call (use ``async with``); redirects followed, no retries, every body
+    capped and credentials kept to the service's origins by ``guard`` (default: the JSON cap)."""
+    guard = guard or Guard("the service", NetworkSettings().json)
     return httpx.AsyncClient(base_url=base_url, headers=dict(headers or {}), timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)),
-                             follow_redirects=True, transport=httpx.AsyncHTTPTransport(retries=0, verify=tls_context()))
+                             follow_redirects=True, transport=guarded_transport(guard))
 
 
 def retry_after(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
@@ -95,8 +147,202 @@ def retry_after(headers: Mapping[str, str], *, now: float | None = None) -> floa
 
 
 def _snippet(text: str, limit: int = 300) -> str:
-    text = " ".join(text.split())
+    """Service text fit to quote: secrets redacted first (a cut must not leave half a key), one line, at most ``limit``."""
+    text = " ".join(redact(text).split())
     return text if len(text) <= limit else text[:limit] + "…"
+
+
+# ---- body caps and the credentials guard ----------------------------------------------------------
+def _size(n: int) -> str:
+    """50 MB, 1.4 MB, 2,000 MB, 200 kB."""
+    value, unit = (n / 1e6, "MB") if n >= 1_000_000 else (n / 1e3, "kB")
+    return f"{value:,.1f}".removesuffix(".0") + f" {unit}"
+
+
+@dataclass(frozen=True)
+class BodyCap:
+    """The most a body may hold, and how to name the limit in an error."""
+
+    max_bytes: int
+    what: str  # "an image", "a JSON answer", ...
+    setting: str  # the configuration key that sets it
+
+    def exceeded(self, service: str, url: str, declared: int | None = None) -> ProviderError:
+        says = f" says it is {_size(declared)}," if declared is not None else " is"
+        return ProviderError(f"{service}: the answer from {safe_url(url)}{says} over the {_size(self.max_bytes)} cap for {self.what} "
+                             f"([network] {self.setting})", kind="too_large", retryable=False)
+
+    def extension(self) -> dict[str, Any]:
+        """``extensions=`` for one request that has this cap instead of its client's."""
+        return {CAP_EXTENSION: self}
+
+
+@dataclass(frozen=True)
+class NetworkSettings:
+    """``[network]`` (a service's own table may override any key): body caps and where keys may go."""
+
+    max_image_bytes: int = 50_000_000
+    max_json_bytes: int = 8_000_000
+    foreign_downloads: str = "anonymous"  # a URL on another host: fetched without credentials, or "refuse"d
+    trusted_hosts: tuple[str, ...] = ()  # other hosts that are the service's own (credentials sent)
+
+    @classmethod
+    def from_settings(cls, values: Mapping[str, Any]) -> "NetworkSettings":
+        network = from_table(cls, values)
+        if network.foreign_downloads not in FOREIGN_POLICIES:
+            raise ConfigError(f"foreign_downloads must be one of {', '.join(FOREIGN_POLICIES)}, not {network.foreign_downloads!r}")
+        if network.max_image_bytes < 1 or network.max_json_bytes < 1:
+            raise ConfigError("max_image_bytes and max_json_bytes must be positive")
+        return network
+
+    @property
+    def image(self) -> BodyCap:
+        return BodyCap(self.max_image_bytes, "an image", "max_image_bytes")
+
+    @property
+    def json(self) -> BodyCap:
+        return BodyCap(self.max_json_bytes, "a JSON answer", "max_json_bytes")
+
+    @property
+    def image_json(self) -> BodyCap:
+        """A JSON answer carrying an image in base64 (4/3 of its size) besides the usual JSON."""
+        return BodyCap(self.max_image_bytes * 4 // 3 + self.max_json_bytes, "an image sent as base64 JSON", "max_image_bytes")
+
+
+Origin = tuple[str, str, int]
+
+
+def origin(url: str | Any) -> Origin:
+    """(scheme, host, port) with the default port filled in: credentials go to exact origins only."""
+    u = httpx.URL(str(url))
+    return u.scheme, u.host, u.port or (443 if u.scheme == "https" else 80)
+
+
+@dataclass(frozen=True)
+class Guard:
+    """What a client's transport enforces: the default body cap, and which origins get credentials
+    (None: any, for clients that carry none)."""
+
+    service: str
+    cap: BodyCap
+    own: frozenset[Origin] | None = None
+    foreign: str = "anonymous"
+
+    def admit(self, request: Any) -> None:
+        """Strip credentials from a request to a foreign origin, or refuse it (configuration, or not a plain GET)."""
+        if self.own is None or origin(request.url) in self.own:
+            return
+        if self.foreign == "refuse" or request.method not in ("GET", "HEAD"):
+            raise ProviderError(f"{self.service}: refused to send a request to {safe_url(str(request.url))}, which is not the service's "
+                                f"own host ({', '.join(sorted(h for _, h, _ in self.own))}); see foreign_downloads and trusted_hosts "
+                                f"in [providers.{self.service}]", kind="refused", retryable=False)
+        for name in SECRET_HEADERS:
+            request.headers.pop(name, None)
+
+
+class _Inflater:
+    """gzip/deflate decoding that never produces more than ``_INFLATE_CHUNK`` at a time (a small
+    compressed body may expand a thousandfold: its decoded size is what counts against the cap)."""
+
+    def __init__(self, encoding: str) -> None:
+        self.encoding = encoding
+        self.decoder = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
+        self.first = True
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        while data:
+            try:
+                out = self.decoder.decompress(data, _INFLATE_CHUNK)
+            except zlib.error:
+                if not (self.first and self.encoding == "deflate"):
+                    raise
+                self.decoder = zlib.decompressobj(-zlib.MAX_WBITS)  # raw deflate, as some servers send it
+                out = self.decoder.decompress(data, _INFLATE_CHUNK)
+            self.first = False
+            data = self.decoder.unconsumed_tail
+            if out:
+                yield out
+
+
+@functools.cache
+def _guard_classes(module: ModuleType) -> type:
+    """The guarding transport for ``module`` (httpx, or httpx2 which the OpenAI SDK uses)."""
+
+    class CappedStream(module.AsyncByteStream):  # type: ignore[name-defined,misc]
+        def __init__(self, raw: Any, cap: BodyCap, service: str, url: str, encoding: str) -> None:
+            self.raw, self.cap, self.service, self.url, self.encoding = raw, cap, service, url, encoding
+
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            inflater = _Inflater(self.encoding) if self.encoding != "identity" else None
+            size = 0
+            async for chunk in self.raw:
+                for piece in self._decoded(chunk, inflater):  # piece by piece: a bomb is stopped at the cap, not after
+                    size += len(piece)
+                    if size > self.cap.max_bytes:
+                        raise self.cap.exceeded(self.service, self.url)
+                    yield piece
+
+        def _decoded(self, chunk: bytes, inflater: _Inflater | None) -> Iterator[bytes]:
+            if inflater is None:
+                yield chunk
+                return
+            try:
+                yield from inflater.feed(chunk)
+            except zlib.error:
+                raise ProviderError(f"{self.service}: the answer from {safe_url(self.url)} is not valid {self.encoding} data",
+                                    kind="malformed", retryable=True) from None
+
+        async def aclose(self) -> None:
+            await self.raw.aclose()
+
+    class GuardedTransport(module.AsyncBaseTransport):  # type: ignore[name-defined,misc]
+        def __init__(self, inner: Any, guard: Guard) -> None:
+            self.inner, self.guard = inner, guard
+
+        async def handle_async_request(self, request: Any) -> Any:
+            self.guard.admit(request)
+            request.headers["Accept-Encoding"] = "gzip, deflate"  # what we can decode within the cap
+            response = await self.inner.handle_async_request(request)
+            cap: BodyCap = request.extensions.get(CAP_EXTENSION) or self.guard.cap
+            url = str(request.url)
+            encoding = response.headers.get("content-encoding", "").strip().lower() or "identity"
+            declared = response.headers.get("content-length", "")
+            problem = None
+            if encoding not in ("identity", "gzip", "deflate"):
+                problem = ProviderError(f"{self.guard.service}: the answer from {safe_url(url)} uses the content encoding {encoding!r}, "
+                                        "which was not asked for", kind="malformed", retryable=True)
+            elif encoding == "identity" and declared.isdigit() and int(declared) > cap.max_bytes:
+                problem = cap.exceeded(self.guard.service, url, int(declared))
+            if problem is not None:
+                await response.aclose()
+                raise problem
+            headers = response.headers
+            if encoding != "identity":  # handed over decoded: the client must not decode again
+                headers = [(k, v) for k, v in response.headers.raw if k.lower() not in (b"content-encoding", b"content-length")]
+            return module.Response(response.status_code, headers=headers, stream=CappedStream(response.stream, cap, self.guard.service, url, encoding),
+                                   extensions=response.extensions)
+
+        async def aclose(self) -> None:
+            await self.inner.aclose()
+
+    return GuardedTransport
+
+
+def guarded_transport(guard: Guard, module: ModuleType = httpx) -> Any:
+    """A connection pool for ``module``'s clients (no retries, the shared TLS context) behind ``guard``."""
+    return _guard_classes(module)(module.AsyncHTTPTransport(retries=0, verify=tls_context()), guard)
+
+
+def provider_error_in(error: BaseException) -> ProviderError | None:
+    """The :class:`ProviderError` an SDK wrapped (a cap or guard refusal raised inside its transport), if any."""
+    seen: set[int] = set()
+    node: BaseException | None = error
+    while node is not None and id(node) not in seen:
+        if isinstance(node, ProviderError):
+            return node
+        seen.add(id(node))
+        node = node.__cause__ or node.__context__
+    return None
 
 
 def status_error(service: str, response: httpx.Response, message: str = "", *, blocked: bool = False,
@@ -108,7 +354,7 @@ def status_error(service: str, response: httpx.Response, message: str = "", *, b
     if blocked:
         return ContentBlocked(described, http_status=code)
     return ProviderError(
-        described, kind=kind or _KIND_BY_STATUS.get(code, "server" if code >= 500 else "bad_request"), http_status=code,
+        described, kind=kind or kind_for_status(code), http_status=code,
         retryable=retryable_status(code, response.headers) if retryable is None else retryable, retry_after=retry_after(response.headers),
     )
 
@@ -154,33 +400,39 @@ def field(service: str, data: Any, *path: str | int) -> Any:
     return node
 
 
-def b64decode(service: str, text: str) -> bytes:
-    """Base64 (or a ``data:`` URI) to bytes, or a ``malformed`` error."""
+def b64decode(service: str, text: str, cap: BodyCap | None = None) -> bytes:
+    """Base64 (or a ``data:`` URI) to bytes, or a ``malformed`` error; ``too_large`` past ``cap``."""
     if text.startswith("data:"):
         text = text.partition(",")[2]
+    if cap is not None and len(text) // 4 * 3 > cap.max_bytes:
+        raise ProviderError(f"{service}: the base64 image is over the {_size(cap.max_bytes)} cap for {cap.what} ([network] {cap.setting})",
+                            kind="too_large", retryable=False)
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise ProviderError(f"{service} sent image data that is not valid base64", kind="malformed", retryable=True) from None
 
 
-async def download(http: httpx.AsyncClient, service: str, url: str, *, max_bytes: int = MAX_DOWNLOAD_BYTES) -> tuple[bytes, str]:
-    """Fetch a result image (a URL or a ``data:`` URI) with a size cap; returns (bytes, content type)."""
+def check_size(service: str, data: bytes, cap: BodyCap) -> bytes:
+    """``data`` if within ``cap`` (an image read under a larger cap, e.g. one that may also be JSON)."""
+    if len(data) > cap.max_bytes:
+        raise ProviderError(f"{service}: the image is {_size(len(data))}, over the {_size(cap.max_bytes)} cap for {cap.what} "
+                            f"([network] {cap.setting})", kind="too_large", retryable=False)
+    return data
+
+
+async def download(http: httpx.AsyncClient, service: str, url: str, cap: BodyCap) -> tuple[bytes, str]:
+    """Fetch a result image (a URL or a ``data:`` URI) within ``cap``; returns (bytes, content type).
+    The client's guard strips the key, or refuses, when the URL is on another host."""
     if url.startswith("data:"):
         header = url[5:].partition(",")[0]
-        return b64decode(service, url), header.split(";")[0]
+        return b64decode(service, url, cap), header.split(";")[0]
     try:
-        async with http.stream("GET", url) as response:
+        async with http.stream("GET", url, extensions=cap.extension()) as response:
             if response.status_code != 200:
                 await response.aread()
                 raise status_error(service, response, f"downloading the image from {safe_url(url)} failed")
-            chunks, size = [], 0
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                if size > max_bytes:
-                    raise ProviderError(f"{service}: the image at {safe_url(url)} is over {max_bytes // 1_000_000} MB", kind="bad_image")
-                chunks.append(chunk)
-            return b"".join(chunks), response.headers.get("content-type", "").split(";")[0]
+            return await response.aread(), response.headers.get("content-type", "").split(";")[0]
     except httpx.HTTPError as e:
         raise transport_error(service, e) from None
 

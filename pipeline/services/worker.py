@@ -43,7 +43,7 @@ class WorkerProvider(Remote, ImageProvider):
         if request.negative_prompt:
             params["negative_prompt"] = request.negative_prompt
         headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
-        async with wire.client(headers=headers, timeout_s=self.timeout_s) as http:
+        async with self.client(headers=headers, cap=self.network.image) as http:
             if self.method == "GET":
                 response = await wire.send(http, self.name, "GET", self.base_url, params=params)
             else:
@@ -52,13 +52,9 @@ class WorkerProvider(Remote, ImageProvider):
         if response.status_code != 200 or content_type == "application/json":
             message, blocked = "", response.status_code == 451
             if content_type == "application/json":
-                try:
-                    body = response.json()
-                except ValueError:
-                    body = None
-                if isinstance(body, dict):
-                    message = str(body.get("error") or body.get("message") or "")
-                    blocked = blocked or bool(body.get("blocked"))
+                body = wire.error_body(response)
+                message = wire.error_text(body)
+                blocked = blocked or (isinstance(body, dict) and bool(body.get("blocked")))
             if response.status_code == 200 and not blocked:
                 raise ProviderError(f"{self.name} answered JSON instead of an image: {message or response.text[:120]!r}",
                                     kind="malformed", http_status=200, retryable=True)

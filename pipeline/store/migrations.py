@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -26,11 +27,11 @@ def migration(fn: Migration) -> Migration:
     return fn
 
 
-def _json(name: str) -> sa.Column:
+def _json(name: str) -> sa.Column[Any]:
     return sa.Column(name, sa.JSON, nullable=False)
 
 
-def _pk() -> sa.Column:
+def _pk() -> sa.Column[Any]:
     return sa.Column("id", sa.Integer, primary_key=True)
 
 
@@ -171,6 +172,44 @@ def m003_routing_and_breaker_events(conn: Connection) -> None:
         sa.Column("reason", sa.String, nullable=False), sa.Column("failures", sa.Integer, nullable=False),
         sa.Column("run_id", sa.Integer), sa.Column("at", sa.DateTime(timezone=True), nullable=False, index=True),
     ).create(conn)
+
+
+@migration
+def m004_review_events(conn: Connection) -> None:
+    """Every reviewer action as an event row (undo, history); when each reviewer's decision was made."""
+    stamp = sa.DateTime(timezone=True).compile(dialect=conn.dialect)
+    conn.execute(sa.text(f"ALTER TABLE rating ADD COLUMN decided_at {stamp}"))
+    conn.execute(sa.text("UPDATE rating SET decided_at = rated_at WHERE decision != 'none'"))
+    md = sa.MetaData()
+    sa.Table("iteration", md, _pk())
+    DT = sa.DateTime(timezone=True)
+    sa.Table(
+        "review_event", md, _pk(),
+        sa.Column("iteration_id", sa.Integer, sa.ForeignKey("iteration.id"), nullable=False, index=True),
+        sa.Column("reviewer", sa.String, nullable=False), sa.Column("action", sa.String, nullable=False),
+        sa.Column("field", sa.String, nullable=False), sa.Column("before", sa.String), sa.Column("after", sa.String),
+        sa.Column("before_at", DT), sa.Column("batch_id", sa.String, nullable=False, index=True),
+        sa.Column("batch_size", sa.Integer, nullable=False), sa.Column("scope", sa.String, nullable=False),
+        sa.Column("undoes", sa.String, nullable=False, index=True), sa.Column("at", DT, nullable=False),
+        sa.Index("ix_review_event_reviewer_id", "reviewer", "id"),
+    ).create(conn)
+
+
+@migration
+def m005_provider_requests(conn: Connection) -> None:
+    """Per iteration: the service's request id (stored before waiting on it, so a resume polls it
+    instead of paying twice), the image's original URL and the service's own metadata."""
+    conn.execute(sa.text("ALTER TABLE iteration ADD COLUMN request_id VARCHAR NOT NULL DEFAULT ''"))
+    conn.execute(sa.text("ALTER TABLE iteration ADD COLUMN source_url VARCHAR NOT NULL DEFAULT ''"))
+    conn.execute(sa.text("ALTER TABLE iteration ADD COLUMN service_meta JSON NOT NULL DEFAULT '{}'"))
+
+
+@migration
+def m006_stop_reason(conn: Connection) -> None:
+    """Why each prompt stopped (``RunItem.stop_reason``). A failed or blocked prompt of an earlier
+    run says so; why an earlier completed one stopped was not recorded and stays ``""``."""
+    conn.execute(sa.text("ALTER TABLE run_item ADD COLUMN stop_reason VARCHAR NOT NULL DEFAULT ''"))
+    conn.execute(sa.text("UPDATE run_item SET stop_reason = status WHERE status IN ('failed', 'blocked')"))
 
 
 _LEDGER = sa.Table(

@@ -5,7 +5,7 @@ Anything JSON is stored in a JSON column so that SQLite and PostgreSQL both work
 
     prompt_set ─┬─ prompt ─── prompt_element          (what the team asked for)
                 └─ run ─── run_item ─┬─ iteration ─┬─ evaluation
-                                     │             ├─ rating
+                                     │             ├─ rating, review_event (who did what, when: undo and history)
                                      │             └─ thumbnail (small JPEG/WebP bytes for the gallery)
                                      └─ refinement
     provider_call                                     (one row per external call attempt)
@@ -15,7 +15,7 @@ Anything JSON is stored in a JSON column so that SQLite and PostgreSQL both work
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import JSON, Column, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
@@ -31,6 +31,17 @@ TERMINAL_ITEM_STATUSES = ("completed", "failed", "blocked")
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+class _Row(Protocol):
+    id: int | None
+
+
+def row_id(row: _Row) -> int:
+    """The id of a row read from, or flushed to, the database (only a row never flushed has none)."""
+    if row.id is None:
+        raise RuntimeError(f"this {type(row).__name__} has no id: it was never flushed to the database")
+    return row.id
 
 
 def json_field(default_factory: Any = dict) -> Any:
@@ -119,6 +130,10 @@ class RunItem(SQLModel, table=True):
     error_message: str = ""
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    # Why the prompt stopped where it did (a key of pipeline.display.STOP_REASONS): target_reached,
+    # prompt_unchanged, iterations_done, failed, blocked; budget, paused, cancelled or interrupted
+    # while it waits to be resumed; "" while it runs, or when an earlier version did not record it.
+    stop_reason: str = ""
 
 
 class Iteration(SQLModel, table=True):
@@ -148,6 +163,12 @@ class Iteration(SQLModel, table=True):
     finished_at: datetime | None = None
     # {"served_by", "attempts", "skipped": [{"service", "reason"}], "rewrite": {"from", "rationale", "blocked_by"}}
     routing: dict[str, Any] = json_field()
+    # The service's id for the generation, recorded the moment it accepted the job (before waiting
+    # on it): a resume after a crash polls this job instead of submitting, and paying, again.
+    request_id: str = ""
+    source_url: str = ""  # where the image was downloaded from (the service's own URL), "" when sent inline
+    # {"service": name, "submission": {status/result URLs…}, "response": the service's own metadata (seed, timings, credits…)}
+    service_meta: dict[str, Any] = json_field()
 
 
 class Thumbnail(SQLModel, table=True):
@@ -210,6 +231,32 @@ class Rating(SQLModel, table=True):
     decision: str = "none"
     note: str = ""
     rated_at: datetime = Field(default_factory=utcnow, index=True)
+    decided_at: datetime | None = None  # when the current decision was made (None while "none"): the "latest" rule
+
+
+class ReviewEvent(SQLModel, table=True):
+    """One reviewer action on one image: who, what, when, before → after. Append-only.
+
+    The actions of one click or one bulk action share ``batch_id`` (one undo reverses them all);
+    an undo is itself a batch of ``undo`` events naming the batch it reverses in ``undoes``.
+    ``rating`` is the current state these events lead to, written in the same transaction.
+    """
+
+    __tablename__ = "review_event"
+    __table_args__ = (Index("ix_review_event_reviewer_id", "reviewer", "id"),)
+    id: int | None = Field(default=None, primary_key=True)
+    iteration_id: int = Field(foreign_key="iteration.id", index=True)
+    reviewer: str
+    action: str  # star | clear_stars | approve | reject | clear_decision | note | undo
+    field: str  # stars | decision | note
+    before: str | None = None  # the value as text ("4", "approved", a note); None = no stars
+    after: str | None = None
+    before_at: datetime | None = None  # decisions: when the `before` decision had been made (undo restores it)
+    batch_id: str = Field(index=True)
+    batch_size: int = 1  # images the batch changed
+    scope: str = ""  # what a bulk action was applied to, as confirmed ("42 selected images")
+    undoes: str = Field(default="", index=True)  # the batch an undo event reverses
+    at: datetime = Field(default_factory=utcnow)
 
 
 class ProviderCall(SQLModel, table=True):

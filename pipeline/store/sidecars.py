@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pipeline.display import stop_reason
 from pipeline.files import atomic_write_json
 from pipeline.store.models import Evaluation, Iteration, Prompt, Refinement, Run, RunItem
 
@@ -40,6 +41,9 @@ def iteration_results(run: Run, prompt: Prompt, it: Iteration, refinement: Refin
         "bytes": it.byte_size,
         "latency_ms": it.latency_ms,
         "cost_usd": it.cost_usd,
+        "request_id": it.request_id or None,  # the service's own id for the generation
+        "source_url": it.source_url or None,  # where the image was downloaded from
+        "service_metadata": (it.service_meta or {}).get("response") or None,  # what the service said about it
         "error": {"kind": it.error_kind, "message": it.error_message} if it.error_message else None,
         "refined_from": {
             "iteration": refinement.from_iteration, "refiner": refinement.refiner, "model": refinement.model,
@@ -92,6 +96,8 @@ def summary(run: Run, prompt: Prompt, item: RunItem, rows: list[tuple[Iteration,
         "mood": prompt.mood,
         "original_prompt": prompt.prompt,
         "status": item.status,
+        "stop_reason": item.stop_reason or None,  # why it stopped: a key of pipeline.display.STOP_REASONS
+        "stopped_because": stop_reason(item.stop_reason) or None,
         "error": {"kind": item.error_kind, "message": item.error_message} if item.error_message else None,
         "iterations": iterations,
         "best_iteration": item.final_iteration,

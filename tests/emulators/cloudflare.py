@@ -12,6 +12,7 @@ ACCOUNT = "acc123"
 
 
 class CloudflareEmulator(Emulator):
+    models: tuple[str, ...] = ("@cf/black-forest-labs/flux-1-schnell", "@cf/stabilityai/stable-diffusion-xl-base-1.0")
     def envelope_error(self, status: int, code: int, message: str, **headers: str) -> Reply:
         return Reply.json({"result": None, "success": False, "errors": [{"code": code, "message": message}], "messages": []}, status, **headers)
 
@@ -19,10 +20,14 @@ class CloudflareEmulator(Emulator):
         if req.path == f"/accounts/{ACCOUNT}/ai/models/search":
             if req.headers.get("authorization") != f"Bearer {TOKEN}":
                 return self.envelope_error(401, 10000, "Authentication error")
-            return Reply.json({"result": [{"name": f"@cf/x/{req.query.get('search', [''])[0]}"}], "success": True, "errors": [], "messages": []})
+            term = req.query.get("search", [""])[0]
+            found = [{"id": str(i), "name": name} for i, name in enumerate(self.models) if term in name]
+            return Reply.json({"result": found, "success": True, "errors": [], "messages": []})
         m = re.fullmatch(r"/accounts/(?P<acc>[^/]+)/ai/run/(?P<model>@cf/.+)", req.path)
         if not m or m["acc"] != ACCOUNT:
             return self.envelope_error(404, 7003, "Could not route to the requested account")
+        if self.fault == "echo_key":
+            return self.envelope_error(401, 10000, f"Authentication error: token {self.credential(req)} is invalid")
         if req.headers.get("authorization") != f"Bearer {TOKEN}":
             return self.envelope_error(401, 10000, "Authentication error")
         fault = self.fault
@@ -42,5 +47,8 @@ class CloudflareEmulator(Emulator):
             return self.envelope_error(400, 3030, "Input prompt contains NSFW content.")
         image = self.image_reply()
         if "flux" in m["model"]:
+            huge = self.image_b64_reply('{"result": {"image": "', '"}, "success": true, "errors": [], "messages": []}')
+            if huge:
+                return huge
             return Reply.json({"result": {"image": base64.b64encode(image.body).decode()}, "success": True, "errors": [], "messages": []})
         return image  # SDXL: raw bytes

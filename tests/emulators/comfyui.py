@@ -1,4 +1,8 @@
-"""ComfyUI emulator: POST /prompt (API graph), GET /history/{id}, GET /view, POST /interrupt and /queue."""
+"""ComfyUI emulator: POST /prompt (API graph), GET /history/{id}, GET /queue, GET /view, POST /interrupt and /queue.
+
+``graphs`` holds the prompts queued since the server started: clearing it is a server restart
+(their ids are then in neither the history nor the queue).
+"""
 
 from __future__ import annotations
 
@@ -26,9 +30,16 @@ class ComfyUIEmulator(Emulator):
 
     def handle(self, req: Request) -> Reply:
         path = req.path.removeprefix("/api")
+        if path == "/queue" and req.method == "GET":  # what is waiting or running: [number, prompt_id, graph, extra, outputs]
+            waiting = [[n, pid, {}, {}, []] for n, pid in enumerate(self.graphs, 1)
+                       if pid not in self.interrupted and (self.stuck or self.polls.get(pid, 0) + 1 < self.polls_before_done)]
+            return Reply.json({"queue_running": waiting[:1], "queue_pending": waiting[1:]})
         if path == "/interrupt" or path == "/queue":
             self.interrupted.append(str((req.json() or {}).get("prompt_id") or (req.json() or {}).get("delete")))
             return Reply(200, b"")
+        if path == "/object_info/CheckpointLoaderSimple":
+            return Reply.json({"CheckpointLoaderSimple": {"input": {"required": {"ckpt_name": [list(self.checkpoints), {}]}},
+                                                          "output": ["MODEL", "CLIP", "VAE"], "name": "CheckpointLoaderSimple"}})
         if path == "/system_stats":
             return Reply.json({"system": {"os": "posix", "comfyui_version": "0.3.60", "python_version": "3.11"}, "devices": []})
         if path == "/view":
@@ -37,6 +48,8 @@ class ComfyUIEmulator(Emulator):
             return self.image_reply()
         if path.startswith("/history/"):
             pid = path.rsplit("/", 1)[1]
+            if pid not in self.graphs:  # never queued here, or queued before a restart: ComfyUI has no history of it
+                return Reply.json({})
             n = self.polls[pid] = self.polls.get(pid, 0) + 1
             if self.stuck or n < self.polls_before_done:
                 return Reply.json({})

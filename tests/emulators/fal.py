@@ -29,6 +29,8 @@ class FalEmulator(Emulator):
         return Reply.json(body, status, **headers)
 
     def handle(self, req: Request) -> Reply:
+        if self.fault == "echo_key":
+            return self.error(401, f"Invalid API key: {self.credential(req)!r} is not a valid fal key")
         if req.headers.get("authorization") != f"Key {self.key}":
             return self.error(401, "Invalid API key")
         if req.path.startswith("/files/"):
@@ -54,7 +56,9 @@ class FalEmulator(Emulator):
                                "response_url": f"{self.url}/{m['app']}/requests/{m['rid']}"})
         if m and req.method == "GET":
             nsfw = self.fault == "blocked_200"
-            return Reply.json({"images": [{"url": f"{self.url}/files/{m['rid']}.png", "width": 64, "height": 48, "content_type": "image/png"}],
+            content_type = "image/jpeg" if self.fault == "truncated_jpeg" else "image/png"  # what the file will be
+            return Reply.json({"images": [{"url": self.image_url(f"/files/{m['rid']}.png"), "width": 64, "height": 48,
+                                           "content_type": content_type}],
                                "timings": {"inference": 0.4}, "seed": 42, "has_nsfw_concepts": [nsfw], "prompt": "…"})
         if req.method == "POST":  # submit: /{owner}/{alias}[/{subpath}]
             body = req.json()
@@ -78,6 +82,7 @@ class FalEmulator(Emulator):
                                          "type": "content_policy_violation", "url": "https://docs.fal.ai/errors/#content_policy_violation"}])
             rid = uuid.uuid4().hex
             app = "/".join(req.path.strip("/").split("/")[:2])
-            base = f"{self.url}/{app}/requests/{rid}"
+            host = self.foreign_host if fault == "foreign_status" and self.foreign_host else self.url  # status/result URLs elsewhere
+            base = f"{host}/{app}/requests/{rid}"
             return Reply.json({"request_id": rid, "response_url": base, "status_url": f"{base}/status", "cancel_url": f"{base}/cancel"})
         return Reply.json({"detail": "Not found"}, 404)

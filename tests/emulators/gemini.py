@@ -31,6 +31,9 @@ class GeminiEmulator(Emulator):
         m = re.fullmatch(r"/v1beta/models/(?P<model>[^/:]+):generateContent", req.path)
         if not m:
             return self.error(404, "NOT_FOUND", f"models/{req.path} is not found for API version v1beta")
+        if self.fault == "echo_key":
+            return self.error(400, "INVALID_ARGUMENT", f"API key not valid: {self.credential(req)}. Please pass a valid API key.",
+                              [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID"}])
         if req.headers.get("x-goog-api-key") != KEY:
             return self.error(400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid API key.",
                               [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID"}])
@@ -58,9 +61,13 @@ class GeminiEmulator(Emulator):
             if self.fault == "image_safety":
                 return Reply.json({"candidates": [{"content": {"role": "model", "parts": []}, "finishReason": "IMAGE_SAFETY", "index": 0}],
                                    "modelVersion": m["model"]})
+            huge = self.image_b64_reply('{"candidates": [{"content": {"role": "model", "parts": [{"inlineData": {"mimeType": "image/png", "data": "',
+                                        '"}}]}, "finishReason": "STOP", "index": 0}]}')
+            if huge:
+                return huge
             image = self.image_reply()
             parts = [{"text": "Here is your image."},
-                     {"inlineData": {"mimeType": "image/png", "data": base64.b64encode(image.body).decode()}}]
+                     {"inlineData": {"mimeType": image.headers["Content-Type"], "data": base64.b64encode(image.body).decode()}}]
             return Reply.json({"candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": "STOP", "index": 0}],
                                "usageMetadata": {**self.usage, "candidatesTokensDetails": [{"modality": "IMAGE", "tokenCount": 1290}]},
                                "modelVersion": m["model"]})

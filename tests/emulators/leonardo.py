@@ -19,6 +19,9 @@ class LeonardoEmulator(Emulator):
     def handle(self, req: Request) -> Reply:
         if req.path.startswith("/cdn/"):
             return self.image_reply()
+        if self.fault == "echo_key":
+            return Reply.json({"error": f"Invalid authentication: token {self.credential(req)} is not valid", "path": "$",
+                               "code": "invalid-jwt"}, 401)
         if req.headers.get("authorization") != f"Bearer {KEY}":
             return Reply.json({"error": "Invalid authentication", "path": "$", "code": "invalid-jwt"}, 401)
         if req.path == "/api/rest/v1/me":
@@ -34,7 +37,7 @@ class LeonardoEmulator(Emulator):
             nsfw = self.fault == "blocked"
             return Reply.json({"generations_by_pk": {
                 "id": gid, "status": "COMPLETE", "modelId": "1dd50843-d653-4516-a8e3-f0238ee453ff", "imageWidth": 1024, "imageHeight": 768,
-                "generated_images": [{"id": uuid.uuid4().hex, "url": f"{self.url}/cdn/{gid}.png", "nsfw": nsfw, "likeCount": 0}]}})
+                "generated_images": [{"id": uuid.uuid4().hex, "url": self.image_url(f"/cdn/{gid}.png"), "nsfw": nsfw, "likeCount": 0}]}})
         body = req.json() or {}
         if not body.get("prompt") or not body.get("modelId"):
             return Reply.json({"error": "prompt and modelId are required", "path": "$", "code": "validation-failed"}, 400)

@@ -9,9 +9,11 @@ from .answers import answer_for
 
 
 class OllamaEmulator(Emulator):
-    models = ("qwen2.5vl",)
+    models: tuple[str, ...] = ("qwen2.5vl",)  # what `ollama list` shows; a test may set it per instance
 
     def handle(self, req: Request) -> Reply:
+        if self.fault == "echo_key":
+            return Reply.json({"error": f"unauthorized: key {self.credential(req)} not recognised"}, 401)
         if req.path == "/api/tags":
             return Reply.json({"models": [{"name": m, "model": m} for m in self.models]})
         if req.path != "/api/chat":

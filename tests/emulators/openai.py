@@ -28,6 +28,9 @@ class OpenAIEmulator(Emulator):
             return Reply.json({"id": req.path.rsplit("/", 1)[1], "object": "model", "created": 1, "owned_by": "openai"})
         if req.path not in ("/v1/images/generations", "/v1/images/edits", "/v1/chat/completions"):
             return self.error(404, f"Unknown request URL: {req.method} {req.path}", "invalid_request_error", "unknown_url")
+        if self.fault == "echo_key":
+            return self.error(401, f"Incorrect API key provided: {self.credential(req)}. You can find your API key at "
+                              "https://platform.openai.com/account/api-keys.", "invalid_request_error", "invalid_api_key")
         if req.headers.get("authorization") != f"Bearer {KEY}":
             return self.error(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
         if req.path.endswith("/edits"):
@@ -58,10 +61,14 @@ class OpenAIEmulator(Emulator):
                               "image_generation_user_error", "moderation_blocked")
         if req.path.endswith("/chat/completions"):
             return self.chat(req.json())
-        image = self.image_reply().body
+        huge = self.image_b64_reply('{"created": 1713833628, "data": [{"b64_json": "', '"}], "output_format": "png"}')
+        if huge:
+            return huge
+        reply = self.image_reply()
+        image = reply.body
         return Reply.json({
             "created": 1713833628, "data": [{"b64_json": base64.b64encode(image).decode(), "url": None, "revised_prompt": None}],
-            "background": "opaque", "output_format": "png", "quality": "medium", "size": "1536x1024",
+            "background": "opaque", "output_format": reply.headers["Content-Type"].split("/")[1], "quality": "medium", "size": "1536x1024",
             "usage": {"input_tokens": 50, "input_tokens_details": {"text_tokens": 50, "image_tokens": 0},
                       "output_tokens": 4160, "output_tokens_details": {"text_tokens": 0, "image_tokens": 4160}, "total_tokens": 4210},
         })

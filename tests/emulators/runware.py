@@ -20,6 +20,8 @@ class RunwareEmulator(Emulator):
             return self.image_reply()
         if req.path != "/v1":
             return Reply.json({"errors": [{"code": "notFound", "message": "unknown path"}]}, 404)
+        if self.fault == "echo_key":
+            return self.errors(401, "invalidApiKey", f"Invalid API key: {self.credential(req)}")
         if req.headers.get("authorization") != f"Bearer {KEY}":
             return self.errors(401, "invalidApiKey", "Invalid API key.")
         tasks = req.json()
@@ -48,5 +50,5 @@ class RunwareEmulator(Emulator):
             return Reply.json({"data": [{"taskType": "imageInference", "taskUUID": task["taskUUID"], "imageUUID": uuid.uuid4().hex,
                                          "imageURL": f"{self.url}/im/x.png", "NSFWContent": True, "cost": 0.0013}]})
         return Reply.json({"data": [{"taskType": "imageInference", "taskUUID": task["taskUUID"], "imageUUID": uuid.uuid4().hex,
-                                     "imageURL": f"{self.url}/im/{task['taskUUID']}.png", "seed": task.get("seed"),
+                                     "imageURL": self.image_url(f"/im/{task['taskUUID']}.png"), "seed": task.get("seed"),
                                      "NSFWContent": False, "cost": 0.0013}]})

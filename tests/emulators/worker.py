@@ -16,6 +16,8 @@ class WorkerEmulator(Emulator):
     def handle(self, req: Request) -> Reply:
         if req.path != "/generate":
             return Reply.json({"error": "not found"}, 404)
+        if self.fault == "echo_key":
+            return Reply.json({"error": f"bad token {self.credential(req)}"}, 401)
         if req.headers.get("authorization") != f"Bearer {TOKEN}":
             return Reply.json({"error": "bad token"}, 401)
         prompt = req.query.get("prompt", [""])[0] if req.method == "GET" else (req.json() or {}).get("prompt", "")

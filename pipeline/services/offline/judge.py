@@ -138,12 +138,12 @@ class OfflineJudge(Judge):
         # Exposure: a band the prompt's light words ask for, scored by the distance outside it.
         low, high = intent.exposure_band
         distance = max(low - m.exposure, m.exposure - high, 0.0)
-        criteria["exposure"] = round(max(0.0, 10.0 - 40.0 * distance), 2)
-        if criteria["exposure"] < 7.0:
+        criteria["exposure"] = exposure = round(max(0.0, 10.0 - 40.0 * distance), 2)
+        if exposure < 7.0:
             direction = "low" if m.exposure < low else "high"
             issues.append(Issue(kind="exposure", suggestion=SUGGESTIONS[("exposure", direction)],
                                 description=f"{'under' if direction == 'low' else 'over'}exposed: mean luminance {m.exposure:.2f}, want {low:.2f}–{high:.2f}",
-                                severity=round(0.95 * (10.0 - criteria["exposure"]) / 10.0, 3)))
+                                severity=round(0.95 * (10.0 - exposure) / 10.0, 3)))
 
         if intent.contrast == "low":
             grade("contrast", m.contrast, "RMS contrast", ".2f", problem="too contrasty for a soft scene", at_most=0.14)
@@ -168,8 +168,8 @@ class OfflineJudge(Judge):
         asked_area = request.requested_width * request.requested_height
         got_area = m.width * m.height
         aspect_error = abs(m.width / m.height - request.requested_width / request.requested_height)
-        criteria["size_match"] = round(10.0 * min(asked_area, got_area) / max(asked_area, got_area) * max(0.0, 1.0 - aspect_error), 2)
-        if criteria["size_match"] < 10.0:
+        criteria["size_match"] = size_match = round(10.0 * min(asked_area, got_area) / max(asked_area, got_area) * max(0.0, 1.0 - aspect_error), 2)
+        if size_match < 10.0:
             issues.append(Issue(kind="size_match", description=f"delivered {m.width}x{m.height}, asked {request.requested_width}x{request.requested_height}",
                                 suggestion="", severity=0.1))
 

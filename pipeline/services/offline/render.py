@@ -128,7 +128,7 @@ def paint_scene(intent: VisualIntent, look: Look, rng: np.random.Generator, widt
         draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=disc)
     if "mountains" in comp:
         for layer in range(2):
-            pts = [(0, horizon)]
+            pts: list[tuple[float, float]] = [(0, horizon)]
             for x in np.linspace(0, w, 7 + layer * 3):
                 pts.append((float(x), horizon - unit * (0.12 + 0.22 * rng.random()) / (layer + 1)))
             pts.append((w, horizon))

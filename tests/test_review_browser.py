@@ -1,0 +1,286 @@
+"""The review desk in a real browser: keys, loupe, compare, the URL, and two reviewers at once.
+
+`streamlit run app.py` over a data folder seeded by the offline stack, driven by Playwright in
+headless Chromium (Debian's, at /usr/bin/chromium). Skipped when that browser is missing, unless
+DARKROOM_REQUIRE_BROWSER=1 (as in CI) makes that a failure. Screenshots go to ``test-artifacts/``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlmodel import select
+
+from pipeline.store.db import open_database, session
+from pipeline.store.models import Rating
+from tests.conftest import PYTHON, ROOT, SAMPLES, run_cli, subprocess_env
+
+CHROMIUM = Path(os.environ.get("DARKROOM_CHROMIUM", "/usr/bin/chromium"))
+ARTIFACTS = Path(os.environ.get("DARKROOM_ARTIFACTS", ROOT / "test-artifacts"))
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+
+if not CHROMIUM.exists():
+    if os.environ.get("DARKROOM_REQUIRE_BROWSER") == "1":
+        raise RuntimeError(f"{CHROMIUM} is missing; install Debian's chromium (apt-get install chromium)")
+    pytest.skip(f"{CHROMIUM} is not installed", allow_module_level=True)
+
+sync_api = pytest.importorskip("playwright.sync_api")
+
+READY = "[data-testid='stApp'][data-test-script-state='notRunning']"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[str]:
+    """The real app over a data folder holding one finished run of the 12 sample prompts (2 iterations each)."""
+    assert run_cli("run", str(SAMPLES / "seed.json"), "--iterations", "2").code == 0
+    port = free_port()
+    log = (tmp_path / "streamlit.log").open("w")
+    env = subprocess_env(tmp_path / "data")
+    env.pop("DARKROOM_PLUGINS", None)
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless", "true", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("streamlit did not start:\n" + (tmp_path / "streamlit.log").read_text())
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture
+def browser() -> Iterator["sync_api.Browser"]:
+    with sync_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def new_page(browser, url: str, name: str, width: int = 1440, height: int = 900):  # type: ignore[no-untyped-def]
+    """A reviewer in a browser context of their own (their own cookies), named in the sidebar."""
+    context = browser.new_context(viewport={"width": width, "height": height})
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    page.goto(f"{url}/gallery")
+    settle(page)
+    box = page.get_by_label("Your name (reviewer)", exact=True)
+    box.fill(name)
+    box.press("Enter")
+    settle(page)
+    return page
+
+
+def settle(page) -> None:  # type: ignore[no-untyped-def]
+    page.wait_for_selector("[data-testid='stApp'][data-test-connection-state='CONNECTED']")
+    page.wait_for_selector(READY)
+
+
+def shoot(page, name: str) -> None:  # type: ignore[no-untyped-def]
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+
+
+def desk(page):  # type: ignore[no-untyped-def]
+    return page.locator("[data-testid=drDesk]")
+
+
+def wait_desk(page, item: str | None = None, *, not_item: str | None = None) -> str:  # type: ignore[no-untyped-def]
+    """Wait until the desk shows a prompt (``item``, or any but ``not_item``) with its full-size images decoded."""
+    page.wait_for_function(
+        """([want, old]) => { const d = [...document.querySelectorAll('*')].map(e => e.shadowRoot).filter(Boolean)
+             .map(r => r.querySelector('[data-testid=drDesk]')).find(Boolean);
+           if (!d || d.getAttribute('data-ready') !== d.getAttribute('data-item')) return false;
+           const at = d.getAttribute('data-item');
+           return (!want || at === want) && (!old || at !== old); }""",
+        arg=[item, not_item])
+    settle(page)
+    return desk(page).get_attribute("data-item")
+
+
+def press(page, *keys: str) -> None:  # type: ignore[no-untyped-def]
+    for key in keys:
+        page.keyboard.press(key)
+    page.wait_for_timeout(150)
+    settle(page)
+
+
+def ratings(data: Path) -> dict[tuple[str, int], tuple[int | None, str, str]]:
+    from pipeline.config import Settings
+
+    with session(open_database(Settings.from_env())) as s:
+        return {(r.reviewer, r.iteration_id): (r.stars, r.decision, r.note) for r in s.exec(select(Rating))}
+
+
+def test_keyboard_review_end_to_end_with_two_reviewers(server: str, browser, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    ana = new_page(browser, server, "Ana")
+    ana.goto(f"{server}/gallery?sort=prompt&dir=asc&size=s")
+    settle(ana)
+    first = ana.locator("[data-testid=drCard]").first
+    assert first.get_attribute("title").startswith("scene_001")  # the id on hover
+    shoot(ana, "review_grid")
+    first.locator("img").click()  # clicking the image opens Review
+    start = wait_desk(ana)
+    assert "1 of 12 in this selection" in ana.get_by_test_id("stMain").inner_text()
+    assert re.search(r"item=\d+", ana.url) and "sort=prompt" in ana.url
+
+    # star + decision + next, three keys per prompt, typed without waiting for the app
+    ids = []
+    for stars in (5, 4, 3):
+        ids.append(int(desk(ana).locator("[data-testid=drIteration]").first.get_attribute("data-id") or 0))
+        before = desk(ana).get_attribute("data-item")
+        press(ana, str(stars), "p", "ArrowRight")
+        wait_desk(ana, not_item=before)
+    assert "4 of 12 in this selection" in ana.get_by_test_id("stMain").inner_text()
+    shoot(ana, "review_desk")
+
+    # Tab focuses the next iteration; X rejects it; Z undoes that; keys never fire while typing
+    press(ana, "Tab")
+    assert desk(ana).locator("[data-testid=drIteration][aria-current=true]").get_attribute("data-number") == "2"
+    assert "it=2" in ana.url
+    press(ana, "x", "z")
+
+    # C opens compare (never Streamlit's "Clear caches"), F the loupe, ? the key list
+    press(ana, "c")
+    ana.get_by_test_id("drCompare").wait_for()
+    assert ana.get_by_test_id("stDialog").count() == 0
+    assert "mode=compare" in ana.url and "cmp=" in ana.url
+    shoot(ana, "review_compare")
+    press(ana, "Escape")
+    ana.get_by_test_id("drCompare").wait_for(state="detached")
+    press(ana, "f")
+    ana.get_by_test_id("drLoupe").wait_for()
+    press(ana, "+")
+    shoot(ana, "review_loupe")
+    press(ana, "f", "?")
+    ana.get_by_test_id("drHelp").wait_for()
+    assert "undo your last action" in ana.get_by_test_id("drHelp").inner_text()
+    press(ana, "Escape")
+    press(ana, "n")
+    ana.keyboard.type("keep p x")  # P and X typed into the note are text, not decisions
+    ana.keyboard.press("Enter")
+    settle(ana)
+    ana.keyboard.press("Escape")
+
+    # reload and a second tab keep the view and the name (a cookie)
+    here = ana.url
+    ana.reload()
+    wait_desk(ana)
+    assert ana.url == here and ana.get_by_label("Your name (reviewer)", exact=True).input_value() == "Ana"
+    tab = ana.context.new_page()
+    tab.goto(here)
+    wait_desk(tab)
+    assert tab.get_by_label("Your name (reviewer)", exact=True).input_value() == "Ana"
+    tab.close()
+
+    # G goes back to the same grid (filters, sort, size)
+    press(ana, "g")
+    ana.get_by_test_id("drGrid").wait_for()
+    assert "sort=prompt" in ana.url and "item=" not in ana.url and "mode=" not in ana.url
+
+    # a second reviewer, in another browser, rates the same images at the same time
+    bo = new_page(browser, server, "Bo")
+    bo.goto(f"{server}/review?sort=prompt&dir=asc&item={start}&mode=review")
+    wait_desk(bo, start)
+    for _ in range(3):
+        before = desk(bo).get_attribute("data-item")
+        press(bo, "2", "x", "ArrowRight")
+        wait_desk(bo, not_item=before)
+    bo.goto(f"{server}/review?sort=prompt&dir=asc&item={start}&mode=review")
+    wait_desk(bo, start)
+    caption = desk(bo).locator("[data-testid=drIteration]").first.inner_text()
+    assert "Ana 5★ approved" in caption and "⌀ 3.5 · 2" in caption  # the other reviewer, by name; mean and count
+    shoot(bo, "review_two_reviewers")
+
+    kept = ratings(tmp_path / "data")
+    for iteration_id, stars in zip(ids, (5, 4, 3), strict=True):
+        assert kept[("Ana", iteration_id)][:2] == (stars, "approved")
+        assert kept[("Bo", iteration_id)][:2] == (2, "rejected")
+    assert any(note == "keep p x" and decision == "none" for (who, _), (_, decision, note) in kept.items() if who == "Ana")
+
+
+def test_grid_select_with_clicks_and_keys_then_rate_the_selection(server: str, browser, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    page = new_page(browser, server, "Cy", 1280, 720)
+    page.goto(f"{server}/gallery?sort=prompt&dir=asc&size=s")
+    settle(page)
+    cards = page.locator("[data-testid=drCard]")
+    cards.nth(0).locator(".dr-card-title").click()
+    cards.nth(3).locator(".dr-card-title").click(modifiers=["Shift"])
+    assert page.locator("[data-testid=drCard][aria-selected=true]").count() == 4
+    settle(page)
+    press(page, "p")
+    press(page, "Shift+ArrowRight", "4")
+    page.wait_for_timeout(300)
+    settle(page)
+    kept = ratings(tmp_path / "data")
+    decided = sorted(i for (who, i), (_, decision, _) in kept.items() if who == "Cy" and decision == "approved")
+    starred = sorted(i for (who, i), (stars, _, _) in kept.items() if who == "Cy" and stars == 4)
+    assert len(decided) == 4 and len(starred) == 5  # the selection grew by one card with Shift+→
+    shoot(page, "review_grid_selection")
+    press(page, "z")  # one undo: the whole batch of stars
+    kept = ratings(tmp_path / "data")
+    assert not any(stars for (who, _), (stars, _, _) in kept.items() if who == "Cy")
+    assert page.get_by_test_id("stDialog").count() == 0
+
+
+def test_above_the_fold_controls_and_cards(server: str, browser) -> None:  # type: ignore[no-untyped-def]
+    for width, height in ((1440, 900), (1280, 720)):
+        page = new_page(browser, server, "Di", width, height)
+        page.goto(f"{server}/review?sort=prompt&dir=asc&item=1&mode=review")
+        wait_desk(page)
+        for name in ("Approve", "Reject"):
+            box = page.get_by_role("button", name=name, exact=True).bounding_box()
+            assert box and box["y"] + box["height"] <= height, f"{name} below the fold at {width}x{height}"
+        for locator in (page.get_by_test_id("stFeedback"), page.get_by_placeholder("Note (N), Enter saves")):
+            box = locator.first.bounding_box()
+            assert box and box["y"] + box["height"] <= height
+        frames = desk(page).locator(".dr-frame")
+        bottom = max(frames.nth(i).bounding_box()["y"] + frames.nth(i).bounding_box()["height"] for i in range(frames.count()))
+        assert bottom <= height, "the images fit in the window"
+        shoot(page, f"review_{width}x{height}")
+        page.context.close()
+    grid = new_page(browser, server, "Di")
+    fold = grid.evaluate("""() => {
+        const cards = [...document.querySelectorAll('*')].map(e => e.shadowRoot).filter(Boolean)
+            .flatMap(r => [...r.querySelectorAll('[data-testid=drCard]')]).map(c => c.getBoundingClientRect());
+        const tops = [...new Set(cards.map(r => Math.round(r.top)))].sort((a, b) => a - b);
+        const cols = cards.filter(r => Math.round(r.top) === tops[0]).length;
+        const pitch = tops.length > 1 ? tops[1] - tops[0] : cards[0].height;
+        const rows = Math.floor((window.innerHeight - tops[0] - cards[0].height) / pitch) + 1;
+        return {cards: cards.length, visible: cards.filter(r => r.bottom <= window.innerHeight).length, room: cols * rows};
+    }""")
+    assert fold["visible"] == fold["cards"]  # every seeded image (23 or 24) is above the fold at 1440x900 ...
+    assert fold["room"] >= 24, fold  # ... and the default card size leaves room for at least 24
