@@ -60,6 +60,15 @@ def test_a_run_name_that_is_not_text_exits_2_naming_the_option(tmp_path: Path, s
     assert not (settings.data_dir / "runs").exists()
 
 
+def test_a_bad_resilience_setting_exits_2_before_any_run_is_created(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, settings) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("[resilience.retry]\nmax_attempts = 0\n")
+    monkeypatch.setenv("DARKROOM_CONFIG", str(config))
+    result = run_cli("run", write_prompt_set(tmp_path / "s.json", make_prompts(1)))
+    assert result.code == 2 and "retry.max_attempts must be at least 1, not 0" in result.err
+    assert "Run 1" not in result.out + result.err and not (settings.data_dir / "runs").exists()
+
+
 def test_a_run_id_past_any_database_integer_is_no_run_not_a_traceback(tmp_path: Path) -> None:
     for command in (("status",), ("resume",), ("export", "--out", str(tmp_path / "x.zip"))):
         result = run_cli(command[0], "99999999999999999999999", *command[1:])

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.config import defaults_from, from_table
+from pipeline.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class LimitSettings:
     def from_settings(cls, values: Mapping[str, Any]) -> "LimitSettings":
         limits = from_table(cls, values)
         if limits.max_concurrency < 1:
-            raise ValueError(f"limits.max_concurrency must be at least 1, not {limits.max_concurrency}")
+            raise ConfigError(f"limits.max_concurrency must be at least 1, not {limits.max_concurrency}")
         return limits
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.config import defaults_from, from_table
-from pipeline.errors import ContentBlocked, ProviderError
+from pipeline.errors import ConfigError, ContentBlocked, ProviderError
 
 NEVER_RETRIED_STATUSES = frozenset({400, 401, 403, 404, 422})
 
@@ -40,7 +40,7 @@ class RetryPolicy:
     def from_settings(cls, values: Mapping[str, Any]) -> "RetryPolicy":
         policy = from_table(cls, values)
         if policy.max_attempts < 1:
-            raise ValueError(f"retry.max_attempts must be at least 1, not {policy.max_attempts}")
+            raise ConfigError(f"retry.max_attempts must be at least 1, not {policy.max_attempts}")
         return policy
 
     def retryable(self, error: ProviderError) -> bool:

@@ -118,6 +118,15 @@ def service_settings(settings: Settings, kind: str, name: str, table: str) -> di
     return merged
 
 
+def check_service_settings(settings: Settings, kind: str, name: str) -> None:
+    """Build a service's retry, limit, breaker and deadline settings once, so that a bad value is a
+    :class:`ConfigError` before a run is created, not a failed run after."""
+    BreakerSettings.from_settings(service_settings(settings, kind, name, "breaker"))
+    LimitSettings.from_settings(service_settings(settings, kind, name, "limits"))
+    RetryPolicy.from_settings(service_settings(settings, kind, name, "retry"))
+    from_table(DeadlineSettings, service_settings(settings, kind, name, "deadline"))
+
+
 def member_for(settings: Settings, component: C) -> Member[C]:
     kind, name = component.kind, component.name
     return Member(

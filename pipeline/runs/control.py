@@ -19,6 +19,7 @@ from pipeline import registry
 from pipeline.config import Settings
 from pipeline.errors import ConfigError, InputError
 from pipeline.prompts.promptset import PromptSetSpec
+from pipeline.resilience.routing import check_service_settings
 from pipeline.runs.records import (
     RunConfig,
     RunSummary,
@@ -105,6 +106,9 @@ def check_launch(settings: Settings, config: RunConfig, output_dir: Path | None 
     """Everything a launch checks before it writes: settings, services, output folder, data folder."""
     config.validate(settings)
     check_components(config)
+    for kind, names in (("providers", config.providers), ("judges", config.judges), ("refiners", config.refiners)):
+        for name in names:
+            check_service_settings(settings, kind, name)
     if output_dir is not None:
         check_output_dir(output_dir)
     check_data_dir(settings)
