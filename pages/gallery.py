@@ -14,7 +14,7 @@ from typing import Any
 
 import streamlit as st
 
-from pages.components import Actions, apply_pending, card_grid, exclusive, media_url, selected
+from pages.components import Actions, apply_exclusively, apply_pending, card_grid, media_url, selected
 from pages.components.urlstate import PAGES, compact, config, follow, go, read_view, reviewer, stage_view, write_view
 from pipeline import display
 from pipeline.errors import InputError
@@ -142,11 +142,7 @@ def sidebar_filters(runs: dict[int, str], providers: list[str], tags: list[str])
 # ---- actions from the grid (keys, clicks) --------------------------------------------------------------
 def apply(actions: Actions, done: Callable[[], None] = lambda: None) -> None:
     """Apply ``actions`` under the session's lock: an older run still applying a batch goes first."""
-    with exclusive() as got:
-        if got:
-            _apply(actions, done)
-        else:
-            st.toast("Still saving your previous action: press the key again in a moment.")
+    apply_exclusively(lambda: _apply(actions, done))
 
 
 def _apply(actions: Actions, done: Callable[[], None]) -> None:

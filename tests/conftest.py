@@ -1,8 +1,14 @@
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import socket
+import subprocess
 import sys
+import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -105,3 +111,42 @@ def create_run(engine, settings: Settings, prompts: list[dict], tmp_path: Path, 
         run = create(s, settings, import_prompt_set(s, spec), RunConfig(**config))
         s.commit()
         return run.id
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def streamlit_server(data_dir: Path, log_path: Path) -> Iterator[str]:
+    """``streamlit run app.py`` as a user starts it, on a free loopback port; yields its URL once healthy."""
+    port = free_port()
+    env = subprocess_env(data_dir)
+    env.pop("DARKROOM_PLUGINS")  # the real app: offline stack only
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [PYTHON, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless", "true", "--server.port", str(port),
+             "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
+                        break
+                except OSError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("streamlit did not start:\n" + log_path.read_text())
+                time.sleep(0.2)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()

@@ -356,14 +356,14 @@ def test_errors_and_log_lines_redact_secrets_from_the_environment_and_secrets_to
 
     from pipeline.logs import LogFiles, setup_logging
 
-    monkeypatch.setenv("SOME_SERVICE_API_KEY", "sk-live-abcdefgh12345678")
+    monkeypatch.setenv("SOME_SERVICE_API_KEY", "canary-value-abcdefgh12345678")
     monkeypatch.chdir(tmp_path)
     (tmp_path / ".streamlit").mkdir()
     (tmp_path / ".streamlit" / "secrets.toml").write_text('OTHER_TOKEN = "tok:with/odd=chars"\n[db]\npassword = "hunter2hunter2"\n')
-    error = ProviderError("echo sk-live-abcdefgh12345678 and tok%3Awith%2Fodd%3Dchars and hunter2hunter2")
+    error = ProviderError("echo canary-value-abcdefgh12345678 and tok%3Awith%2Fodd%3Dchars and hunter2hunter2")
     assert str(error) == "echo [SOME_SERVICE_API_KEY redacted] and [OTHER_TOKEN redacted] and [password redacted]"
     log_path = setup_logging(LogFiles(tmp_path / "logs", max_bytes=1_000_000, backup_count=1, keep_files=2))
-    logging.getLogger("pipeline.test").warning("service said %s", "sk-live-abcdefgh12345678")
+    logging.getLogger("pipeline.test").warning("service said %s", "canary-value-abcdefgh12345678")
     try:
         raise RuntimeError("boom hunter2hunter2")
     except RuntimeError:

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +17,7 @@ from sqlmodel import select
 
 from pipeline.store.db import open_database, session
 from pipeline.store.models import Rating
-from tests.conftest import PYTHON, ROOT, SAMPLES, run_cli, subprocess_env
+from tests.conftest import ROOT, SAMPLES, run_cli, streamlit_server
 
 CHROMIUM = Path(os.environ.get("DARKROOM_CHROMIUM", "/usr/bin/chromium"))
 ARTIFACTS = Path(os.environ.get("DARKROOM_ARTIFACTS", ROOT / "test-artifacts"))
@@ -37,47 +34,12 @@ sync_api = pytest.importorskip("playwright.sync_api")
 READY = "[data-testid='stApp'][data-test-script-state='notRunning']"
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[str]:
     """The real app over a data folder holding one finished run of the 12 sample prompts (2 iterations each)."""
     assert run_cli("run", str(SAMPLES / "seed.json"), "--iterations", "2").code == 0
-    port = free_port()
-    log = (tmp_path / "streamlit.log").open("w")
-    env = subprocess_env(tmp_path / "data")
-    env.pop("DARKROOM_PLUGINS", None)
-    proc = subprocess.Popen(
-        [PYTHON, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless", "true", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("streamlit did not start:\n" + (tmp_path / "streamlit.log").read_text())
-            time.sleep(0.2)
+    with streamlit_server(tmp_path / "data", tmp_path / "streamlit.log") as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 @pytest.fixture

@@ -8,11 +8,7 @@ Pages run through Streamlit's AppTest over a real database; the headers are read
 
 from __future__ import annotations
 
-import contextlib
 import json
-import socket
-import subprocess
-import time
 import tomllib
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -26,7 +22,7 @@ from streamlit.testing.v1 import AppTest
 from pipeline.review.ratings import rate
 from pipeline.store.db import open_database, session
 from pipeline.store.models import Evaluation, Iteration, Refinement, Run, RunItem
-from tests.conftest import PYTHON, ROOT, make_prompts, run_cli, subprocess_env, write_prompt_set
+from tests.conftest import ROOT, make_prompts, run_cli, streamlit_server, write_prompt_set
 
 EVIL = "evil.example"
 HTML_IMAGE = f'<img src="http://{EVIL}/html.png">'
@@ -263,45 +259,6 @@ def test_streamlit_run_app_py_serves_the_st_app_with_its_router_fix() -> None:
     found = discover_asgi_app(ROOT / "app.py")
     assert (found.is_asgi_app, found.import_string) == (True, "app:app")
     assert hasattr(PagesManager, "uses_pages_directory")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def streamlit_server(data_dir: Path, log_path: Path) -> Iterator[str]:
-    """``streamlit run app.py`` as a user starts it, on a free loopback port; yields its URL once healthy."""
-    port = free_port()
-    env = subprocess_env(data_dir)
-    env.pop("DARKROOM_PLUGINS")  # the real app: offline stack only
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            [PYTHON, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless", "true", "--server.port", str(port),
-             "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
-                        break
-                except OSError:
-                    pass
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("streamlit did not start:\n" + log_path.read_text())
-                time.sleep(0.2)
-            yield url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
 
 
 def test_every_response_forbids_outside_images_and_framing(tmp_path: Path) -> None:

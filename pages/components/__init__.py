@@ -203,3 +203,13 @@ def media_url(source: bytes | Path, mime: str, slot: str) -> str | None:
         return None
     data = source if isinstance(source, bytes) else str(source)
     return runtime.get_instance().media_file_mgr.add(data, mime, f"darkroom.{slot}")
+
+
+def apply_exclusively(apply: Callable[[], None]) -> None:
+    """Run ``apply`` under the session's lock, so an older run still applying a batch goes first
+    (fast reruns overlap runs of one session); if the lock is not had in time, say so."""
+    with exclusive() as got:
+        if got:
+            apply()
+        else:
+            st.toast("Still saving your previous action: press the key again in a moment.")
