@@ -23,7 +23,9 @@ from typing import Any
 import streamlit as st
 
 from pipeline import registry
+from pipeline.access import Role, access_config, allowed, role_for
 from pipeline.config import Settings
+from pipeline.envfile import load_env_file
 from pipeline.errors import InputError, StorageError
 from pipeline.files import storage_error
 from pipeline.review.events import validate_reviewer
@@ -113,6 +115,7 @@ async def route_every_url_through_app(_app: Any) -> AsyncIterator[None]:
 
 @st.cache_resource
 def get_settings() -> Settings:
+    load_env_file()  # .env in the working directory, beside .streamlit/secrets.toml: never over a variable already set
     settings = Settings.from_env()
     registry.ensure_loaded(settings.plugin_modules())
     return settings
@@ -140,11 +143,35 @@ def keep_reviewer() -> None:
     st.session_state["reviewer_cleared"] = not st.session_state["reviewer"]
 
 
+def sign_in_configured() -> bool:
+    """Whether ``.streamlit/secrets.toml`` has an ``[auth]`` table (Streamlit's st.login, OIDC)."""
+    if not st.secrets.load_if_toml_exists():
+        return False
+    return "auth" in st.secrets
+
+
 def signed_in_name() -> str:
     """The signed-in user's name or email where sign-in (st.login) is configured, else ''."""
     if st.user.get("is_logged_in") is True:
         return str(st.user.get("name") or st.user.get("email") or "").strip()
     return ""
+
+
+def sign_in_gate() -> Role:
+    """The session's role. With sign-in configured, a visitor who is not signed in sees only the
+    sign-in button (and the page stops there); a signed-in one gets the role ``[access]`` gives
+    their e-mail. Without sign-in, the one user of this machine may do everything."""
+    if not sign_in_configured():
+        return Role.admin
+    if st.user.get("is_logged_in") is not True:
+        st.title("Darkroom")
+        st.write("Sign in to review, run and export.")
+        st.button("Sign in", icon=":material/login:", on_click=st.login, type="primary")
+        st.stop()
+    role = role_for(access_config(st.session_state["settings"]), str(st.user.get("email") or ""))
+    st.sidebar.text(f"Signed in as {signed_in_name()} ({role.name})")
+    st.sidebar.button("Sign out", icon=":material/logout:", on_click=st.logout)
+    return role
 
 
 def reviewer_box() -> None:
@@ -157,9 +184,8 @@ def reviewer_box() -> None:
     """
     from pages.components import cookie_reviewer, remember_reviewer
 
-    if name := signed_in_name():
+    if name := signed_in_name():  # the signed-in identity, never a typed name
         st.session_state["reviewer"] = name
-        st.sidebar.text(f"Reviewing as {name}")
         return
     if "reviewer" not in st.session_state:
         st.session_state["reviewer"] = cookie_reviewer()
@@ -228,6 +254,8 @@ def run() -> None:
     except (StorageError, OSError) as e:  # checked again on the next visit: fixing it needs no restart
         storage_problem(e)
         st.stop()
+    role = st.session_state["role"] = sign_in_gate()
+
     def home() -> None:
         """The root ("/") opens Runs at its own address: the default page has none, so "/runs" would not exist."""
         st.switch_page(PAGES / "runs.py")
@@ -240,7 +268,9 @@ def run() -> None:
         st.Page(PAGES / "review.py", title="Review", icon=":material/rate_review:", url_path="review", visibility="hidden"),
         st.Page(PAGES / "export.py", title="Export", icon=":material/download:"),
         st.Page(PAGES / "providers.py", title="Providers", icon=":material/monitoring:"),
-        st.Page(PAGES / "settings.py", title="Settings", icon=":material/settings:"),
+        st.Page(PAGES / "projects.py", title="Projects", icon=":material/folder_special:"),
+        st.Page(PAGES / "storage.py", title="Storage", icon=":material/storage:"),
+        *([st.Page(PAGES / "settings.py", title="Settings", icon=":material/settings:")] if allowed(role, "settings") else []),
     ])
     reviewer_box()
     run_end_notice()

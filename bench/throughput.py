@@ -1,126 +1,93 @@
-"""Benchmark: how much of a provider's capacity the pipeline uses, against the old batch design.
+"""Benchmark: how much of a provider's capacity the pipeline uses, on every kind of service (issue 17).
 
-    python bench/throughput.py [--prompts 200] [--slots 8] [--median 1.0] [--sigma 0.5]
+    python bench/throughput.py            # every combination below (hours: 3 s x 1,000 x 2 alone is ~15 min a row)
+    python bench/throughput.py --quick    # a short subset: each service model at 0.3 s and 1 s, 100 x 2, plus C = 32
+    python bench/throughput.py --models b,c --medians 1 --prompts 200 --high-c ""   # any slice
 
-A loopback emulator of the fal.ai queue API (submit, status stream and polling, result, file), running in its own
-process, allows ``--slots`` (C) requests at once and answers a submission beyond them with 429
-and ``Retry-After`` / ``retry-after-ms`` (until the earliest slot frees). Each request takes a
-log-normal time (median ``--median`` s, shape ``--sigma``) drawn from its prompt text, so both
-contenders get the same latencies for the same work.
+Service models (tests/emulators/capacity.py, a loopback emulator in its own process; C slots; each
+generation a log-normal time, shape ``--sigma``, drawn from its prompt text so both contenders get
+the same latencies for the same work):
 
-The same N prompts x 2 iterations (offline judge and refiner) go through:
+    a  fal queue API with its status stream; 429 beyond C
+    b  fal queue API, polled (no stream); beyond C requests wait in the server's queue (IN_QUEUE, queue_position)
+    c  fal queue API, polled (no stream); 429 beyond C
+    d  synchronous: one HTTP request per image (the worker provider's format); 429 beyond C
 
-1. the real pipeline: ``RunExecutor`` with the ``fal`` provider, its retry policy, breaker and
-   rate limiter (``max_concurrency`` = C from configuration) and 2C prompt workers;
-2. the baseline: prompts in fixed batches of 3 with ``asyncio.gather`` (the original batch
-   processor's design), the same provider, judge and refiner objects.
+Each row takes N prompts x 2 iterations (offline judge and refiner) through the real pipeline:
+``RunExecutor`` with the provider's defaults from pipeline/defaults.toml (its polling, retry policy,
+breaker, rate limiter with ``max_concurrency`` = C) and 2C prompt workers. The baseline (rows with
+at most ``--baseline-max`` prompts) is the original design: prompts in fixed batches of 3 with
+``asyncio.gather``, the same provider, judge and refiner objects.
 
-Utilisation = ideal makespan / actual makespan, where the ideal is the least time C slots need
-for the latencies the emulator actually served: max(sum of latencies / C, longest latency).
-Target (issue 5): the pipeline's utilisation >= 0.90 with C = 8.
+Utilisation = ideal makespan / actual makespan, the ideal being the least time C slots need for
+the latencies the emulator served: max(sum of latencies / C, longest latency). Polls per image,
+429s, TCP connections accepted and requests per connection are the emulator's own counts. The
+load average (1 min) at the end of each row is printed with it: the machine is shared.
+Targets (issue 17): >= 0.90 at C = 8 for every model, latency and size; >= 0.85 at C = 32 and 64.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import json
-import math
 import multiprocessing
 import os
-import random
-import re
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
-import uuid
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.emulators import Emulator, Reply, Request, png  # noqa: E402
+from tests.emulators.capacity import KEY, CapacityService  # noqa: E402
 
-KEY = "bench-fal-key"
-
-
-class CapacityFal(Emulator):
-    """The fal queue API with C concurrent slots; a slot is held from submission until the result is ready."""
-
-    def __init__(self, slots: int, median: float, sigma: float) -> None:
-        super().__init__()
-        self.slots, self.mu, self.sigma = slots, math.log(median), sigma
-        self.jobs: dict[str, tuple[float, float]] = {}  # request id -> (submitted, latency)
-        self.rejected = 0
-        self.state = threading.Lock()
-
-    def latency(self, prompt: str) -> float:
-        seed = int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:8], "big")
-        return math.exp(random.Random(seed).gauss(self.mu, self.sigma))
-
-    def handle(self, req: Request) -> Reply:
-        now = time.monotonic()
-        if req.path == "/_jobs":
-            with self.state:
-                return Reply.json({"latencies": [lat for _, lat in self.jobs.values()], "rejected": self.rejected})
-        if req.path == "/_reset":
-            with self.state:
-                self.jobs.clear()
-                self.rejected = 0
-            return Reply.json({})
-        if req.headers.get("authorization") != f"Key {KEY}":
-            return Reply.json({"detail": "Invalid API key"}, 401)
-        if req.path.startswith("/files/"):
-            return Reply(200, png(), {"Content-Type": "image/png"})
-        m = re.fullmatch(r"/(?P<app>[^/]+/[^/]+)/requests/(?P<rid>[^/]+)(?P<rest>/status/stream|/status)?", req.path)
-        if m:
-            submitted, lat = self.jobs[m["rid"]]
-            base = f"{self.url}/{m['app']}/requests/{m['rid']}"
-            if m["rest"] == "/status/stream":  # server-sent events: the last one is sent when the result is ready
-                body = (f"data: {json.dumps({'status': 'IN_PROGRESS'})}\n\n"
-                        f"data: {json.dumps({'status': 'COMPLETED', 'response_url': base})}\n\n")
-                return Reply(200, body, {"Content-Type": "text/event-stream"}, delay=max(0.0, submitted + lat - now))
-            if m["rest"]:
-                done = now >= submitted + lat
-                return Reply.json({"status": "COMPLETED" if done else "IN_PROGRESS", "response_url": base}, 200 if done else 202)
-            return Reply.json({"images": [{"url": f"{self.url}/files/{m['rid']}.png", "width": 64, "height": 48,
-                                           "content_type": "image/png"}], "has_nsfw_concepts": [False], "seed": 1})
-        if req.method == "POST":
-            prompt = req.json()["prompt"]
-            with self.state:
-                busy = sorted(s + lat for s, lat in self.jobs.values() if s + lat > now)
-                if len(busy) >= self.slots:
-                    self.rejected += 1
-                    wait = busy[0] - now
-                    return Reply.json({"detail": "Too many concurrent requests"}, 429,
-                                      **{"Retry-After": str(math.ceil(wait)), "retry-after-ms": str(int(wait * 1000) + 1)})
-                rid = uuid.uuid4().hex
-                self.jobs[rid] = (now, self.latency(prompt))
-            app = "/".join(req.path.strip("/").split("/")[:2])
-            base = f"{self.url}/{app}/requests/{rid}"
-            return Reply.json({"request_id": rid, "response_url": base, "status_url": f"{base}/status", "cancel_url": f"{base}/cancel"})
-        return Reply.json({"detail": "Not found"}, 404)
+MODELS = {"a": "stream", "b": "queue", "c": "poll429", "d": "sync"}
+PROVIDER = {"a": "fal", "b": "fal", "c": "fal", "d": "worker"}
 
 
-def _serve(slots: int, median: float, sigma: float, conn) -> None:  # type: ignore[no-untyped-def]
-    emulator = CapacityFal(slots, median, sigma).start()
+@dataclass
+class Row:
+    model: str
+    median: float
+    prompts: int
+    slots: int
+    generations: int = 0
+    rejected: int = 0
+    polls_per_image: float = 0.0
+    connections: int = 0
+    requests_per_connection: float = 0.0
+    ideal_s: float = 0.0
+    actual_s: float = 0.0
+    completed: str = ""
+    baseline: float | None = None
+    load: float = 0.0
+
+    @property
+    def utilisation(self) -> float:
+        return self.ideal_s / self.actual_s if self.actual_s else 0.0
+
+
+def _serve(model: str, slots: int, median: float, sigma: float, conn: Any) -> None:
+    emulator = CapacityService(model, slots, median, sigma).start()
     conn.send(emulator.url)
     conn.recv()  # until told to stop
 
 
-def _get(url: str) -> dict:
+def _get(url: str) -> dict[str, Any]:
     with urllib.request.urlopen(url) as r:
-        return json.loads(r.read())
+        return dict(json.loads(r.read()))
 
 
 def ideal_makespan(latencies: list[float], slots: int) -> float:
-    return max(sum(latencies) / slots, max(latencies))
+    return max(sum(latencies) / slots, max(latencies)) if latencies else 0.0
 
 
-def prompts(n: int) -> list[dict]:
+def prompts(n: int) -> list[dict[str, Any]]:
     """``n`` PartiPrompts prompts (bench/data/PartiPrompts.tsv, shipped in the repository), text only."""
     sys.path.insert(0, str(ROOT / "bench"))
     from parti import parti_prompts
@@ -128,17 +95,37 @@ def prompts(n: int) -> list[dict]:
     return [{"id": p["id"], "prompt": p["prompt"]} for p in parti_prompts(n)]
 
 
-async def baseline(settings, items: list[dict], iterations: int) -> float:  # type: ignore[no-untyped-def]
+def configure(tmp: Path, letter: str, url: str, slots: int) -> Any:
+    """Settings for one row: the service's defaults, its concurrency = C, pointed at the emulator."""
+    config = tmp / "bench.toml"
+    config.write_text(f"""
+[providers.fal]
+status_stream = {"true" if letter == "a" else "false"}
+[providers.fal.limits]
+max_concurrency = {slots}
+[providers.worker.limits]
+max_concurrency = {slots}
+""")
+    os.environ.update({"DARKROOM_DATA_DIR": str(tmp / "data"), "DARKROOM_CONFIG": str(config), "FAL_KEY": KEY, "FAL_BASE_URL": url,
+                       "WORKER_URL": f"{url}/generate"})
+    os.environ.pop("DARKROOM_DATABASE_URL", None)
+    os.environ.pop("WORKER_TOKEN", None)
+    from pipeline.config import Settings
+
+    return Settings.from_env()
+
+
+async def baseline(settings: Any, provider_name: str, items: list[dict[str, Any]], iterations: int) -> float:
     """The original batch processor: 3 prompts at a time, each taken through all its iterations."""
     from pipeline import registry
     from pipeline.components import EvaluationRequest, GenerationRequest, RefinementRequest
     from pipeline.images import inspect_image
 
-    provider = registry.providers.create("fal", settings)
+    provider = registry.providers.create(provider_name, settings)
     judge = registry.judges.create("offline", settings)
     refiner = registry.refiners.create("offline", settings)
 
-    async def one(item: dict) -> None:
+    async def one(item: dict[str, Any]) -> None:
         text = item["prompt"]
         elements = tuple((await judge.decompose(text)).elements)
         for number in range(1, iterations + 1):
@@ -157,93 +144,132 @@ async def baseline(settings, items: list[dict], iterations: int) -> float:  # ty
     return time.perf_counter() - t0
 
 
-def pipeline_run(settings, items: list[dict], iterations: int, workers: int, tmp: Path) -> tuple[float, dict]:  # type: ignore[no-untyped-def]
-    from sqlmodel import select
-
+def pipeline_run(settings: Any, provider_name: str, items: list[dict[str, Any]], iterations: int, workers: int,
+                 tmp: Path, profile: Path | None = None) -> tuple[float, str]:
     from pipeline.prompts.promptset import load_file
     from pipeline.runs.records import RunConfig, create_run, import_prompt_set
     from pipeline.runs.runner import RunExecutor
     from pipeline.store.db import open_database, session
-    from pipeline.store.models import ProviderCall
 
     path = tmp / "set.json"
     path.write_text(json.dumps({"prompts": items}), encoding="utf-8")
     engine = open_database(settings)
     with session(engine) as s:
         run = create_run(s, settings, import_prompt_set(s, load_file(path)),
-                         RunConfig(providers=["fal"], iterations=iterations, concurrency=workers), claim=True)
+                         RunConfig(providers=[provider_name], iterations=iterations, concurrency=workers), claim=True)
         s.commit()
         run_id = run.id
+    profiler = None
+    if profile is not None:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
     t0 = time.perf_counter()
     outcome = asyncio.run(RunExecutor(engine, settings, run_id).execute())
     elapsed = time.perf_counter() - t0
-    with session(engine) as s:
-        calls = s.exec(select(ProviderCall.outcome).where(ProviderCall.provider == "fal")).all()
+    if profiler is not None and profile is not None:
+        profiler.disable()
+        profiler.dump_stats(str(profile))
     engine.dispose()
-    counts = {o: calls.count(o) for o in sorted(set(calls))}
-    return elapsed, {"completed": outcome.completed, "total": outcome.total, "calls": counts}
+    return elapsed, f"{outcome.completed}/{outcome.total}"
+
+
+def run_row(row: Row, iterations: int, sigma: float, with_baseline: bool, profile_dir: Path | None) -> Row:
+    parent, child = multiprocessing.Pipe()
+    server = multiprocessing.Process(target=_serve, args=(MODELS[row.model], row.slots, row.median, sigma, child), daemon=True)
+    server.start()
+    url = parent.recv()
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix="darkroom-throughput-", dir=os.environ.get("BENCH_TMP")))
+        settings = configure(tmp, row.model, url, row.slots)
+        items = prompts(row.prompts)
+        profile = profile_dir / f"{row.model}-{row.median:g}s-{row.prompts}-C{row.slots}.prof" if profile_dir else None
+        row.actual_s, row.completed = pipeline_run(settings, PROVIDER[row.model], items, iterations, 2 * row.slots, tmp, profile)
+        served = _get(f"{url}/_served")
+        row.generations, row.rejected = served["generations"], served["rejected"]
+        row.ideal_s = ideal_makespan(served["latencies"], row.slots)
+        row.polls_per_image = served["polls"] / max(1, served["generations"])
+        row.connections = served["connections"]
+        row.requests_per_connection = served["requests"] / max(1, served["connections"])
+        if with_baseline:
+            urllib.request.urlopen(f"{url}/_reset").read()
+            elapsed = asyncio.run(baseline(settings, PROVIDER[row.model], items, iterations))
+            base = _get(f"{url}/_served")
+            row.baseline = ideal_makespan(base["latencies"], row.slots) / elapsed
+        row.load = os.getloadavg()[0]
+    finally:
+        parent.send("stop")
+        server.join(timeout=5)
+    return row
+
+
+HEADER = (f"{'model':5} {'median':>6} {'prompts':>9} {'C':>3} {'done':>9} {'gens':>5} {'429s':>5} {'polls/img':>9} {'conns':>5} "
+          f"{'req/conn':>8} {'ideal s':>8} {'actual s':>8} {'util':>6} {'baseline':>8} {'load':>5}")
+
+
+def line(r: Row, iterations: int) -> str:
+    base = f"{r.baseline:8.3f}" if r.baseline is not None else f"{'-':>8}"
+    return (f"{r.model:5} {r.median:5g}s {f'{r.prompts}x{iterations}':>9} {r.slots:3d} {r.completed:>9} {r.generations:5d} {r.rejected:5d} "
+            f"{r.polls_per_image:9.2f} {r.connections:5d} {r.requests_per_connection:8.1f} {r.ideal_s:8.1f} {r.actual_s:8.1f} "
+            f"{r.utilisation:6.3f} {base} {r.load:5.2f}")
+
+
+def plan(args: argparse.Namespace) -> list[Row]:
+    models = [m for m in args.models.split(",") if m]
+    rows = [Row(m, float(median), int(n), args.slots) for m in models for median in args.medians.split(",") if median
+            for n in args.prompts.split(",") if n]
+    for c in (int(c) for c in args.high_c.split(",") if c):
+        rows += [Row(m, args.high_c_median, args.high_c_prompts, c) for m in models]
+    return rows
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--prompts", type=int, default=200)
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a short subset (about 10 minutes): 0.3 s and 1 s, 100 x 2, C = 8 and 32")
+    parser.add_argument("--models", default="a,b,c,d", help="service models, comma-separated (a b c d, see above)")
+    parser.add_argument("--medians", default="0.3,1,3", help="median latencies, seconds, comma-separated")
+    parser.add_argument("--prompts", default="200,1000", help="prompt counts, comma-separated")
     parser.add_argument("--iterations", type=int, default=2)
-    parser.add_argument("--slots", type=int, default=8, help="C: requests the emulated provider serves at once")
-    parser.add_argument("--median", type=float, default=1.0, help="median latency of one generation, seconds")
+    parser.add_argument("--slots", type=int, default=8, help="C for the main grid")
     parser.add_argument("--sigma", type=float, default=0.5, help="log-normal shape")
-    parser.add_argument("--limit", type=int, help="the pipeline's configured max_concurrency for fal (default: C); set it "
-                        "above C to watch the 429s and the adaptive limit at work")
-    parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--high-c", default="32,64", help="the larger Cs, comma-separated (\"\" for none)")
+    parser.add_argument("--high-c-median", type=float, default=1.0)
+    parser.add_argument("--high-c-prompts", type=int, default=1000)
+    parser.add_argument("--baseline-max", type=int, default=200, help="run the batches-of-3 baseline on C = 8 rows with at most this "
+                        "many prompts (0: never)")
+    parser.add_argument("--profile", type=Path, help="write a cProfile of each pipeline run into this folder")
     args = parser.parse_args()
+    if args.quick:
+        args.medians, args.prompts, args.high_c, args.high_c_prompts, args.baseline_max = "0.3,1", "100", "32", 400, 100
 
-    parent, child = multiprocessing.Pipe()
-    server = multiprocessing.Process(target=_serve, args=(args.slots, args.median, args.sigma, child), daemon=True)
-    server.start()
-    url = parent.recv()
-    tmp = Path(tempfile.mkdtemp(prefix="darkroom-throughput-", dir=os.environ.get("BENCH_TMP")))
-    config = tmp / "bench.toml"
-    config.write_text(f"""
-[providers.fal]
-poll_initial_s = 0.02
-poll_max_s = 0.05
-[providers.fal.limits]
-max_concurrency = {args.limit or args.slots}
-""")
-    os.environ.update({"DARKROOM_DATA_DIR": str(tmp / "data"), "DARKROOM_CONFIG": str(config), "FAL_KEY": KEY, "FAL_BASE_URL": url})
-    os.environ.pop("DARKROOM_DATABASE_URL", None)
     import logging
 
     from pipeline import registry
-    from pipeline.config import Settings
 
-    logging.getLogger("pipeline").setLevel(logging.ERROR)  # the 429s are counted below, not printed one by one
-    settings = Settings.from_env()
+    logging.getLogger("pipeline").setLevel(logging.ERROR)  # the 429s are counted, not printed one by one
     registry.ensure_loaded()
-    items = prompts(args.prompts)
-    print(f"{args.prompts} prompts x {args.iterations} iterations; C = {args.slots} slots; pipeline limit "
-          f"{args.limit or args.slots}; latency log-normal, "
-          f"median {args.median:g} s, sigma {args.sigma:g}; {os.cpu_count()} CPU(s)")
-
-    results = {}
-    workers = 2 * max(args.slots, args.limit or 0)
-    elapsed, info = pipeline_run(settings, items, args.iterations, workers, tmp)
-    jobs = _get(f"{url}/_jobs")
-    results["pipeline"] = (elapsed, ideal_makespan(jobs["latencies"], args.slots), len(jobs["latencies"]), jobs["rejected"])
-    print(f"pipeline: {info['completed']}/{info['total']} prompts completed; fal call log {info['calls']}")
-    if not args.skip_baseline:
-        urllib.request.urlopen(f"{url}/_reset").read()
-        elapsed = asyncio.run(baseline(settings, items, args.iterations))
-        jobs = _get(f"{url}/_jobs")
-        results["baseline"] = (elapsed, ideal_makespan(jobs["latencies"], args.slots), len(jobs["latencies"]), jobs["rejected"])
-
-    print(f"{'':10} {'generations':>11} {'429s':>5} {'ideal s':>8} {'actual s':>9} {'utilisation':>11}")
-    for name, (elapsed, ideal, n, rejected) in results.items():
-        print(f"{name:10} {n:11d} {rejected:5d} {ideal:8.1f} {elapsed:9.1f} {ideal / elapsed:11.3f}")
-    if "baseline" in results:
-        u = {k: v[1] / v[0] for k, v in results.items()}
-        print(f"utilisation ratio pipeline / baseline: {u['pipeline'] / u['baseline']:.2f}x "
-              f"(target: pipeline >= 0.90 with C = 8: {'met' if u['pipeline'] >= 0.90 else 'NOT met'})")
-    parent.send("stop")
+    rows = plan(args)
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    print(f"{len(rows)} rows; iterations {args.iterations}; latency log-normal, sigma {args.sigma:g}; {os.cpu_count()} CPU(s)", flush=True)
+    print(HEADER, flush=True)
+    done = []
+    for row in rows:
+        with_baseline = row.slots == args.slots and row.prompts <= args.baseline_max
+        done.append(run_row(row, args.iterations, args.sigma, with_baseline, args.profile))
+        print(line(row, args.iterations), flush=True)
+    print("\nall rows:")
+    print(HEADER)
+    for row in done:
+        print(line(row, args.iterations))
+    grid = [r for r in done if r.slots == args.slots]
+    high = [r for r in done if r.slots != args.slots]
+    if grid:
+        target = 0.90 if args.slots <= 8 else 0.85
+        print(f"C = {args.slots}: lowest utilisation {min(r.utilisation for r in grid):.3f} (target >= {target:.2f})")
+    if high:
+        print(f"C = {args.high_c}: lowest utilisation {min(r.utilisation for r in high):.3f} (target >= 0.85)")
 
 
 if __name__ == "__main__":

@@ -24,9 +24,10 @@ from pipeline.review.export import build_selection_zip, selection_export_path
 from pipeline.review.gallery import SORTS, UNRATED, Card, GalleryFilter, Sort, filter_options, gallery_page
 from pipeline.review.ratings import BulkScope, bulk_apply, bulk_scope, summaries
 from pipeline.review.view import ViewState
+from pipeline.runs.projects import list_projects
 from pipeline.runs.records import run_summaries
 from pipeline.store.db import session
-from pipeline.store.models import ITEM_STATUSES
+from pipeline.store.models import ITEM_STATUSES, row_id
 
 settings, engine = st.session_state["settings"], st.session_state["engine"]
 GRID = "gallery_grid"
@@ -58,18 +59,24 @@ def notice(message: str) -> None:
 
 
 # ---- filters, sort, size and page: URL in, URL out ------------------------------------------------------
-FILTER_KEYS = ("g_runs", "g_status", "g_score", "g_stars", "g_decision", "g_provider", "g_tags", "g_text", "g_best", "g_todo",
+FILTER_KEYS = ("g_projects", "g_runs", "g_status", "g_score", "g_stars", "g_decision", "g_provider", "g_tags", "g_text", "g_best", "g_todo",
                "g_disputed", "g_appr")
 
 
 def filter_from_widgets() -> GalleryFilter:
     ss = st.session_state
     low, high = ss.get("g_score", (0.0, 10.0))
-    return GalleryFilter(run_ids=tuple(ss.get("g_runs", ())), statuses=tuple(ss.get("g_status", ())), score_min=low, score_max=high,
+    return GalleryFilter(run_ids=tuple(ss.get("g_runs", ())), project_ids=tuple(ss.get("g_projects", ())), statuses=tuple(ss.get("g_status", ())), score_min=low, score_max=high,
                          stars=tuple(ss.get("g_stars", ())), decisions=tuple(ss.get("g_decision", ())),
                          providers=tuple(ss.get("g_provider", ())), tags=tuple(ss.get("g_tags", ())), text=ss.get("g_text", ""),
                          best_only=ss.get("g_best", False), unreviewed=ss.get("g_todo", False), disputed=ss.get("g_disputed", False),
                          approved_by=int(ss.get("g_appr", 0)))
+
+
+def projects() -> dict[int, str]:
+    """Every project by id: the project filter's options."""
+    with session(engine) as s:
+        return {row_id(p): p.name for p in list_projects(s)}
 
 
 def filters_changed() -> None:
@@ -107,7 +114,7 @@ def seed_widgets(view: ViewState, runs: dict[int, str], providers: list[str], ta
     """Every widget shows what the URL says (after back/forward or a pasted link, too)."""
     f = view.filter
     values: dict[str, Any] = {
-        "g_runs": [r for r in f.run_ids if r in runs], "g_status": list(f.statuses), "g_score": (f.score_min, f.score_max),
+        "g_runs": [r for r in f.run_ids if r in runs], "g_projects": [p for p in f.project_ids if p in projects()], "g_status": list(f.statuses), "g_score": (f.score_min, f.score_max),
         "g_stars": list(f.stars), "g_decision": list(f.decisions), "g_provider": [p for p in f.providers if p in providers],
         "g_tags": [t for t in f.tags if t in tags], "g_text": f.text, "g_best": f.best_only, "g_todo": f.unreviewed,
         "g_disputed": f.disputed, "g_appr": f.approved_by, "g_sort": f"{view.sort.key}:{'desc' if view.sort.descending else 'asc'}",
@@ -120,6 +127,8 @@ def seed_widgets(view: ViewState, runs: dict[int, str], providers: list[str], ta
 def sidebar_filters(runs: dict[int, str], providers: list[str], tags: list[str]) -> None:
     with st.sidebar:
         st.header("Filters")
+        named = projects()
+        st.multiselect("Project", list(named), format_func=lambda i: named.get(i, f"#{i}"), key="g_projects", on_change=filters_changed)
         st.multiselect("Run", list(runs), format_func=lambda i: f"Run {i} · {runs[i]}", key="g_runs", on_change=filters_changed)
         st.toggle("Not yet reviewed by me", key="g_todo", on_change=filters_changed, disabled=not reviewer(),
                   help="Images you have neither starred nor decided on" if reviewer() else "Enter your name first")

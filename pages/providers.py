@@ -1,16 +1,48 @@
 """Providers: success, latency, outcomes and cost from the call log; how the judge agrees with reviewers."""
 
+from datetime import datetime, timezone
+
 import streamlit as st
 
+from pages.components.project_filter import project_filter
+from pipeline import display, quotas
 from pipeline.review import charts, stats
+from pipeline.runs.projects import list_projects
 from pipeline.store.db import session
+from pipeline.store.models import row_id
 
-engine = st.session_state["engine"]
+engine, settings = st.session_state["engine"], st.session_state["settings"]
 
 st.title("Providers")
 with session(engine) as s:
-    calls = stats.calls(s)
-    costs = stats.cost_by_run(s)
+    projects = {p.name: row_id(p) for p in list_projects(s)}
+project = project_filter(list(projects), "providers_project")
+project_id = projects.get(project) if project else None
+
+# What the services said about their quotas (x-ratelimit-* headers, credits), newest reading per service.
+readings = {r.service: r for r in quotas.load(settings.data_dir / quotas.QUOTAS_FILE)}
+readings.update({r.service: r for r in quotas.board.readings()})  # this process's own, fresher
+if readings:
+    st.subheader("Quotas")
+    rows = []
+    for r in readings.values():
+        for kind, a in r.allowances.items():
+            rows.append({"service": r.service, "limit of": kind, "remaining": a.remaining, "of": a.limit,
+                         "left": f"{a.share_left:.0%}" if a.share_left is not None else "–",
+                         "resets in (as reported)": display.duration(a.reset_s) if a.reset_s is not None else "–",
+                         "reported": datetime.fromtimestamp(r.at, timezone.utc)})
+        if r.credits_used or r.cost_usd or r.balance is not None:
+            rows.append({"service": r.service, "limit of": "credits", "remaining": r.balance, "of": None, "left": "–",
+                         "resets in (as reported)": f"{r.credits_used:g} credits / {display.money(r.cost_usd)} used",
+                         "reported": datetime.fromtimestamp(r.at, timezone.utc)})
+    st.dataframe(rows, hide_index=True, width="stretch",
+                 column_config={"reported": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss")})
+    st.caption("Calls to a service slow down once less than [resilience.limits] quota_reserve of an allowance is left, "
+               "and wait for the reset at zero, before the service would refuse them.")
+
+with session(engine) as s:
+    calls = stats.calls(s, project_id=project_id)
+    costs = stats.cost_by_run(s, project_id=project_id)
     scored = stats.scores(s)
     starred = stats.stars_against_scores(s)
     breakers = stats.breaker_states(s)

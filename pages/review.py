@@ -17,19 +17,24 @@ import streamlit as st
 from pages.components import Actions, apply_exclusively, apply_pending, media_url, review_desk
 from pages.components.urlstate import compact, config, follow, go, read_view, reviewer, stage_view, write_view
 from pipeline import display
-from pipeline.errors import InputError
+from pipeline.access import Role, allowed, refusal
+from pipeline.errors import DarkroomError, InputError, StorageError
 from pipeline.review.events import act as record
 from pipeline.review.events import history, last_undoable, undo_last
-from pipeline.review.gallery import Position, PromptDetail, image_file, prompt_detail, review_position
+from pipeline.review.gallery import Position, PromptDetail, image_object, item_images, prompt_detail, review_position, same_prompt_images
+from pipeline.review.lineage import Lineage, lineage_of
 from pipeline.review.ratings import ImageSummary, summaries
 from pipeline.review.textdiff import diff_counts
 from pipeline.review.view import ViewState
+from pipeline.runs.shots import grid_settings, step_of
+from pipeline.runs.variations import launch_variations
 from pipeline.store.db import session
 
 settings, engine = st.session_state["settings"], st.session_state["engine"]
 DESK = "review_desk"
 AUTO = "dr_auto_advance"
 NOTE_LABEL = "Note"
+VARIATIONS_FOR = "dr_variations_for"  # the image whose Variations dialog is open (V, or the button)
 RATING_ACTIONS = {"stars": "star", "clear_stars": "clear_stars", "approve": "approve", "reject": "reject",
                   "clear_decision": "clear_decision", "note": "note"}
 KEYS = [
@@ -44,6 +49,8 @@ KEYS = [
     ["Z  or  Ctrl+Z", "undo your last action (a bulk action as a whole)"],
     ["F  or  Space", "loupe: full screen; click or + for 100 %, drag to pan, Home to fit"],
     ["C", "compare two iterations (slider, side by side, overlay; M switches)"],
+    ["O", "compare the focused image with its parent (the grid it was cut from, the image it varies or refines)"],
+    ["V", "variations: make new images from the focused image (it is their subject reference)"],
     ["I", "details: checks, criteria, issues, the prompt diff, history"],
     ["N", "write a note (Enter saves, Esc leaves the box)"],
     ["A", "auto-advance to the next prompt after a decision (on/off)"],
@@ -105,6 +112,16 @@ def _step(s: Any, b: Batch, view: ViewState, action: dict[str, Any]) -> ViewStat
         return dataclasses.replace(view, mode="compare", compare=ids) if len(ids) == 2 else view
     if kind == "close_compare":
         return dataclasses.replace(view, mode="review", compare=())
+    if kind == "compare_parent":
+        focused = _focused_id(s, view)
+        family = lineage_of(s, focused)
+        if family is None or not family.parents:
+            b.notices.append("This image has no parent image: it was generated from the prompt.")
+            return view
+        return dataclasses.replace(view, mode="compare", compare=(family.parents[0].iteration_id, focused))
+    if kind == "variations":
+        st.session_state[VARIATIONS_FOR] = _focused_id(s, view)
+        return view
     if kind == "undo":
         if not b.me:
             raise InputError("enter your name in the sidebar first: undo reverses your own last action")
@@ -191,13 +208,20 @@ def _details(view: Any, item_history: list[str]) -> dict[str, Any]:
 
 
 def _image_url(s: Any, iteration: Any, slot: str) -> str | None:
+    return _file_url(s, iteration.id, iteration.mime_type or "image/jpeg", slot)
+
+
+def _file_url(s: Any, iteration_id: int, mime_type: str, slot: str) -> str | None:
+    """The full-size image's URL, or None when the iteration has no image (yet, or any more, or its bucket
+    cannot be read now: the thumbnail stays on screen)."""
     try:
-        path = image_file(s, settings, iteration.id)
-    except InputError:
+        store, key = image_object(s, settings, iteration_id)
+        path = store.local_path(key)
+        if path is not None:  # the data folder: Streamlit serves the file itself
+            return media_url(path, mime_type, f"{slot}.{iteration_id}") if path.is_file() else None
+        return media_url(store.get(key), mime_type, f"{slot}.{iteration_id}")  # a bucket: the bytes
+    except (InputError, StorageError):
         return None
-    if not path.is_file():
-        return None
-    return media_url(path, iteration.mime_type or "image/jpeg", f"{slot}.{iteration.id}")
 
 
 def _iteration_data(s: Any, view: Any, summary: ImageSummary | None, item_history: list[str], best: int | None) -> dict[str, Any]:
@@ -226,42 +250,35 @@ def _iteration_data(s: Any, view: Any, summary: ImageSummary | None, item_histor
 
 def _prefetch(s: Any, items: list[int | None]) -> list[str]:
     """Full-size image URLs of the neighbouring prompts: the browser loads them before ← / → is pressed."""
-    urls = []
-    for item in items:
-        if item is None:
-            continue
-        try:
-            d = prompt_detail(s, item)
-        except InputError:
-            continue
-        urls += [u for v in d.iterations if v.is_image and (u := _image_url(s, v.iteration, "prefetch"))]
-    return urls
+    found = item_images(s, [i for i in items if i is not None])
+    return [u for iteration_id, mime in found if (u := _file_url(s, iteration_id, mime, "prefetch"))]
 
 
-def _compare(s: Any, view: ViewState, d: PromptDetail) -> dict[str, Any] | None:
-    candidates = []
+def _compare(s: Any, view: ViewState, d: PromptDetail) -> dict[str, Any]:
+    """What compare may show: this prompt's iterations, and its images from other runs (other
+    providers, models, settings). Only the chosen pair's files are registered with the media
+    store: the others are an id and a label until picked."""
+    candidates: list[dict[str, Any]] = []
     for v in d.iterations:
-        if v.is_image and (url := _image_url(s, v.iteration, "review")):
+        if v.is_image:
             score = f" · {v.evaluation.overall_score:.1f}" if v.evaluation is not None else ""
-            candidates.append({"id": v.iteration.id, "url": url, "label": f"Run {d.run.id} · iteration {v.iteration.number} · "
-                               f"{v.iteration.provider}{score}"})
+            candidates.append({"id": v.iteration.id, "mime": v.iteration.mime_type or "image/jpeg",
+                               "label": f"Run {d.run.id} · iteration {v.iteration.number} · {v.iteration.provider}{score}"})
+    candidates += [{"id": o.iteration_id, "mime": o.mime_type, "label": o.label} for o in same_prompt_images(s, d.item.id)]
+    shown = [{"id": c["id"], "label": c["label"]} for c in candidates]
     if view.mode != "compare" or len(view.compare) != 2:
-        return {"candidates": candidates}
+        return {"candidates": shown}
     pair = []
     for iteration_id in view.compare:
-        found = next((c for c in candidates if c["id"] == iteration_id), None)
-        if found is None:
-            try:
-                path = image_file(s, settings, iteration_id)
-            except InputError:
-                return {"candidates": candidates}
-            if not path.is_file():
-                return {"candidates": candidates}
-            found = {"id": iteration_id, "url": media_url(path, "image/" + (path.suffix.lstrip(".").lower().replace("jpg", "jpeg") or "jpeg"),
-                                                          f"compare.{iteration_id}"), "label": f"image {iteration_id}"}
-            candidates.append(found)
-        pair.append(found)
-    return {"candidates": candidates, "pair": pair}
+        known = next((c for c in candidates if c["id"] == iteration_id), None)
+        mime = known["mime"] if known else "image/jpeg"
+        url = _file_url(s, iteration_id, mime, "compare")
+        if url is None:
+            return {"candidates": shown}
+        pair.append({"id": iteration_id, "url": url, "label": known["label"] if known else f"image {iteration_id}"})
+        if known is None:
+            shown.append({"id": iteration_id, "label": f"image {iteration_id}"})
+    return {"candidates": shown, "pair": pair}
 
 
 # ---- the page ---------------------------------------------------------------------------------------------
@@ -296,7 +313,8 @@ def controls(d: PromptDetail, focus_view: Any, summary: ImageSummary | None, und
     mine = summary.mine if summary else None
     decision = mine.decision if mine else "none"
     cols = st.columns([0.8, 1.45, 1.25, 1.1, 0.5, 0.5, 2.3, 1.6], vertical_alignment="center")
-    cols[0].html(f'<div style="white-space:nowrap">Iteration <b>{it.number}</b></div>')
+    cell = f" · cell {it.cell_index}" if it.cell_index else ""  # a grid cell is row N*100 + cell of iteration N
+    cols[0].html(f'<div style="white-space:nowrap">Iteration <b>{step_of(it.number)}</b>{cell}</div>')
     # Keys carry the value they show: a widget state the browser sends before it has the newest
     # value (keys typed ahead) then belongs to a widget no longer drawn and changes nothing.
     stars = mine.stars if mine and mine.stars else 0
@@ -320,6 +338,48 @@ def controls(d: PromptDetail, focus_view: Any, summary: ImageSummary | None, und
     auto = bool(st.session_state.get(AUTO, False))
     cols[7].toggle("Auto-next", value=auto, key=f"dr_auto_{int(auto)}", on_change=flip_auto,
                    help="Auto-advance: after Approve or Reject, go to the next prompt (A)")
+
+
+def lineage_bar(family: Lineage, is_image: bool) -> None:
+    """What made the focused image, its parents and children; compare with the parent; Variations."""
+    line, parent, vary = st.columns([6, 1.4, 1.2], vertical_alignment="center")
+    with line:
+        small(family.describe())
+    parent.button("Compare with parent", icon=":material/compare:", disabled=not family.parents, key="dr_compare_parent",
+                  on_click=act, args=({"a": "compare_parent"},), help="Compare this image with its parent (O)", width="stretch")
+    role = st.session_state.get("role", Role.admin)
+    may = allowed(role, "launch")
+    vary.button("Variations", icon=":material/auto_awesome:", disabled=not is_image or not may, key="dr_variations",
+                on_click=act, args=({"a": "variations"},), width="stretch",
+                help="New images from this one, as their subject reference (V)" if may else refusal(role, "launch"))
+    wanted = st.session_state.get(VARIATIONS_FOR)
+    if wanted == family.iteration_id and is_image and may:
+        variations_dialog(family.iteration_id)
+    elif wanted is not None:
+        st.session_state.pop(VARIATIONS_FOR, None)
+
+
+@st.dialog("Variations")
+def variations_dialog(iteration_id: int) -> None:
+    st.text(f"New images from image {iteration_id}: it is their subject reference. They run in the background like any run "
+            "and appear as its children.")
+    n = st.number_input("How many", 1, grid_settings(settings).max_images, 4, key="dr_variations_n")
+    instruction = st.text_input("Instruction (optional)", placeholder="same person, smiling", key="dr_variations_text")
+    go_on, cancel = st.columns(2)
+    if cancel.button("Cancel", width="stretch"):
+        st.session_state.pop(VARIATIONS_FOR, None)
+        st.rerun()
+    if go_on.button("Make variations", type="primary", width="stretch"):
+        try:
+            run_id = launch_variations(engine, settings, iteration_id, n=int(n), instruction=instruction)
+        except DarkroomError as e:
+            st.error("No variations were made:")
+            st.text(str(e))
+            return
+        st.session_state["runner"].wake()
+        st.session_state.pop(VARIATIONS_FOR, None)
+        st.session_state.setdefault("review_notices", []).append(f"Run {run_id}: {int(n)} variation(s) of image {iteration_id} queued.")
+        st.rerun()
 
 
 def page() -> None:
@@ -357,8 +417,10 @@ def page() -> None:
         undo = last_undoable(s, me) if me else None
         iterations = [_iteration_data(s, v, sums.get(v.iteration.id), histories[v.iteration.id], d.item.final_iteration)
                       for v in d.iterations]
-        compare = _compare(s, view, d) or {}
+        compare = _compare(s, view, d)
         prefetch = _prefetch(s, [pos.next_item, pos.prev_item])
+        focused = next((v.iteration for v in d.iterations if v.iteration.number == focus), None)
+        family = lineage_of(s, focused.id) if focused is not None and focused.id is not None else None
 
     header(d, pos)
     if not me:
@@ -366,6 +428,8 @@ def page() -> None:
     focus_view = next((v for v in d.iterations if v.iteration.number == focus), None)
     if focus_view is not None:
         controls(d, focus_view, sums.get(focus_view.iteration.id), undo.label if undo else None)
+    if family is not None:
+        lineage_bar(family, bool(focus_view is not None and focus_view.is_image))
     review_desk({
         "item": d.item.id, "enabled": bool(me), "focus": focus, "iterations": iterations, "prefetch": prefetch,
         "candidates": compare.get("candidates", []), "compare": {"pair": compare["pair"], "candidates": compare["candidates"]}

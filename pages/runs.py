@@ -2,10 +2,14 @@
 
 import streamlit as st
 
+from pages.components.confirm import ask_first
+from pages.components.project_filter import project_filter
 from pipeline import display
+from pipeline.access import Role, allowed, refusal
 from pipeline.errors import DarkroomError
 from pipeline.files import is_disk_full_pause
-from pipeline.runs import control
+from pipeline.runs import control, retention
+from pipeline.runs.projects import list_projects, run_ids_of
 from pipeline.runs.records import ACTIVE_RUN_STATUSES, item_states, run_summaries
 from pipeline.store.db import session
 
@@ -17,6 +21,16 @@ for message in st.session_state.pop("toasts", []):
     st.toast(message, icon=":material/notifications:")
 
 summaries = control.summaries(engine)
+with session(engine) as s:
+    project_names = [p.name for p in list_projects(s)]
+project = project_filter(project_names, "runs_project")
+if project:
+    with session(engine) as s:
+        in_project = set(run_ids_of(s, project))
+    summaries = [r for r in summaries if r.id in in_project]
+if not summaries and project:
+    st.info("No runs in this project yet. Start one on the **New run** page and pick it there.")
+    st.stop()
 if not summaries:
     st.info("No runs yet. Start one on the **New run** page (no keys needed: the offline stack works anywhere).")
     st.page_link("pages/new_run.py", label="New run", icon=":material/add_circle:")
@@ -30,9 +44,13 @@ selected = st.selectbox("Run", ids, key="runs_selected",
 chosen = next(r for r in summaries if r.id == selected)
 
 # Controls for the chosen run (outside the polling fragment, so a tick never races a click).
+role = st.session_state.get("role", Role.admin)
 controls = st.columns([1, 2, 3])
+if not allowed(role, "cancel"):
+    st.caption(refusal(role, "cancel").replace("cancel runs", "cancel or resume runs"))
 if chosen.status in ACTIVE_RUN_STATUSES:
-    if controls[0].button("Cancel", icon=":material/stop:", help="Take no new prompts; calls in flight get a few seconds to finish, then are cancelled. Resumable."):
+    if controls[0].button("Cancel", icon=":material/stop:", disabled=not allowed(role, "cancel"),
+                          help="Take no new prompts; calls in flight get a few seconds to finish, then are cancelled. Resumable."):
         status = runner.cancel(chosen.id)
         st.session_state.setdefault("toasts", []).append(f"Run {chosen.id}: cancel requested ({status})")
         st.rerun()
@@ -48,7 +66,7 @@ else:
             "Budget (USD)", min_value=0.01, step=1.0, format="%.2f", key=f"budget_{chosen.id}",
             value=float(max(budget or 0.0, chosen.cost_usd) * 2 or 1.0) if paused_by_budget else float(budget or 1.0),
             help="The run pauses before a call would take its spending past this.")
-    if controls[0].button("Resume", icon=":material/play_arrow:", disabled=not can_resume,
+    if controls[0].button("Resume", icon=":material/play_arrow:", disabled=not can_resume or not allowed(role, "resume"),
                           help="Queue the run again: only unfinished steps are done."):
         try:
             control.resume(engine, settings, chosen.id, retry_failed=retry_failed, budget_usd=new_budget)
@@ -56,6 +74,32 @@ else:
             st.session_state.setdefault("toasts", []).append(f"Run {chosen.id} queued again")
         except DarkroomError as e:
             st.session_state.setdefault("toasts", []).append(str(e))
+        st.rerun()
+
+
+asking = st.session_state.get("runs_delete_asked") == chosen.id
+if chosen.status not in ACTIVE_RUN_STATUSES and controls[2].button(
+        "Delete…", icon=":material/delete:", disabled=role < Role.admin or asking, key="runs_delete",
+        help="Remove the run with its images, thumbnails, sidecars and exports (asks first)"
+             if role >= Role.admin else "Only an admin may delete runs"):
+    st.session_state["runs_delete_asked"] = chosen.id
+    st.rerun()
+if asking:
+    try:
+        plan = retention.plan_run_delete(engine, settings, chosen.id)
+        question = (f"Run {chosen.id} and everything of it goes for good: {plan.describe()}. "
+                    "Rows, images, thumbnails, sidecars and exports are removed together.")
+    except DarkroomError as e:
+        st.session_state.pop("runs_delete_asked", None)
+        question = ""
+        st.text(str(e))
+    if question and ask_first("runs_delete_asked", chosen.id, question, f"Delete run {chosen.id}"):
+        try:
+            retention.delete_run(engine, settings, chosen.id)
+            st.session_state.setdefault("toasts", []).append(f"Run {chosen.id} deleted: {plan.describe()}")
+        except DarkroomError as e:
+            st.session_state.setdefault("toasts", []).append(str(e))
+        st.session_state.pop("runs_selected", None)
         st.rerun()
 
 
@@ -83,6 +127,8 @@ def live() -> None:
     """Redrawn on a timer while a run is queued or running; a full rerun stops the timer at the end."""
     with session(engine) as s:
         now = run_summaries(s)
+        if project:
+            now = [r for r in now if r.id in in_project]
         chosen_items = item_states(s, st.session_state["runs_selected"])
     seen = st.session_state.setdefault("runs_seen_status", {})
     finished = []

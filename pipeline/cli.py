@@ -1,4 +1,4 @@
-"""Command line: ``python -m pipeline run|resume|status|export`` (``--version``; ``status --json``).
+"""Command line: ``python -m pipeline run|resume|status|export|check`` (``--version``; ``status --json``; ``check --json``).
 
 Exit codes: 0 every prompt completed; 1 finished with failed or blocked prompts (or the
 command failed); 2 invalid input or usage, with nothing written; 130 interrupted (resumable).
@@ -18,19 +18,26 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from pipeline import __version__, registry
+from pipeline import __version__, housekeeping, registry
+from pipeline.api import commands as api_commands
 from pipeline.config import Settings
-from pipeline.display import stop_reason
-from pipeline.errors import ConfigError, DarkroomError, InputError, RunStateError, UsageError
+from pipeline.display import stop_reason, table_lines
+from pipeline.envfile import load_env_file
+from pipeline.errors import ConfigError, DarkroomError, InputError, PromptSetInvalid, RunStateError, UsageError
 from pipeline.files import is_disk_full_pause, storage_error
 from pipeline.logs import LogFiles, setup_logging
+from pipeline.prompts.bundle import BundleLimits, load_source
 from pipeline.prompts.promptset import Limits, load_file
+from pipeline.review.bucket_export import export_to_bucket
 from pipeline.review.export import build_zip
-from pipeline.runs import control
+from pipeline.runs import control, variations
+from pipeline.runs import worker as worker_command
 from pipeline.runs.progress import LogLines, TerminalBar
+from pipeline.runs.prompt_check import analyse_prompts, check_prompt_set, option_problems
 from pipeline.runs.records import RunConfig, RunSummary, get_run, item_states, output_dir_of, recover_orphans, run_summaries, run_summary
 from pipeline.runs.runner import RunExecutor
 from pipeline.store.db import open_database, session
+from pipeline.store.objects import run_store
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 log = logging.getLogger("pipeline.cli")
@@ -65,7 +72,7 @@ def build_parser(settings: Settings, out: TextIO | None = None) -> argparse.Argu
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="run a prompt set through the pipeline")
-    run.add_argument("prompt_set", type=Path, help="prompt-set JSON file")
+    run.add_argument("prompt_set", type=Path, help="prompt set: a JSON file (images it names beside it), a zip bundle, or a folder")
     run.add_argument("--output", type=Path, help="folder for results/ (default: <data dir>/runs/<run id>)")
     run.add_argument("--providers", default=",".join(run_defaults.providers),
                      help="ordered provider chain, comma-separated (default: %(default)s)")
@@ -84,6 +91,19 @@ def build_parser(settings: Settings, out: TextIO | None = None) -> argparse.Argu
     run.add_argument("--concurrency", type=int, default=run_defaults.concurrency,
                      help="prompts worked on at once (default: %(default)s)")
     run.add_argument("--name", default="", help="a name for the run (default: the prompt set's name)")
+    run.add_argument("--grid", action="store_true",
+                     help="ask for 2x2 grids and split each into four images (a prompt's \"grid\" field overrides it)")
+    run.add_argument("--enhance", action="store_true",
+                     help="rewrite each prompt before its first image (composition, lighting, style, detail); "
+                          "a prompt with \"enhance\": false is left as it is")
+
+    check = sub.add_parser("check", help="analyse a prompt set before a run: length against each provider's window, "
+                                         "complexity, readability, keywords, critical elements, flags with fixes")
+    check.add_argument("prompt_set", type=Path, help="prompt-set JSON file")
+    check.add_argument("--providers", default=",".join(run_defaults.providers),
+                       help="providers whose windows to check against, comma-separated (default: %(default)s)")
+    check.add_argument("--json", action="store_true", help="print JSON for scripts instead of text")
+    run.add_argument("--project", help="the project the run belongs to, created when new; its defaults fill options not given")
 
     resume = sub.add_parser("resume", help="continue an interrupted run without redoing finished steps")
     resume.add_argument("run_id", type=int)
@@ -95,14 +115,22 @@ def build_parser(settings: Settings, out: TextIO | None = None) -> argparse.Argu
     status.add_argument("run_id", type=int, nargs="?")
     status.add_argument("--json", action="store_true", help="print JSON for scripts instead of a table")
 
-    export = sub.add_parser("export", help="write a zip of a run's images and a manifest")
-    export.add_argument("run_id", type=int)
-    export.add_argument("--out", type=Path, required=True, help="the zip file to write")
+    export = sub.add_parser("export", help="write a zip of a run's (or a whole project's) images and a manifest")
+    export.add_argument("run_id", type=int, nargs="?", help="the run (or give --project)")
+    export.add_argument("--project", help="every run of this project")
+    target = export.add_mutually_exclusive_group(required=True)
+    target.add_argument("--out", type=Path, help="the zip file to write")
+    target.add_argument("--to", metavar="s3://BUCKET/PREFIX", help="upload the images and the manifest to this bucket prefix instead "
+                        "(endpoint, region and keys from AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)")
     chosen = export.add_mutually_exclusive_group()
     chosen.add_argument("--approved-only", action="store_const", dest="selection", const="approved",
                         help="only images whose latest decision is approved")
     chosen.add_argument("--best", action="store_const", dest="selection", const="best", help="each prompt's best-scoring iteration")
     export.set_defaults(selection="all")
+    housekeeping.add_parsers(sub)
+    api_commands.add_parsers(sub, settings)
+    worker_command.add_parser(sub)
+    variations.add_parser(sub)
     return parser
 
 
@@ -151,7 +179,8 @@ def _run_executor(engine, settings: Settings, run_id: int, out: TextIO) -> int: 
     finally:
         reporter.close()
     with session(engine) as s:
-        folder = output_dir_of(settings, get_run(s, run_id)) / "results"
+        run_row = get_run(s, run_id)
+        folder = run_store(settings, run_row, output_dir_of(settings, run_row)).where("results")  # a folder, or s3://…
     o = outcome
     print(f"Run {o.id} {OUTCOME_WORDS.get(o.outcome, o.outcome)}: {o.completed} completed, {o.failed} failed, "
           f"{o.blocked} blocked of {o.total} prompts; ${o.cost_usd:.4f}; {o.elapsed_s or 0.0:.1f}s", file=out)
@@ -173,22 +202,35 @@ def _run_executor(engine, settings: Settings, run_id: int, out: TextIO) -> int: 
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    housekeeping.apply_project_defaults(args, settings)
     judges, refiners = _names(args.judge, "judge"), _names(args.refiner, "refiner")
     config = RunConfig(
         providers=_names(args.providers, "providers"), judge=judges[0], refiner=refiners[0],
         judge_fallbacks=judges[1:], refiner_fallbacks=refiners[1:], iterations=args.iterations, target_score=args.target_score,
         concurrency=args.concurrency, routing=args.routing, block_rewrites=args.block_rewrites, budget_usd=args.budget,
+        enhance=args.enhance, grid=args.grid,
     )
     config.validate(settings)
     control.check_components(config)
-    spec = load_file(args.prompt_set, Limits.from_settings(settings))
+    spec = load_source(args.prompt_set, Limits.from_settings(settings), BundleLimits.from_settings(settings))
+    for analysis in check_prompt_set(settings, spec, config.providers):  # over a hard maximum: refused here, exit 2
+        if analysis.compress_for:
+            log.info("%s: over the window of %s; it will be compressed for them", analysis.path, ", ".join(analysis.compress_for))
     output_dir = args.output.resolve() if args.output else None
-    control.check_launch(settings, config, output_dir)
+    control.check_launch(settings, config, output_dir, spec)
     # Inputs are valid: from here on things are written.
     log_path = setup_logging(LogFiles.from_settings(settings), console_level=_console_level())
     engine = open_database(settings)
-    run_id = control.launch(engine, settings, spec, config, output_dir=output_dir, name=args.name, claim=True)
+    run_id = control.launch(engine, settings, spec, config, output_dir=output_dir, name=args.name, claim=True, project=args.project)
     log.info("run %s created from %s (%d prompts); log file %s", run_id, args.prompt_set, len(spec.prompts), log_path)
+    return _run_executor(engine, settings, run_id, out)
+
+
+def cmd_variations(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    engine = open_database(settings)
+    run_id = variations.launch_variations(engine, settings, args.image_id, n=args.n, instruction=args.instruction, claim=True)
+    setup_logging(LogFiles.from_settings(settings), console_level=_console_level())
+    print(f"Run {run_id}: {args.n} variation(s) of image {args.image_id}", file=out)
     return _run_executor(engine, settings, run_id, out)
 
 
@@ -205,9 +247,8 @@ def cmd_resume(args: argparse.Namespace, settings: Settings, out: TextIO) -> int
 
 
 def _table(rows: list[list[str]], out: TextIO) -> None:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip(), file=out)
+    for line in table_lines(rows):
+        print(line, file=out)
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
@@ -253,21 +294,65 @@ def cmd_status(args: argparse.Namespace, settings: Settings, out: TextIO) -> int
 
 
 def cmd_export(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    if args.to:
+        with session(open_database(settings)) as s:
+            sent = export_to_bucket(s, settings, housekeeping.export_run_ids(s, args.run_id, args.project), args.to,
+                                    selection=args.selection)
+        print(f"Uploaded to {sent.url}/: {sent.images} image(s) and manifest.csv/manifest.json, {sent.bytes_sent:,} bytes", file=out)
+        return EXIT_OK
     control.check_file_target(args.out.resolve(), "out")
     engine = open_database(settings)
     with session(engine) as s:
-        result = build_zip(s, settings, [args.run_id], args.out, selection=args.selection)
+        result = build_zip(s, settings, housekeeping.export_run_ids(s, args.run_id, args.project), args.out, selection=args.selection)
     print(f"Wrote {result.path}: {result.images} image(s), {result.bytes_written:,} bytes", file=out)
     return EXIT_OK
 
 
-COMMANDS = {"run": cmd_run, "resume": cmd_resume, "status": cmd_status, "export": cmd_export}
+def _bar(share: float, width: int = 20) -> str:
+    filled = min(width, round(min(share, 1.0) * width))
+    return "[" + "#" * filled + "." * (width - filled) + "]" + (" OVER" if share > 1 else "")
+
+
+def cmd_check(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    """Exit 2 when a prompt would be refused (over a provider's hard maximum), else 0 (warnings printed)."""
+    providers = _names(args.providers, "providers")
+    spec = load_file(args.prompt_set, Limits.from_settings(settings))
+    option_errors = option_problems(spec)
+    if option_errors:
+        raise PromptSetInvalid(option_errors, spec.source)
+    analyses = analyse_prompts(settings, spec, providers)
+    flags = [f for a in analyses for f in a.flags]
+    n_errors = sum(f.level == "error" for f in flags)
+    if args.json:
+        print(json.dumps({"source": spec.source, "prompts": [a.as_dict() for a in analyses], "errors": n_errors,
+                          "warnings": len(flags) - n_errors}, ensure_ascii=False), file=out)
+        return EXIT_USAGE if n_errors else EXIT_OK
+    for a in analyses:
+        print(f"{a.prompt_id} ({a.path}): {len(a.text):,} characters", file=out)
+        for f in a.fits:
+            state = "over the maximum" if f.over_max else ("compressed for it" if f.over_window else "fits")
+            print(f"  {f.window.provider:<11} {_bar(f.share)} {f.describe()}: {state}", file=out)
+        counts = f", counts: {', '.join(a.counts)}" if a.counts else ""
+        print(f"  complexity: {len(a.elements)} elements, {a.relations} relations{counts}", file=out)
+        readability = f"{a.readability} (Flesch reading ease; higher is easier)" if a.readability is not None else "n/a (not English)"
+        print(f"  readability: {readability}", file=out)
+        print(f"  keywords: {', '.join(a.keywords) or '-'}", file=out)
+        print(f"  critical elements: {'; '.join(e.label for e in a.elements) or '-'}", file=out)
+        for flag in a.flags:
+            print(f"  {flag.line()}", file=out)
+    print(f"{len(analyses)} prompt(s) against {', '.join(providers)}: {n_errors} error(s), {len(flags) - n_errors} warning(s)", file=out)
+    return EXIT_USAGE if n_errors else EXIT_OK
+
+
+COMMANDS = {"check": cmd_check, "run": cmd_run, "resume": cmd_resume, "status": cmd_status, "export": cmd_export, **housekeeping.COMMANDS,
+            **api_commands.COMMANDS, "worker": worker_command.cmd_worker, "variations": cmd_variations}
 
 
 def main(argv: list[str] | None = None, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
     out = out or sys.stdout
     err = err or sys.stderr
     try:
+        load_env_file()  # .env in the working directory: never over a variable already set
         settings = Settings.from_env()
         registry.ensure_loaded(settings.plugin_modules())
         parser = build_parser(settings, out)

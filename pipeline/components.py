@@ -2,7 +2,8 @@
 
 One class per service, one async method each (judges may also override ``decompose``):
 
-- :class:`ImageProvider` ``generate(GenerationRequest) -> GeneratedImage``
+- :class:`ImageProvider` ``generate(GenerationRequest) -> GeneratedImage`` (several images of one
+  call, ``request.n`` > 1, come as the first plus ``GeneratedImage.extra``)
 - :class:`Judge` ``evaluate(EvaluationRequest) -> Judgement``
 - :class:`Refiner` ``refine(RefinementRequest) -> RefinedPrompt``
 
@@ -54,6 +55,21 @@ class Submission:
     meta: dict[str, Any] = field(default_factory=dict)  # what polling it needs besides the id (status/result URLs)
 
 
+REFERENCE_ROLES = ("subject", "style", "composition", "mask")  # what a reference image is for
+
+
+@dataclass(frozen=True)
+class ReferenceImage:
+    """An image sent with a prompt: a subject or character to keep, a style or composition to
+    follow, or a mask (the area an edit may change). ``name`` is where it came from in the prompt
+    set (a bundle path), for messages; the bytes were checked as an image when the set was read."""
+
+    data: bytes
+    mime_type: str
+    role: str = "subject"  # one of capabilities.ROLES: subject, style, composition, mask
+    name: str = ""
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     """What to generate. Asynchronous providers also honour the last two fields:
@@ -70,7 +86,13 @@ class GenerationRequest:
     seed: int
     negative_prompt: str = ""
     prompt_id: str = ""
-    reference_images: tuple[bytes, ...] = ()  # for providers that edit from references (OpenAI image[])
+    # Images sent with the prompt (edit / reference / image-to-image), mask included; a provider
+    # takes only what its capability table says (routing skips it otherwise).
+    reference_images: tuple[ReferenceImage, ...] = ()
+    n: int = 1  # images wanted from this one call (<= the provider's max_n)
+    # size "auto": the service chooses (only a provider whose sizes include "auto" is asked);
+    # width and height then hold the run's default size, for services and judges that need one.
+    auto_size: bool = False
     on_submitted: Callable[[Submission], None] | None = field(default=None, compare=False, repr=False)
     resume: Submission | None = None
 
@@ -94,6 +116,14 @@ class GeneratedImage:
     metadata: dict[str, Any] = field(default_factory=dict)  # the service's own (seed, timings, credits…), kept per iteration
     request_id: str = ""  # the service's id for this generation
     source_url: str = ""  # where the image was downloaded from ("" when the bytes came inline)
+    # The other images of the same call when ``GenerationRequest.n`` > 1 (empty for n = 1), in
+    # the service's order; each is stored as an image of its own. With several images, each one's
+    # ``cost_usd`` is its share of the call (a per-call figure is split evenly).
+    extra: list[GeneratedImage] = field(default_factory=list)
+
+    def images(self) -> list[GeneratedImage]:
+        """Every image of the call: this one, then ``extra``."""
+        return [self, *self.extra]
 
 
 class ImageProvider(Component):
@@ -165,6 +195,9 @@ class EvaluationRequest:
     mime_type: str
     requested_width: int
     requested_height: int
+    # The prompt's subject and character references: a "reference" element asks whether the image
+    # shows the same subject or character (vision judges look at them; the offline one compares colours).
+    reference_images: tuple[ReferenceImage, ...] = ()
 
 
 class Judge(Component):

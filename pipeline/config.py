@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import functools
 import os
+import re
 import tomllib
 import typing
 from collections.abc import Callable, Mapping
@@ -40,7 +41,7 @@ DEFAULTS_FILE = PACKAGE_DIR / "defaults.toml"
 COMPONENT_KINDS = ("providers", "judges", "refiners")
 # Sub-tables of a service whose keys are the service's own business: model names (prices), or
 # request parameters passed to the service as they are.
-FREE_FORM_TABLES = frozenset({"prices", "token_prices", "parameters"})
+FREE_FORM_TABLES = frozenset({"prices", "token_prices", "parameters", "model_capabilities"})
 T = TypeVar("T")
 
 
@@ -59,6 +60,12 @@ class PromptSetSettings:
     max_bytes: int
     max_prompts: int
     max_depth: int
+    max_references: int  # reference images one prompt may send (its own and its characters')
+    max_characters: int
+    bundle_max_bytes: int  # a zip bundle (or folder) and everything unpacked from it
+    bundle_max_files: int
+    bundle_max_ratio: int  # unpacked / packed size of one zip member: more is a decompression bomb
+    reference_max_bytes: int  # one reference image file
 
 
 @dataclass(frozen=True)
@@ -107,9 +114,16 @@ TYPED_SECTIONS: dict[str, type] = {"prompt": PromptSettings, "promptset": Prompt
                                    "images": ImageSettings}
 
 
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    """A table's field types, worked out once (``get_type_hints`` compiles every annotation anew:
+    10 % of a run's CPU when a table is read per call)."""
+    return typing.get_type_hints(cls)
+
+
 def _cast(cls: type, name: str, value: Any, where: str) -> Any:
     """``value`` as the field's annotated type (TOML ints where a float is wanted, lists as tuples)."""
-    wanted = typing.get_type_hints(cls)[name]
+    wanted = _type_hints(cls)[name]
     try:
         if typing.get_origin(wanted) is tuple:
             if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
@@ -256,6 +270,7 @@ class Settings:
     data_dir: Path
     database_url: str
     values: dict[str, Any] = field(repr=False)
+    storage_url: str = ""  # DARKROOM_STORAGE_URL: s3://bucket/prefix keeps images and sidecars there; "" = the data folder
     # Typed tables, built once from ``values`` when the settings are made.
     prompt: PromptSettings = field(init=False, repr=False)
     promptset: PromptSetSettings = field(init=False, repr=False)
@@ -274,15 +289,20 @@ class Settings:
         env = os.environ if env is None else env
         data_dir = Path(env.get("DARKROOM_DATA_DIR") or PROJECT_DIR / "data").expanduser().resolve()
         database_url = env.get("DARKROOM_DATABASE_URL") or f"sqlite:///{data_dir / 'darkroom.db'}"
+        storage_url = (env.get("DARKROOM_STORAGE_URL") or "").strip()
+        if storage_url and (not re.fullmatch(r"s3://[^/@?#\s]+(/[^?#\s]*)?", storage_url) or ".." in storage_url.split("/")):
+            shown = repr(storage_url) if "@" not in storage_url else "a URL with credentials in it (they belong in AWS_* variables)"
+            raise ConfigError(f"DARKROOM_STORAGE_URL: {shown} is not an S3 location; write it as s3://bucket or "
+                              "s3://bucket/prefix, or unset it to keep images in the data folder")
         values = copy.deepcopy(shipped_values())
         override = env.get("DARKROOM_CONFIG")
         override_path = Path(override).expanduser() if override else data_dir / "darkroom.toml"
         if not (override or override_path.exists()):
-            return cls(data_dir=data_dir, database_url=database_url, values=values)
+            return cls(data_dir=data_dir, database_url=database_url, values=values, storage_url=storage_url)
         changes = _read_toml(override_path)
         check_override(override_path, values, changes)
         try:
-            return cls(data_dir=data_dir, database_url=database_url, values=_merge(values, changes))
+            return cls(data_dir=data_dir, database_url=database_url, values=_merge(values, changes), storage_url=storage_url)
         except ConfigError as e:
             raise ConfigError(f"{override_path}: {e}") from None
 

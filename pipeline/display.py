@@ -54,6 +54,16 @@ def duration(seconds: float | None) -> str:
     return f"{h}h {m:02d}m" if h else f"{m}m {s:02d}s" if m else f"{s}s"
 
 
+def size(n_bytes: float | None) -> str:
+    """Bytes as people read them: ``512 B``, ``40.7 kB``, ``1.5 MB``, ``2.3 GB`` (powers of 1000, as ``ls -h --si``)."""
+    if n_bytes is None:
+        return "–"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n_bytes) >= scale:
+            return f"{n_bytes / scale:,.1f} {unit}"
+    return f"{n_bytes:,.0f} B"
+
+
 def money(usd: float | None) -> str:
     if usd is None:
         return "–"
@@ -98,4 +108,15 @@ def routing_note(routing: dict[str, Any] | None) -> str:
         parts.append("skipped " + "; ".join(f"{s.get('service')} ({s.get('reason')})" for s in skipped))
     for r in routing.get("rewrites") or []:
         parts.append(f"blocked by {r.get('blocked_by')}, rewritten by {r.get('refiner')} to comply: {r.get('rationale')}")
+    versions = (routing.get("compressed") or {}).get("versions") or {}
+    for provider, v in versions.items():  # the prompt was over this provider's window (pipeline/runs/prompt_steps.py)
+        hit = "window hit" if v.get("window_hit") else "still over the window"
+        parts.append(f"compressed for {provider} by {v.get('method')}: {v.get('chars_before', 0):,} → {v.get('chars_after', 0):,} "
+                     f"characters (ratio {v.get('ratio')}), {v.get('elements_kept')}/{v.get('elements')} elements kept, {hit}")
     return " · ".join(parts)
+
+
+def table_lines(rows: list[list[str]]) -> list[str]:
+    """Rows of cells as aligned text lines (the first row is the header), for the command line."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows]

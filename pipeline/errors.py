@@ -12,6 +12,7 @@
     ├── StorageError               the data folder, an output folder or the database cannot be used
     │   ├── DiskFull               no space left where Darkroom writes: the run pauses, resumable
     │   ├── StorageUnwritable      a folder is read-only or not permitted (also an InputError: exit 2)
+    │   ├── ObjectMissing          an image or sidecar is not in the folder or bucket it was written to
     │   └── DatabaseDamaged        the SQLite file is not whole: what is wrong and how to recover
     ├── ProviderError              a provider, judge or refiner call failed (kind says how;
     │   │                          skipped: the services passed over before it, and why)
@@ -201,6 +202,10 @@ class DiskFull(StorageError):
 
 class StorageUnwritable(StorageError, InputError):
     """A folder Darkroom must write to is read-only or not permitted (CLI exit 2, like any bad setup)."""
+
+
+class ObjectMissing(StorageError):
+    """An image or sidecar recorded as written is not in the storage (folder or bucket) any more."""
 
 
 class DatabaseDamaged(StorageError):

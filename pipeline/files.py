@@ -148,10 +148,14 @@ def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None
         f.write(data)
 
 
+def json_bytes(payload: Any) -> bytes:
+    """A sidecar's bytes: indented UTF-8 JSON, one newline at the end (the same in a folder or a bucket)."""
+    return (json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n").encode("utf-8")
+
+
 def atomic_write_json(path: Path, payload: Any, *, durable: bool = False) -> None:
     """JSON sidecars mirror the database, so a lost one is rewritten on resume: no fsync by default."""
-    text = json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n"
-    atomic_write_bytes(path, text.encode("utf-8"), durable=durable)
+    atomic_write_bytes(path, json_bytes(payload), durable=durable)
 
 
 def leftover_temp_files(root: Path) -> list[Path]:

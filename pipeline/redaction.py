@@ -6,9 +6,10 @@ secret in a text with ``[NAME redacted]``. :class:`pipeline.errors.DarkroomError
 every message it is given, and the log handlers apply it again (:mod:`pipeline.logs`).
 
 Secrets are the values of environment variables named like keys, tokens and passwords
-(``FAL_KEY``, ``OPENAI_API_KEY``, ``CLOUDFLARE_API_TOKEN``, ``WORKER_TOKEN``…; Streamlit exports
+(``FAL_KEY``, ``OPENAI_API_KEY``, ``CLOUDFLARE_API_TOKEN``, ``WORKER_TOKEN``, the bucket's
+``AWS_SECRET_ACCESS_KEY``, ``AWS_ACCESS_KEY_ID`` and ``AWS_SESSION_TOKEN``…; Streamlit exports
 ``secrets.toml``'s root keys there), the same names in ``.streamlit/secrets.toml`` at any depth,
-and passwords inside URLs (``DARKROOM_DATABASE_URL``). This module imports nothing of the pipeline.
+the same names in ``.env`` in the working directory, and passwords inside URLs (``DARKROOM_DATABASE_URL``). This module imports nothing of the pipeline.
 """
 
 from __future__ import annotations
@@ -16,13 +17,17 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote, urlsplit
+
+from dotenv import dotenv_values
 
 SECRET_NAME = re.compile(r"(?:^|_)(?:KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?|AUTH)(?:_|$)", re.IGNORECASE)
 MIN_SECRET_CHARS = 8  # shorter values ("true", "1234") would take ordinary words out of messages
 SECRETS_FILES = (Path(__file__).resolve().parent.parent / ".streamlit" / "secrets.toml", Path(".streamlit") / "secrets.toml",
                  Path.home() / ".streamlit" / "secrets.toml")
+ENV_FILE = Path(".env")  # read beside secrets.toml (pipeline.envfile loads it into the environment)
 _file_cache: dict[Path, tuple[int, list[tuple[str, str]]]] = {}
 
 
@@ -41,8 +46,8 @@ def secret_of(name: str, value: object) -> str | None:
     return None
 
 
-def _file_secrets(path: Path) -> list[tuple[str, str]]:
-    """(name, secret) pairs of a ``secrets.toml`` (any table), read again when the file changes."""
+def _cached(path: Path, read: Callable[[Path], list[tuple[str, str]]]) -> list[tuple[str, str]]:
+    """``read(path)``, read again only when the file changes (every message is redacted: no re-parse each time)."""
     try:
         mtime = path.stat().st_mtime_ns
     except OSError:
@@ -50,6 +55,13 @@ def _file_secrets(path: Path) -> list[tuple[str, str]]:
     cached = _file_cache.get(path)
     if cached and cached[0] == mtime:
         return cached[1]
+    found = read(path)
+    _file_cache[path] = (mtime, found)
+    return found
+
+
+def _toml_secrets(path: Path) -> list[tuple[str, str]]:
+    """(name, secret) pairs of a ``secrets.toml`` (any table)."""
     found: list[tuple[str, str]] = []
     try:
         with path.open("rb") as f:
@@ -62,15 +74,24 @@ def _file_secrets(path: Path) -> list[tuple[str, str]]:
                 tables.append(value)
             elif (secret := secret_of(name, value)) is not None:
                 found.append((name, secret))
-    _file_cache[path] = (mtime, found)
     return found
+
+
+def _dotenv_secrets(path: Path) -> list[tuple[str, str]]:
+    """(name, secret) pairs of a ``.env`` file (a value the real environment overrides is still a secret)."""
+    try:
+        values = dotenv_values(path)
+    except (OSError, UnicodeDecodeError):
+        values = {}
+    return [(name, secret) for name, value in values.items() if (secret := secret_of(name, value)) is not None]
 
 
 def configured_secrets() -> list[tuple[str, str]]:
     """Every configured secret as (setting name, value), longest first (a key containing another goes first)."""
     pairs = [(name, secret) for name, value in os.environ.items() if (secret := secret_of(name, value)) is not None]
     for path in SECRETS_FILES:
-        pairs += _file_secrets(path)
+        pairs += _cached(path, _toml_secrets)
+    pairs += _cached(ENV_FILE, _dotenv_secrets)
     return sorted(set(pairs), key=lambda p: (-len(p[1]), p[0]))
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -38,20 +39,79 @@ def _service_env_vars() -> set[str]:
 SERVICE_ENV_VARS = _service_env_vars()
 
 
+# The database the tests run on: SQLite files (default), or with DARKROOM_TEST_DATABASE=postgresql a
+# fresh database on the PostgreSQL server at DARKROOM_TEST_PG_URL, created for the session and
+# emptied before each test (tests/pg.py). .ci/run runs the tests marked ``db`` both ways.
+TEST_DATABASE = os.environ.get("DARKROOM_TEST_DATABASE", "sqlite")
+DB_FIXTURES = {"engine", "settings", "pg_url"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "db: touches the database (run again on PostgreSQL in CI); set by conftest")
+    config.addinivalue_line("markers", "sqlite_only: checks SQLite-file behaviour (damaged file, full disk): skipped on PostgreSQL")
+    config.addinivalue_line("markers", "empty_database: starts from an empty schema (PostgreSQL: dropped, not truncated)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if DB_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker("empty_database"):
+            item.add_marker(pytest.mark.db)
+        if TEST_DATABASE == "postgresql" and item.get_closest_marker("sqlite_only"):
+            item.add_marker(pytest.mark.skip(reason="SQLite-file behaviour; this session runs on PostgreSQL"))
+
+
+@pytest.fixture(scope="session")
+def pg_session_url() -> Iterator[str | None]:
+    """On PostgreSQL: this session's own database (dropped at the end); on SQLite: None."""
+    if TEST_DATABASE != "postgresql":
+        yield None
+        return
+    from tests.pg import session_database
+
+    with session_database() as url:
+        yield url
+
+
 @pytest.fixture(autouse=True)
-def isolated_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def isolated_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest,
+                      pg_session_url: str | None) -> Iterator[Path]:
     """Every test gets its own data folder and database; nothing touches the real data/."""
     data = tmp_path / "data"
     monkeypatch.setenv("DARKROOM_DATA_DIR", str(data))
     monkeypatch.delenv("DARKROOM_DATABASE_URL", raising=False)
+    if pg_session_url is not None:
+        from tests.pg import reset_database
+
+        reset_database(pg_session_url, drop=request.node.get_closest_marker("empty_database") is not None)
+        monkeypatch.setenv("DARKROOM_DATABASE_URL", pg_session_url)
     monkeypatch.delenv("DARKROOM_CONFIG", raising=False)
+    from pipeline import envfile, redaction
+    for module in (envfile, redaction):  # a developer's .env in the checkout never reaches a test
+        monkeypatch.setattr(module, "ENV_FILE", tmp_path / ".env")
     monkeypatch.delenv("DARKROOM_PLUGINS", raising=False)
+    monkeypatch.delenv("DARKROOM_WORKERS", raising=False)  # the dashboard's in-process executor, as shipped
+    for var in ("DARKROOM_STORAGE_URL", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                "AWS_SESSION_TOKEN", "AWS_PROFILE"):  # a developer's bucket and keys never reach a test
+        monkeypatch.delenv(var, raising=False)
     FakeProvider.reset()
     breaker.board.reset()  # breakers are per process: no test inherits another's open breaker
     registry.ensure_loaded()
     for var in SERVICE_ENV_VARS:  # a developer's real keys never reach a test
         monkeypatch.delenv(var, raising=False)
-    return data
+    yield data
+    if pg_session_url is not None:
+        from tests.pg import close_test_connections
+
+        close_test_connections()
+
+
+@pytest.fixture
+def pg_url(pg_session_url: str | None) -> str:
+    """The test's PostgreSQL database, for tests only PostgreSQL can run (worker processes); they
+    run in the PostgreSQL pass (DARKROOM_TEST_DATABASE=postgresql) and are skipped in the SQLite one."""
+    if pg_session_url is None:
+        pytest.skip("needs PostgreSQL: runs in the PostgreSQL pass (DARKROOM_TEST_DATABASE=postgresql)")
+    return pg_session_url
 
 
 @pytest.fixture
@@ -88,10 +148,10 @@ def run_cli(*args: str) -> CliResult:
 
 
 def subprocess_env(data_dir: Path, **extra: str) -> dict[str, str]:
-    import os
-
     env = {k: v for k, v in os.environ.items() if not k.startswith("DARKROOM_")}
     env.update({"DARKROOM_DATA_DIR": str(data_dir), "DARKROOM_PLUGINS": "tests.fakes", "PYTHONPATH": str(ROOT)})
+    if os.environ.get("DARKROOM_DATABASE_URL"):  # the test's PostgreSQL database (set by isolated_data_dir)
+        env["DARKROOM_DATABASE_URL"] = os.environ["DARKROOM_DATABASE_URL"]
     env.update(extra)
     return env
 
@@ -120,15 +180,16 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def streamlit_server(data_dir: Path, log_path: Path) -> Iterator[str]:
-    """``streamlit run app.py`` as a user starts it, on a free loopback port; yields its URL once healthy."""
-    port = free_port()
+def streamlit_server(data_dir: Path, log_path: Path, *, port: int = 0, args: tuple[str, ...] = ()) -> Iterator[str]:
+    """``streamlit run app.py`` as a user starts it, on a free loopback port (or ``port``), with
+    extra command-line ``args``; yields its URL once healthy."""
+    port = port or free_port()
     env = subprocess_env(data_dir)
     env.pop("DARKROOM_PLUGINS")  # the real app: offline stack only
     with log_path.open("w") as log:
         proc = subprocess.Popen(
             [PYTHON, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless", "true", "--server.port", str(port),
-             "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
+             "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none", *args],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
         )
         url = f"http://127.0.0.1:{port}"
@@ -150,3 +211,30 @@ def streamlit_server(data_dir: Path, log_path: Path) -> Iterator[str]:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+# ---- Debian's Chromium, driven by Playwright (the browser tests) -------------------------------------------
+CHROMIUM = Path(os.environ.get("DARKROOM_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+
+
+def require_chromium() -> None:
+    """Skip the calling test module without Chromium; in CI (DARKROOM_REQUIRE_BROWSER=1) fail instead."""
+    if not CHROMIUM.exists():
+        if os.environ.get("DARKROOM_REQUIRE_BROWSER") == "1":
+            raise RuntimeError(f"{CHROMIUM} is missing; install Debian's chromium (apt-get install chromium)")
+        pytest.skip(f"{CHROMIUM} is not installed", allow_module_level=True)
+
+
+@contextlib.contextmanager
+def chromium() -> Iterator[object]:
+    """A headless Chromium (a Playwright ``Browser``), closed after."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()

@@ -25,20 +25,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PYTHON, ROOT, SAMPLES, make_prompts, subprocess_env, write_prompt_set
+from tests.conftest import PYTHON, ROOT, SAMPLES, chromium, make_prompts, require_chromium, subprocess_env, write_prompt_set
 from tests.emulators.imagehost import ImageHostEmulator
 from tests.test_ui_hardening import streamlit_server
 
-CHROMIUM = Path(os.environ.get("DARKROOM_CHROMIUM", "/usr/bin/chromium"))
 ARTIFACTS = Path(os.environ.get("DARKROOM_ARTIFACTS", ROOT / "test-artifacts"))
 DOCS_SHOTS = {"gallery", "gallery_detail"}  # the ones the README shows
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 
-if not CHROMIUM.exists():
-    if os.environ.get("DARKROOM_REQUIRE_BROWSER") == "1":
-        raise RuntimeError(f"{CHROMIUM} is missing; install Debian's chromium (apt-get install chromium)")
-    pytest.skip(f"{CHROMIUM} is not installed", allow_module_level=True)
+require_chromium()
 
 sync_api = pytest.importorskip("playwright.sync_api")
 
@@ -63,8 +57,7 @@ def console() -> list[str]:
 
 @pytest.fixture
 def browser_page(console: list[str]) -> Iterator["sync_api.Page"]:
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    with chromium() as browser:
         context = browser.new_context(viewport={"width": 1500, "height": 1000}, accept_downloads=True)
         pg = context.new_page()
         pg.set_default_timeout(30_000)
@@ -73,7 +66,6 @@ def browser_page(console: list[str]) -> Iterator["sync_api.Page"]:
             yield pg
         finally:
             context.close()
-            browser.close()
 
 
 @pytest.fixture
@@ -222,7 +214,7 @@ def test_every_deep_link_works_as_the_first_visit_after_a_restart(seeded_server:
     assert browser_page.url.split("?")[0] == f"{seeded_server}/{link.split('?')[0] or 'runs'}"  # not sent elsewhere
     assert browser_page.get_by_text("Page not found").count() == 0
     nav = browser_page.get_by_test_id("stSidebarNavLink").all_inner_texts()
-    assert [n.split("\n")[-1] for n in nav] == ["New run", "Runs", "Gallery", "Export", "Providers", "Settings"]  # the router's
+    assert [n.split("\n")[-1] for n in nav] == ["New run", "Runs", "Gallery", "Export", "Providers", "Projects", "Storage", "Settings"]  # the router's
     body = browser_page.inner_text("body")
     assert browser_page.get_by_test_id("stException").count() == 0
     for sign in ("KeyError", "Traceback", "has encountered an error", "session_state"):

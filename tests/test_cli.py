@@ -110,7 +110,7 @@ def test_log_files_rotate_and_old_ones_are_cleaned_up(tmp_path: Path, monkeypatc
     (logs / f"pipeline_20200101_000000_{gone.pid}.log.1").write_text("old\n")
     (logs / f"pipeline_20190101_000000_{os.getppid()}.log").write_text("a live process's log is never deleted\n")
     (logs / "notes.txt").write_text("not a log\n")
-    path = write_prompt_set(tmp_path / "s.json", make_prompts(4))
+    path = write_prompt_set(tmp_path / "s.json", make_prompts(8))  # logs enough to rotate twice on either database
     assert run_cli("run", path, "--iterations", "2").code == 0
     mine = sorted(logs.glob(f"pipeline_*_{os.getpid()}.log*"))
     assert len(mine) == 3, "rotated at 1,000 bytes, with 2 older parts kept"
@@ -267,6 +267,7 @@ def test_a_second_ctrl_c_exits_at_once(tmp_path: Path) -> None:
     assert _rows(db, "SELECT COUNT(*) FROM provider_call WHERE outcome = 'cancelled'") == [(2,)]
 
 
+@pytest.mark.sqlite_only  # reads the SQLite file directly
 def test_resume_refuses_a_run_whose_output_folder_became_a_file(tmp_path: Path, settings, engine) -> None:  # type: ignore[no-untyped-def]
     from tests.conftest import create_run
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from pipeline import registry
-from pipeline.components import GenerationRequest, ImageProvider
+from pipeline.components import GenerationRequest, ImageProvider, ReferenceImage
 from pipeline.config import Settings
 from pipeline.errors import BadImage, ContentBlocked, ProviderError
 from pipeline.images import inspect_image
@@ -99,13 +99,17 @@ def test_provider_contract(provider_case, fault: str) -> None:  # type: ignore[n
         return
     with pytest.raises(ProviderError) as caught:
         generate(provider)
+    assert_mapped(caught.value, fault, case.name.split("-")[0])
+
+
+def assert_mapped(error: ProviderError, fault: str, service: str) -> None:
+    """The error a fault must become: its kind, retryability, wait and the service's name."""
     kind, retryable, retry_after = EXPECTED_ERRORS[fault]
-    error = caught.value
     assert (error.kind, error.retryable) == (kind, retryable), str(error)
     assert isinstance(error, ContentBlocked) == (fault == "blocked")
     if retry_after is not None:
         assert error.retry_after == retry_after
-    assert case.name.split("-")[0] in str(error)
+    assert service in str(error)
 
 
 def test_provider_never_puts_its_key_in_an_error(provider_case) -> None:  # type: ignore[no-untyped-def]
@@ -221,7 +225,7 @@ def test_openai_picks_the_nearest_size_prices_from_usage_and_edits_with_referenc
         sent = emulator.requests[0].json()
         assert (sent["model"], sent["size"], sent["n"]) == ("gpt-image-1", "1536x1024", 1)
         assert result.cost_usd == pytest.approx(50 * 5.0 / 1e6 + 4160 * 40.0 / 1e6)
-        refs = (png(), png(32, 32))
+        refs = (ReferenceImage(png(), "image/png"), ReferenceImage(png(32, 32), "image/png", "style"))
         asyncio.run(provider.generate(GenerationRequest(prompt="same fox, in winter", width=1024, height=1024, seed=1,
                                                         reference_images=refs)))
         assert emulator.requests[-1].path == "/v1/images/edits" and emulator.edit_images == [2]

@@ -16,9 +16,9 @@ from pipeline.store.db import open_database, session
 from pipeline.store.models import Iteration, PromptSet, Rating, Run
 from tests.conftest import ROOT, make_prompts, run_cli, write_prompt_set
 
-PAGES = ["new_run", "runs", "gallery", "export", "providers", "settings"]
+PAGES = ["new_run", "runs", "gallery", "export", "providers", "projects", "storage", "settings"]
 TITLES = {"new_run": "New run", "runs": "Runs", "gallery": "Gallery", "export": "Export", "providers": "Providers",
-          "settings": "Settings"}
+          "projects": "Projects", "storage": "Storage", "settings": "Settings"}
 
 AppFactory = Callable[..., AppTest]
 
@@ -89,11 +89,11 @@ def test_every_page_renders_on_a_seeded_database(app: AppFactory, seeded: Path, 
     assert "No runs yet" not in texts(at) and "Nothing" not in texts(at)
 
 
-def test_navigation_has_the_six_pages_in_order() -> None:
+def test_navigation_has_the_pages_in_order() -> None:
     source = (ROOT / "app.py").read_text()
     titles = [line.split('title="')[1].split('"')[0] for line in source.splitlines() if "st.Page(" in line
               and 'visibility="hidden"' not in line]  # Review is reached from the Gallery, not the menu
-    assert titles == ["New run", "Runs", "Gallery", "Export", "Providers", "Settings"]
+    assert titles == ["New run", "Runs", "Gallery", "Export", "Providers", "Projects", "Storage", "Settings"]
 
 
 def test_invalid_upload_lists_every_problem_with_its_path_and_saves_nothing(app: AppFactory, settings) -> None:  # type: ignore[no-untyped-def]

@@ -209,6 +209,7 @@ def test_a_write_refused_for_space_pauses_and_nothing_fails(what: str, suffix: s
         assert {p.name for p in folder.glob("*.json")} >= {"summary.json", "iteration_1_results.json", "iteration_1_evaluation.json"}
 
 
+@pytest.mark.sqlite_only
 def test_sqlite_answering_full_pauses_the_run(tmp_path: Path, settings, engine) -> None:  # type: ignore[no-untyped-def]
     """SQLite's own SQLITE_FULL (its page limit reached, as on a full disk) is a pause, not a failure."""
     run_id = create_run(engine, settings, make_prompts(6), tmp_path, providers=["fake"], iterations=2, concurrency=2)

@@ -23,6 +23,12 @@ def test_every_exception_in_errors_py_is_in_its_docstring_tree() -> None:
     assert [c.__name__ for c in classes if f" {c.__name__} " not in tree] == []
 
 
+# The REST API's answer to any error (RFC 9457 problem details): a Starlette HTTPException that the
+# API's handlers turn into a response. Not an error of the pipeline: those are all in errors.py, and
+# pipeline/api/problems.py maps each of them to one of these.
+HTTP_ANSWERS = {"pipeline/api/problems.py: ApiProblem(HTTPException)"}
+
+
 def test_no_module_but_errors_py_defines_a_public_exception() -> None:
     outside = []
     for path in sorted((ROOT / "pipeline").rglob("*.py")):
@@ -33,7 +39,7 @@ def test_no_module_but_errors_py_defines_a_public_exception() -> None:
                 bases = [ast.unparse(b) for b in node.bases]
                 if any(b.endswith(("Error", "Exception", "Blocked", "Failed", "Reached", "Stopped")) for b in bases):
                     outside.append(f"{path.relative_to(ROOT)}: {node.name}({', '.join(bases)})")
-    assert outside == [], "move these into pipeline/errors.py (and its docstring tree)"
+    assert [o for o in outside if o not in HTTP_ANSWERS] == [], "move these into pipeline/errors.py (and its docstring tree)"
 
 
 def test_skipped_is_a_declared_field() -> None:

@@ -64,6 +64,7 @@ def test_a_cli_run_on_fal_and_gemini_produces_the_output_tree(services, tmp_path
     assert len(fal.calls("POST")) == 4 and len(gem.requests) == 2 + 4 + 2
 
 
+@pytest.mark.sqlite_only  # scans the database file's bytes
 def test_keys_appear_nowhere_in_the_database_logs_sidecars_or_export(services, tmp_path: Path, engine, settings) -> None:  # type: ignore[no-untyped-def]
     fal, gem = services
     out = tmp_path / "out"

@@ -66,6 +66,7 @@ def _recorded_requests(db: Path) -> list[str]:
         con.close()
 
 
+@pytest.mark.sqlite_only  # watches the SQLite file directly (tests/test_workers.py kills workers on PostgreSQL)
 @pytest.mark.parametrize("service", SERVICES, ids=lambda s: s.name)
 def test_kill_9_while_a_service_works_then_resume_polls_the_request_instead_of_paying_twice(
         service: Service, tmp_path: Path, isolated_data_dir: Path, monkeypatch: pytest.MonkeyPatch, settings, engine) -> None:  # type: ignore[no-untyped-def]

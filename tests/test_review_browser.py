@@ -17,17 +17,11 @@ from sqlmodel import select
 
 from pipeline.store.db import open_database, session
 from pipeline.store.models import Rating
-from tests.conftest import ROOT, SAMPLES, run_cli, streamlit_server
+from tests.conftest import ROOT, SAMPLES, chromium, require_chromium, run_cli, streamlit_server
 
-CHROMIUM = Path(os.environ.get("DARKROOM_CHROMIUM", "/usr/bin/chromium"))
 ARTIFACTS = Path(os.environ.get("DARKROOM_ARTIFACTS", ROOT / "test-artifacts"))
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 
-if not CHROMIUM.exists():
-    if os.environ.get("DARKROOM_REQUIRE_BROWSER") == "1":
-        raise RuntimeError(f"{CHROMIUM} is missing; install Debian's chromium (apt-get install chromium)")
-    pytest.skip(f"{CHROMIUM} is not installed", allow_module_level=True)
+require_chromium()
 
 sync_api = pytest.importorskip("playwright.sync_api")
 
@@ -44,12 +38,8 @@ def server(tmp_path: Path) -> Iterator[str]:
 
 @pytest.fixture
 def browser() -> Iterator["sync_api.Browser"]:
-    with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
+    with chromium() as b:
+        yield b
 
 
 def new_page(browser, url: str, name: str, width: int = 1440, height: int = 900):  # type: ignore[no-untyped-def]

@@ -479,6 +479,7 @@ def test_run_export_uses_the_configured_rule(engine, settings: Settings, desk: D
 
 
 # ---- upgrade ------------------------------------------------------------------------------------
+@pytest.mark.empty_database  # builds a version-3 schema
 def test_ratings_from_before_the_event_log_keep_their_decision_time(settings: Settings) -> None:
     engine = create_db_engine(settings.database_url)
     migrate(engine, upto="m003_routing_and_breaker_events")
@@ -490,7 +491,7 @@ def test_ratings_from_before_the_event_log_keep_their_decision_time(settings: Se
                              "VALUES (1, 1, 0, 'p1', '', '', '', 'A fox', '', '[]', '{}')"))
         conn.execute(sa.text("INSERT INTO run (id, prompt_set_id, name, status, config, output_dir, total, completed, failed, blocked, "
                              "cost_usd, error, cancel_requested, owner, created_at) "
-                             "VALUES (1, 1, 'old run', 'completed', '{}', 'runs/1', 1, 1, 0, 0, 0, '', 0, '', :t)"), {"t": t})
+                             "VALUES (1, 1, 'old run', 'completed', '{}', 'runs/1', 1, 1, 0, 0, 0, '', FALSE, '', :t)"), {"t": t})
         conn.execute(sa.text("INSERT INTO run_item (id, run_id, prompt_id, status, cost_usd, error_kind, error_message) "
                              "VALUES (1, 1, 1, 'completed', 0, '', '')"))
         conn.execute(sa.text("INSERT INTO iteration (id, run_item_id, number, prompt_text, negative_prompt, provider, model, parameters, "

@@ -198,6 +198,24 @@ def test_focus_and_compare_live_in_the_url(app: AppFactory, seeded: Path) -> Non
     assert [p["id"] for p in pair] == ids and all(p["url"] for p in pair)
 
 
+def test_compare_offers_the_same_prompt_from_other_runs_and_shows_any_pair(app: AppFactory, seeded: Path) -> None:
+    """Run 2 made the first two prompts of run 1 again: Review of run 1's first prompt can compare across runs."""
+    at = app("review", reviewer="ana", item="1", mode="review")
+    data = desk(at)
+    own = [it["id"] for it in data["iterations"]]
+    labels = {c["id"]: c["label"] for c in data["candidates"]}
+    elsewhere = [i for i, label in labels.items() if label.startswith("Run 2 ")]
+    assert len(elsewhere) == 1 and set(own) <= set(labels)  # run 2 made one iteration of it
+    assert not any(label.startswith("Run 2 ") for i, label in labels.items() if i in own)
+    assert all("url" not in c for c in data["candidates"])  # files are registered only for the pair on screen
+    cmp = app("review", reviewer="ana", item="1", mode="compare", cmp=f"{own[-1]},{elsewhere[0]}")
+    pair = desk(cmp)["compare"]["pair"]
+    assert [p["id"] for p in pair] == [own[-1], elsewhere[0]] and all(p["url"] for p in pair)
+    assert pair[1]["label"].startswith("Run 2 · iteration 1 · offline")
+    unrelated = app("review", reviewer="ana", item="5", mode="review")  # prompt 5 was made by run 1 only
+    assert not any(c["label"].startswith("Run 2 ") for c in desk(unrelated)["candidates"])
+
+
 def test_rating_needs_a_name_and_says_so(app: AppFactory, seeded: Path) -> None:
     at = app("review", item="1", mode="review")
     assert any("Enter your name" in w.value for w in at.warning)
@@ -298,3 +316,62 @@ def test_the_key_queue_applies_each_action_once_and_in_order() -> None:
     at.run()
     at.run()
     assert at.session_state["log"] == [["stars", "next"], ["approve"], ["approve"], []]
+
+
+# ---- the session's action lock (fast reruns overlap two runs of one session) ---------------------------------
+def test_two_runs_of_one_session_apply_actions_one_after_the_other_and_other_sessions_never_wait(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+    import time
+
+    import pages.components as components
+
+    current = threading.local()
+    monkeypatch.setattr(components, "session_id", lambda: current.sid)
+    order: list[str] = []
+    older_inside, release_older = threading.Event(), threading.Event()
+
+    def run(sid: str, name: str, hold: threading.Event | None = None) -> None:
+        current.sid = sid
+        with components.exclusive() as got:
+            assert got
+            order.append(f"{name} in")
+            if hold is not None:
+                older_inside.set()
+                hold.wait(5)
+            with components.exclusive() as again:  # re-entrant: apply_pending -> apply
+                assert again
+            order.append(f"{name} out")
+
+    older = threading.Thread(target=run, args=("s1", "older", release_older))
+    older.start()
+    assert older_inside.wait(5)
+    newer = threading.Thread(target=run, args=("s1", "newer"))
+    newer.start()
+    other = threading.Thread(target=run, args=("s2", "other"))
+    other.start()
+    other.join(5)
+    time.sleep(0.2)
+    assert order == ["older in", "other in", "other out"]  # the newer run of s1 waits; s2 does not
+    release_older.set()
+    older.join(5)
+    newer.join(5)
+    assert order[3:] == ["older out", "newer in", "newer out"]
+
+
+def test_forgetting_old_sessions_never_drops_a_lock_in_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pages.components as components
+
+    monkeypatch.setattr(components, "_MAX_SESSIONS", 3)
+    monkeypatch.setattr(components, "_LOCKS", {})
+    monkeypatch.setattr(components, "_LOCK_USERS", {})
+    monkeypatch.setattr(components, "session_id", lambda: "busy")
+    with components.exclusive() as got:
+        held = components._LOCKS["busy"]
+        for n in range(5):  # many sessions come and go while "busy" holds its lock
+            monkeypatch.setattr(components, "session_id", lambda n=n: f"gone-{n}")
+            with components.exclusive():
+                pass
+        assert got and components._LOCKS["busy"] is held
+        assert len(components._LOCKS) <= 4
+    assert components._LOCK_USERS["busy"] == 0

@@ -106,8 +106,16 @@ Handler = Callable[[Actions, Callable[[], None]], None]
 # as new (applied twice), and the older one, finishing last, puts its stale view back in the URL
 # (a "next" lost, the following keys applied to the wrong prompt).
 _LOCKS: dict[str, threading.RLock] = {}
+_LOCK_USERS: dict[str, int] = {}  # runs holding or waiting for each session's lock
 _LOCKS_GUARD = threading.Lock()
 LOCK_WAIT_S = 15.0  # the older run releases the lock at its next Streamlit call, well before this
+
+
+def _forget_idle_locks() -> None:
+    """Drop the locks no run holds or waits for (sessions long gone, mostly); one in use stays,
+    so the run holding it and the run waiting for it still share one lock."""
+    for sid in [sid for sid, users in _LOCK_USERS.items() if users == 0]:
+        del _LOCKS[sid], _LOCK_USERS[sid]
 
 
 @contextlib.contextmanager
@@ -116,14 +124,19 @@ def exclusive() -> Iterator[bool]:
     sid = session_id()
     with _LOCKS_GUARD:
         if len(_LOCKS) > _MAX_SESSIONS:
-            _LOCKS.clear()  # sessions long gone
+            _forget_idle_locks()
         lock = _LOCKS.setdefault(sid, threading.RLock())
-    got = lock.acquire(timeout=LOCK_WAIT_S)
+        _LOCK_USERS[sid] = _LOCK_USERS.get(sid, 0) + 1
     try:
-        yield got
+        got = lock.acquire(timeout=LOCK_WAIT_S)
+        try:
+            yield got
+        finally:
+            if got:
+                lock.release()
     finally:
-        if got:
-            lock.release()
+        with _LOCKS_GUARD:
+            _LOCK_USERS[sid] -= 1
 
 
 def apply_pending(key: str, handle: Handler) -> None:

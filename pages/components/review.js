@@ -306,6 +306,7 @@ export default function (component) {
     1: { a: "stars", v: 1 }, 2: { a: "stars", v: 2 }, 3: { a: "stars", v: 3 }, 4: { a: "stars", v: 4 }, 5: { a: "stars", v: 5 },
     0: { a: "clear_stars" }, p: { a: "approve" }, x: { a: "reject" }, u: { a: "clear_decision" },
     z: { a: "undo" }, "Ctrl+z": { a: "undo" }, g: { a: "grid" }, a: { a: "auto" },
+    v: { a: "variations" }, o: { a: "compare_parent" },
   };
 
   function onKey(e) {

@@ -25,6 +25,19 @@ SATURATION_QUESTIONS = {
 }
 
 
+REFERENCE_TUPLE = "reference - same"  # tuple_text prefix of a "same as the reference" element
+
+
+def reference_elements(first_number: int, characters: list[str], own_subject: bool) -> list[Element]:
+    """One element per character with reference images ("the same character as the reference?"),
+    and one for the prompt's own subject reference; numbered from ``first_number``."""
+    questions = [(f"Is this the same character ({name}) as in the reference image?", f"{REFERENCE_TUPLE} (character: {name})")
+                 for name in characters]
+    if own_subject:
+        questions.append(("Is this the same subject as in the reference image?", f"{REFERENCE_TUPLE} (subject)"))
+    return [Element(number=first_number + i, category="reference", question=q, tuple_text=t) for i, (q, t) in enumerate(questions)]
+
+
 def visual_elements(prompt: str) -> list[Element]:
     intent = lexicon.read(prompt)
     out: list[Element] = []

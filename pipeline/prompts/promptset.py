@@ -5,10 +5,14 @@ The format is the seed format::
     {"name": "optional", "prompts": [{"id": "scene_001", "title": "...", "scene": "...",
                                       "mood": "...", "prompt": "..."}]}
 
-``id`` and ``prompt`` are required; ``title``, ``scene``, ``mood`` and ``negative_prompt`` are
-optional strings; ``seed`` an integer; ``size`` ``"WxH"``; ``tags`` a list of strings. Other keys
-are kept as metadata. Validation collects every problem with its JSON path and raises
-:class:`PromptSetInvalid` if there is any, so the caller can write nothing.
+``id`` and ``prompt`` are required; ``title``, ``scene``, ``mood``, ``negative_prompt`` and
+``style`` are optional strings; ``seed`` an integer; ``size`` ``"WxH"`` or ``"auto"``; ``tags`` a
+list of strings; ``reference_images`` images sent with the prompt (:mod:`.references`);
+``characters`` ids of the set's characters (:mod:`.characters`). Other keys are kept as metadata,
+and the template may use them (``{bio}``). At the set's level: ``characters``, ``style`` (applied
+to every prompt that has none of its own) and ``template`` (instead of ``[prompt] template``).
+Validation collects every problem with its JSON path and raises :class:`PromptSetInvalid` if
+there is any, so the caller can write nothing.
 
 Every string anywhere in the document (keys included) must be valid Unicode: a lone surrogate
 such as ``"\ud800"`` is legal JSON but cannot be encoded, printed or stored, so it is refused with
@@ -21,20 +25,27 @@ import hashlib
 import json
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
 from pipeline.config import Settings, shipped
 from pipeline.display import shown
 from pipeline.errors import Problem, PromptSetInvalid
+from pipeline.prompts.characters import Character, parse_characters, resolve_characters
+from pipeline.prompts.references import ReferenceSpec, parse_references
+from pipeline.prompts.references import type_name as _type_name
+from pipeline.prompts.template import CHARACTER_FIELDS, STANDARD_FIELDS, as_text, fill, placeholders, unknown_placeholders
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # Device names Windows refuses as a file or folder name, in any case and whatever the extension
 # (``nul.txt`` too); COM0 and LPT0 included. Ids become folder names.
 RESERVED_NAMES = {"con", "prn", "aux", "nul"} | {f"com{i}" for i in range(10)} | {f"lpt{i}" for i in range(10)}
 SIZE_PATTERN = re.compile(r"(\d{1,5})x(\d{1,5})")
-KNOWN_KEYS = {"id", "title", "scene", "mood", "prompt", "negative_prompt", "seed", "size", "tags"}
+KNOWN_KEYS = {"id", "title", "scene", "mood", "prompt", "negative_prompt", "seed", "size", "tags", "style", "reference_images",
+              "characters"}
+SET_KEYS = {"name", "prompts", "characters", "style", "template"}
+AUTO_SIZE = "auto"  # the service chooses the size (only where its capabilities say it can)
 MAX_SEED = 2**32 - 1
 
 
@@ -49,12 +60,14 @@ class Limits:
     min_side: int = _SHIPPED.prompt.min_side
     max_side: int = _SHIPPED.prompt.max_side
     max_depth: int = _SHIPPED.promptset.max_depth  # objects and lists inside one another; metadata deeper than this is refused
+    max_references: int = _SHIPPED.promptset.max_references
+    max_characters: int = _SHIPPED.promptset.max_characters
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Limits":
         p, s = settings.prompt, settings.promptset
         return cls(max_bytes=s.max_bytes, max_prompts=s.max_prompts, max_chars=p.max_chars, min_side=p.min_side,
-                   max_side=p.max_side, max_depth=s.max_depth)
+                   max_side=p.max_side, max_depth=s.max_depth, max_references=s.max_references, max_characters=s.max_characters)
 
 
 @dataclass(frozen=True)
@@ -69,6 +82,26 @@ class PromptSpec:
     size: str | None = None
     tags: tuple[str, ...] = ()
     metadata: dict[str, Any] = field(default_factory=dict)
+    style: str = ""  # its own, else the set's
+    characters: tuple[Character, ...] = ()
+    references: tuple[ReferenceSpec, ...] = ()  # its own; :meth:`all_references` adds its characters'
+    template: str = ""  # the set's template; "" = the [prompt] template of the settings
+    where: str = ""  # its JSON path (prompts[3]), for messages
+
+    def all_references(self) -> tuple[ReferenceSpec, ...]:
+        """The images sent with this prompt: its own, then each of its characters'."""
+        return self.references + tuple(r for c in self.characters for r in c.references)
+
+    def template_values(self) -> dict[str, str]:
+        """Every field a template may name, as text: the prompt's own (extra ones included), its
+        style, and its characters' ``names``, ``traits`` and ``characters`` (name with traits)."""
+        values = {k: text for k, v in self.metadata.items() if (text := as_text(v)) is not None}
+        values.update(id=self.id, title=self.title.strip(), prompt=self.prompt.strip(), scene=self.scene.strip(),
+                      mood=self.mood.strip(), negative_prompt=self.negative_prompt.strip(), style=self.style.strip(),
+                      names=", ".join(c.name for c in self.characters),
+                      traits="; ".join(f"{c.name}: {c.traits}" for c in self.characters if c.traits),
+                      characters="; ".join(c.described() for c in self.characters))
+        return values
 
 
 @dataclass(frozen=True)
@@ -78,6 +111,16 @@ class PromptSetSpec:
     sha256: str
     source: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
+    characters: tuple[Character, ...] = ()
+    style: str = ""
+    template: str = ""
+
+    def references(self) -> list[ReferenceSpec]:
+        """Every reference entry of the set, each once (a character's, once however many prompts show it)."""
+        seen: dict[tuple[str, str], ReferenceSpec] = {}
+        for ref in [r for c in self.characters for r in c.references] + [r for p in self.prompts for r in p.references]:
+            seen.setdefault((ref.where, ref.path), ref)
+        return list(seen.values())
 
 
 def is_reserved_name(name: str) -> bool:
@@ -136,14 +179,6 @@ def _text_problems(doc: Any, max_depth: int) -> list[Problem]:
     return problems
 
 
-def _type_name(value: Any) -> str:
-    if value is None:
-        return "null"
-    return {bool: "boolean", int: "number", float: "number", str: "string", list: "list", dict: "object"}.get(
-        type(value), type(value).__name__
-    )
-
-
 def parse_size(text: str, limits: Limits = Limits()) -> tuple[int, int] | str:
     """``"1024x768"`` -> ``(1024, 768)``, or a message saying what is wrong."""
     m = SIZE_PATTERN.fullmatch(text.strip().lower())
@@ -161,14 +196,15 @@ def _check_optional_string(item: dict[str, Any], key: str, path: str, problems: 
     if value is None:
         return ""
     if not isinstance(value, str):
-        problems.append(Problem(f"{path}.{key}", f"expected a string, got {_type_name(value)}"))
+        problems.append(Problem(_key_path(path, key), f"expected a string, got {_type_name(value)}"))
         return ""
     if len(value) > max_chars:
-        problems.append(Problem(f"{path}.{key}", f"{len(value):,} characters, over the limit of {max_chars:,}"))
+        problems.append(Problem(_key_path(path, key), f"{len(value):,} characters, over the limit of {max_chars:,}"))
     return value
 
 
-def _validate_item(item: Any, path: str, limits: Limits, problems: list[Problem]) -> PromptSpec | None:
+def _validate_item(item: Any, path: str, limits: Limits, problems: list[Problem],
+                   known_characters: dict[str, Character] | None = None) -> PromptSpec | None:
     if not isinstance(item, dict):
         problems.append(Problem(path, f"expected an object with at least an id and a prompt, got {_type_name(item)}"))
         return None
@@ -213,11 +249,11 @@ def _validate_item(item: Any, path: str, limits: Limits, problems: list[Problem]
         if not isinstance(size, str):
             problems.append(Problem(f"{path}.size", f'expected a string like "1024x768", got {_type_name(size)}'))
         else:
-            parsed = parse_size(size, limits)
-            if isinstance(parsed, str):
+            parsed = AUTO_SIZE if size.strip().lower() == AUTO_SIZE else parse_size(size, limits)
+            if isinstance(parsed, str) and parsed != AUTO_SIZE:
                 problems.append(Problem(f"{path}.size", parsed))
             else:
-                size = f"{parsed[0]}x{parsed[1]}"
+                size = parsed if isinstance(parsed, str) else f"{parsed[0]}x{parsed[1]}"
 
     tags = item.get("tags")
     clean_tags: list[str] = []
@@ -232,6 +268,14 @@ def _validate_item(item: Any, path: str, limits: Limits, problems: list[Problem]
                 else:
                     clean_tags.append(tag.strip())
 
+    style = _check_optional_string(item, "style", path, problems, limits.max_chars)
+    references = parse_references(item.get("reference_images"), f"{path}.reference_images", problems)
+    characters = resolve_characters(item.get("characters"), f"{path}.characters", known_characters or {}, problems)
+    count = len(references) + sum(len(c.references) for c in characters)
+    if count > limits.max_references:
+        problems.append(Problem(f"{path}.reference_images", f"{count} reference images with its characters', over the limit "
+                                                            f"of {limits.max_references} per prompt"))
+
     if len(problems) > before:
         return None
     return PromptSpec(
@@ -245,7 +289,39 @@ def _validate_item(item: Any, path: str, limits: Limits, problems: list[Problem]
         size=size,
         tags=tuple(clean_tags),
         metadata={k: v for k, v in item.items() if k not in KNOWN_KEYS},
+        style=style,
+        characters=characters,
+        references=references,
+        where=path,
     )
+
+
+def template_problems(template: str, prompts: tuple[PromptSpec, ...], where: str) -> list[Problem]:
+    """A placeholder no prompt has (it would be sent literally), or one whose value is not text."""
+    problems = [Problem(where, f"{{{name}}} names a field no prompt has; add \"{name}\" to the prompts that need it, or "
+                               f"remove it from the template (fields: {', '.join(sorted(_field_names(prompts)))})")
+                for name in unknown_placeholders(template, (p.metadata for p in prompts))]
+    for name in placeholders(template):
+        if name in STANDARD_FIELDS:
+            continue
+        for p in prompts:
+            if name in p.metadata and as_text(p.metadata[name]) is None:
+                problems.append(Problem(f"{p.where}.{name}", f"the template's {{{name}}} needs text, a number or a list of "
+                                                             f"those here, not {_type_name(p.metadata[name])}"))
+    return problems
+
+
+def _field_names(prompts: tuple[PromptSpec, ...]) -> set[str]:
+    names = set(STANDARD_FIELDS)
+    for p in prompts:
+        names.update(p.metadata)
+    return names
+
+
+def _id_problem(cid: str) -> str:
+    if not ID_PATTERN.fullmatch(cid):
+        return f'"{shown(cid, 80)}": use 1–64 of A–Z a–z 0–9 _ -'
+    return ""
 
 
 def validate_document(doc: Any, limits: Limits = Limits(), *, sha256: str = "", source: str = "") -> PromptSetSpec:
@@ -266,6 +342,13 @@ def validate_document(doc: Any, limits: Limits = Limits(), *, sha256: str = "", 
         problems.append(Problem("name", f"expected a string, got {_type_name(name)}"))
         name = None
 
+    known = parse_characters(doc.get("characters"), problems, max_count=limits.max_characters, max_chars=limits.max_chars,
+                             id_ok=_id_problem)
+    set_style = _check_optional_string(doc, "style", "", problems, limits.max_chars)
+    set_template = _check_optional_string(doc, "template", "", problems, limits.max_chars)
+    if "template" in doc and isinstance(doc.get("template"), str) and not set_template.strip():
+        problems.append(Problem("template", "is empty"))
+
     items = doc.get("prompts")
     specs: list[PromptSpec] = []
     if "prompts" not in doc:
@@ -280,7 +363,9 @@ def validate_document(doc: Any, limits: Limits = Limits(), *, sha256: str = "", 
         first_seen: dict[str, tuple[int, str]] = {}
         for i, item in enumerate(items):
             path = f"prompts[{i}]"
-            spec = _validate_item(item, path, limits, problems)
+            spec = _validate_item(item, path, limits, problems, known)
+            if spec is not None:
+                spec = replace(spec, style=spec.style or set_style.strip(), template=set_template)
             pid = item.get("id") if isinstance(item, dict) else None
             if isinstance(pid, str) and ID_PATTERN.fullmatch(pid):
                 key = pid.lower()
@@ -298,6 +383,8 @@ def validate_document(doc: Any, limits: Limits = Limits(), *, sha256: str = "", 
             if spec is not None:
                 specs.append(spec)
 
+    if set_template and not problems:
+        problems.extend(template_problems(set_template, tuple(specs), "template"))
     if problems:
         raise PromptSetInvalid(problems, source)
     return PromptSetSpec(
@@ -305,7 +392,10 @@ def validate_document(doc: Any, limits: Limits = Limits(), *, sha256: str = "", 
         prompts=tuple(specs),
         sha256=sha256,
         source=source,
-        metadata={k: v for k, v in doc.items() if k not in {"name", "prompts"}},
+        metadata={k: v for k, v in doc.items() if k not in SET_KEYS},
+        characters=tuple(known.values()),
+        style=set_style.strip(),
+        template=set_template,
     )
 
 
@@ -361,29 +451,17 @@ def load_file(path: Path, limits: Limits = Limits()) -> PromptSetSpec:
 
 # ---- The text sent to a provider -------------------------------------------------------------
 DEFAULT_TEMPLATE = _SHIPPED.prompt.template
-_PLACEHOLDER = re.compile(r"\{(title|prompt|scene|mood)\}")
-_SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+")
 
 
 def compose_prompt(spec: PromptSpec, template: str = DEFAULT_TEMPLATE) -> str:
-    """Fill ``template`` from the prompt's fields.
-
-    The template is split into sentences (at whitespace after ``.``, ``!`` or ``?``); a sentence
-    whose placeholders are all empty is dropped with its label, so with the default template a
-    prompt with only ``prompt`` and ``mood`` gives ``"<prompt>. Mood: <mood>."``. A field that
-    already ends in punctuation is not given a second mark (``"A fox."`` stays ``"A fox."``).
-    """
-    values = {
-        "title": spec.title.strip(),
-        "prompt": spec.prompt.strip(),
-        "scene": spec.scene.strip(),
-        "mood": spec.mood.strip(),
-    }
-    sentences = []
-    for sentence in _SENTENCE_BREAK.split(template.strip()):
-        names = _PLACEHOLDER.findall(sentence)
-        if names and not any(values[n] for n in names):
-            continue
-        filled = _PLACEHOLDER.sub(lambda m: values[m.group(1)], sentence)
-        sentences.append(re.sub(r"([.!?])[.]", r"\1", filled))
-    return re.sub(r"\s+", " ", " ".join(sentences)).strip()
+    """The text sent for ``spec``: its set's template (else ``template``) filled from its fields
+    (see :mod:`.template`). Its characters and style always reach the provider: a template that
+    names none of ``{names}``, ``{traits}``, ``{characters}`` gets "Characters: …" added, and one
+    without ``{style}`` gets "Style: …"."""
+    template = spec.template or template
+    used = set(placeholders(template))
+    if spec.characters and not used & set(CHARACTER_FIELDS):
+        template += " Characters: {characters}."
+    if spec.style.strip() and "style" not in used:
+        template += " Style: {style}."
+    return fill(template, spec.template_values())

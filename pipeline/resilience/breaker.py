@@ -13,6 +13,11 @@ Only failures that say something about the provider's health count: server error
 connection errors, malformed answers, refused keys and unknown models. A content block or a bad
 request is the request's fault; a 429 is back-pressure, handled by the rate limiter.
 Transitions go to the log and to whoever listens (the runner writes them to ``breaker_event``).
+
+Worker processes sharing a database share their breakers too (:class:`SharedHealth`, given to
+the :data:`board`): a breaker that opens in one process opens the service for all of them until
+its cool-down ends; then the process that opened it sends the probe, and the others wait for it
+(they stay refused while the opener holds the shared state open).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from pipeline.config import defaults_from, from_table
 from pipeline.errors import ProviderError
@@ -61,9 +66,23 @@ class Transition:
 Listener = Callable[[Transition], None]
 
 
+class SharedHealth(Protocol):
+    """Breaker state all processes see (implemented over the database by the runs)."""
+
+    def open_until(self, service: str) -> float:
+        """Unix time until which some process holds the service's breaker open (0: closed); may be a second stale."""
+        ...
+
+    def opened(self, service: str, until: float, reason: str) -> None: ...
+
+    def closed(self, service: str) -> None: ...
+
+
 class CircuitBreaker:
-    def __init__(self, service: str, settings: BreakerSettings, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, service: str, settings: BreakerSettings, clock: Callable[[], float] = time.monotonic,
+                 shared: SharedHealth | None = None) -> None:
         self.service = service
+        self.shared = shared
         self.settings = settings
         self._clock = clock
         self._lock = threading.Lock()
@@ -75,8 +94,20 @@ class CircuitBreaker:
         self.listeners: list[Listener] = []
 
     # ---- asking ----------------------------------------------------------------------------
+    def _opened_elsewhere(self) -> bool:
+        """Another process holds this service's breaker open (only asked while this one is closed)."""
+        if self.shared is None:
+            return False
+        try:
+            return self.shared.open_until(self.service) > time.time()
+        except Exception:  # the shared state cannot be read: decide on this process's own breaker
+            log.exception("shared breaker state of %s unreadable", self.service)
+            return False
+
     def is_open(self) -> bool:
         """Refusing right now (a cool-down not over yet, or a probe already out)."""
+        if self.state == "closed" and self._opened_elsewhere():
+            return True
         with self._lock:
             if self.state == "open":
                 return self._clock() - self._opened_at < self.settings.cooldown_s
@@ -84,6 +115,8 @@ class CircuitBreaker:
 
     def allow(self) -> bool:
         """May a call go now? In half-open state this hands out the single probe."""
+        if self.state == "closed" and self._opened_elsewhere():
+            return False
         with self._lock:
             if self.state == "closed":
                 return True
@@ -158,6 +191,13 @@ class CircuitBreaker:
     def _announce(self, t: Transition) -> None:
         level = logging.WARNING if t.state == "open" else logging.INFO
         log.log(level, "circuit breaker %s %s: %s", t.service, t.state.replace("_", "-"), t.reason)
+        try:
+            if self.shared is not None and t.state in ("open", "half_open"):  # half-open: the others wait for the probe
+                self.shared.opened(t.service, time.time() + self.settings.cooldown_s, t.reason)
+            elif self.shared is not None and t.state == "closed":
+                self.shared.closed(t.service)
+        except Exception:  # the other processes learn of it later (their own failures): the call path goes on
+            log.exception("could not share the state of breaker %s", t.service)
         for listener in list(self.listeners):
             try:
                 listener(t)
@@ -171,17 +211,26 @@ class BreakerBoard:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._breakers: dict[str, CircuitBreaker] = {}
+        self.shared: SharedHealth | None = None
 
     def get(self, service: str, settings: BreakerSettings) -> CircuitBreaker:
         with self._lock:
             breaker = self._breakers.get(service)
             if breaker is None or breaker.settings != settings:
-                breaker = self._breakers[service] = CircuitBreaker(service, settings)
+                breaker = self._breakers[service] = CircuitBreaker(service, settings, shared=self.shared)
             return breaker
+
+    def share(self, health: SharedHealth | None) -> None:
+        """From now on, this process's breakers open and close together with other processes'."""
+        with self._lock:
+            self.shared = health
+            for breaker in self._breakers.values():
+                breaker.shared = health
 
     def reset(self) -> None:
         with self._lock:
             self._breakers.clear()
+            self.shared = None
 
 
 board = BreakerBoard()

@@ -33,11 +33,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from pipeline import quotas
 from pipeline.components import Component
 from pipeline.config import Settings, defaults_from, from_table
 from pipeline.errors import ChainFailed, ContentBlocked, ProviderError, Skip
 from pipeline.resilience.breaker import BreakerSettings, CircuitBreaker, board
-from pipeline.resilience.limits import LimitSettings, RateLimiter
+from pipeline.resilience.limits import LimitSettings, RateLimiter, SharedLimits
 from pipeline.resilience.retry import RetryPolicy
 
 log = logging.getLogger("pipeline.resilience.routing")
@@ -79,6 +80,7 @@ class Member(Generic[C]):
         self.component = component
         self.breaker = breaker
         self.limiter = limiter
+        limiter.ahead = getattr(component, "ahead_slots", None)  # a service that queues may take calls beyond the limit
         self.policy = policy
         self.latency_ewma_ms: float | None = None
         timeout = getattr(component, "timeout_s", None)  # networked services have one; local ones run unbounded
@@ -127,12 +129,13 @@ def check_service_settings(settings: Settings, kind: str, name: str) -> None:
     from_table(DeadlineSettings, service_settings(settings, kind, name, "deadline"))
 
 
-def member_for(settings: Settings, component: C) -> Member[C]:
+def member_for(settings: Settings, component: C, shared: SharedLimits | None = None) -> Member[C]:
+    """``shared``: the limits every worker process holds together (``python -m pipeline worker``)."""
     kind, name = component.kind, component.name
     return Member(
         component,
         board.get(f"{kind}/{name}", BreakerSettings.from_settings(service_settings(settings, kind, name, "breaker"))),
-        RateLimiter(LimitSettings.from_settings(service_settings(settings, kind, name, "limits"))),
+        RateLimiter(LimitSettings.from_settings(service_settings(settings, kind, name, "limits")), shared=shared, service=f"{kind}/{name}"),
         RetryPolicy.from_settings(service_settings(settings, kind, name, "retry")),
         from_table(DeadlineSettings, service_settings(settings, kind, name, "deadline")).grace_s,
     )
@@ -161,13 +164,20 @@ class ServiceChain(Generic[C]):
         return ranked + [m for m in self.members if m not in ranked]
 
     async def call(self, send: Callable[[C], Awaitable[T]], on_attempt: Callable[[Attempt], None] = lambda a: None, *,
-                   priority: int = 0) -> Served[C, T]:
+                   priority: int = 0, refuse: Callable[[C], str] | None = None) -> Served[C, T]:
         """Send one request along the chain; ``send(component)`` makes one attempt, and every
         failed attempt is reported to ``on_attempt`` (the successful one is the caller's to log).
-        Lower ``priority`` gets a busy service's next free slot first."""
+        Lower ``priority`` gets a busy service's next free slot first. ``refuse(component)``
+        says why a service cannot take this request at all (its capabilities), or "": such a
+        service is skipped with that reason, never asked."""
         skipped: list[Skip] = []
         last: ProviderError | None = None
         for member in self.order():
+            unfit = refuse(member.component) if refuse is not None else ""
+            if unfit:
+                skipped.append(Skip(member.name, unfit))
+                log.info("%s %s skipped: %s", self.role, member.name, unfit)
+                continue
             if member.breaker.is_open():
                 skipped.append(Skip(member.name, "circuit breaker open"))
                 continue
@@ -217,6 +227,9 @@ class ServiceChain(Generic[C]):
                     latency = (time.perf_counter() - t0) * 1000
                     member.breaker.record_success()
                     member.limiter.succeeded()
+                    ahead = quotas.pause_before_limit(quotas.board.latest(member.name), member.limiter.settings.quota_reserve)
+                    if ahead > 0:  # the service says its allowance is nearly spent: slow down before its 429
+                        member.limiter.pause(ahead)
                     member.observe_latency(latency)
                     return value, number, latency
             # The attempt failed; the slot is free again while we decide and wait.

@@ -7,7 +7,8 @@ plus ``manifest.csv`` and ``manifest.json``. ``manifest.json`` holds every value
 as a formula is neutralised (see :func:`csv_safe`). It is written through
 ``files.atomic_file`` (a temporary file beside the destination, renamed into place), so a
 failed export leaves nothing behind. Files are
-streamed from disk in chunks, so memory stays flat however large the export.
+streamed from disk (or, with DARKROOM_STORAGE_URL, from the bucket) in chunks, so memory stays flat
+however large the export. :mod:`pipeline.review.bucket_export` sends the same files to a bucket prefix.
 """
 
 from __future__ import annotations
@@ -25,16 +26,18 @@ from sqlalchemy import or_
 from sqlmodel import Session, col, select
 
 from pipeline.config import Settings
-from pipeline.errors import ExportError
+from pipeline.errors import ExportError, StorageError
 from pipeline.files import atomic_file
 from pipeline.review.decisions import review_config
 from pipeline.review.gallery import NEWEST, GalleryFilter, Sort, filtered_query, sort_order
 from pipeline.runs.records import get_run, output_dir_of
 from pipeline.store.models import Evaluation, Iteration, Prompt, Rating, RunItem, utcnow
+from pipeline.store.objects import ObjectStore, run_store
 
 MANIFEST_FIELDS = [
     "run_id", "prompt_id", "title", "scene", "mood", "final_prompt", "iteration", "file", "provider", "model", "seed",
     "judge_score", "stars", "star_count", "decision", "decision_rule", "needs_tiebreak", "reviewer", "note", "cost_usd", "sha256",
+    "image_id", "operation", "parent_ids", "cell_index",  # lineage: what made the image, from which images (their image_id)
 ]  # then, per reviewer, "<name>: stars", "<name>: decision", "<name>: note" (manifest.json: "ratings" by name)
 RATING_PARTS = ("stars", "decision", "note")
 
@@ -108,7 +111,7 @@ def _collect(s: Session, settings: Settings, f: GalleryFilter, *, sort: Sort, re
         RunItem.run_id, Prompt.key, Prompt.title, Prompt.scene, Prompt.mood, Iteration.prompt_text, Iteration.number,
         Iteration.image_path, Iteration.provider, Iteration.model, Iteration.seed, Evaluation.overall_score,
         p.consensus.c.mean_stars, p.consensus.c.star_count, p.decision, p.consensus.c.needs_tiebreak,
-        Iteration.cost_usd, Iteration.sha256, Iteration.id,
+        Iteration.cost_usd, Iteration.sha256, Iteration.id, Iteration.operation, Iteration.parent_ids, Iteration.cell_index,
     ], delta=sort.key == "delta", **opts)
     found = s.exec(q.order_by(*sort_order(sort, p))).all()
     ids_q, _ = filtered_query(f, lambda p: [Iteration.id], delta=False, ratings=False, **opts)
@@ -118,11 +121,12 @@ def _collect(s: Session, settings: Settings, f: GalleryFilter, *, sort: Sort, re
         ratings.setdefault(r.iteration_id, []).append(r)
     run_ids = sorted({row[0] for row in found})
     folders = {rid: output_dir_of(settings, get_run(s, rid)) for rid in run_ids}
+    stores = {rid: run_store(settings, get_run(s, rid), folders[rid]) for rid in run_ids}  # the folder or the bucket
     if prefix_runs is None:  # one folder per run when several appear, so equal prompt ids never collide
         prefix_runs = len(run_ids) > 1
     out = []
     for (run_id, key, title, scene, mood, text, number, image_path, provider, model, seed, score, mean, count, decision, tie,
-         cost, sha, iteration_id) in found:
+         cost, sha, iteration_id, operation, parent_ids, cell_index) in found:
         folder = f"run_{run_id}/{key}" if prefix_runs else key
         mine = ratings.get(iteration_id, [])
         by = _in_force_by(mine, decision, rule)
@@ -132,9 +136,10 @@ def _collect(s: Session, settings: Settings, f: GalleryFilter, *, sort: Sort, re
             "seed": seed, "judge_score": score, "stars": _fmt_stars(mean), "star_count": count or 0, "decision": decision,
             "decision_rule": rule, "needs_tiebreak": bool(tie), "reviewer": "; ".join(r.reviewer for r in by),
             "note": "; ".join(r.note for r in by if r.note), "cost_usd": cost, "sha256": sha,
+            "image_id": iteration_id, "operation": operation, "parent_ids": list(parent_ids or []), "cell_index": cell_index,
             "ratings": {r.reviewer: {"stars": r.stars, "decision": r.decision, "note": r.note, "rated_at": r.rated_at.isoformat()}
                         for r in mine},
-            "_source": folders[run_id] / image_path,
+            "_source": folders[run_id] / image_path, "_store": stores[run_id], "_key": image_path,
         })
     return out
 
@@ -180,6 +185,7 @@ def manifest_table(images: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], 
     flat = []
     for row in images:
         cells = {k: v for k, v in row.items() if k != "ratings"}
+        cells["parent_ids"] = ";".join(str(i) for i in row.get("parent_ids") or [])  # one cell: "12;13"
         for name, rating in (row.get("ratings") or {}).items():
             cells.update({f"{name}: {part}": rating.get(part) for part in RATING_PARTS})
         flat.append(cells)
@@ -226,30 +232,97 @@ def _add_stored(zf: zipfile.ZipFile, source: Path, name: str) -> None:
         shutil.copyfileobj(src, dest, COPY_CHUNK)
 
 
-def _write_zip(rows: list[dict[str, Any]], dest: Path, run_ids: list[int], selection: str, **header: Any) -> ExportResult:
-    missing = [str(r["_source"]) for r in rows if not r["_source"].is_file()]
+def _add_object(zf: zipfile.ZipFile, store: ObjectStore, key: str, name: str) -> None:
+    """Add an object of a bucket uncompressed, streamed from it in pieces (never whole in memory)."""
+    found = store.info(key)
+    if found is None:
+        raise ExportError(f"{store.where(key)} is missing from the bucket; nothing was exported")
+    info = zipfile.ZipInfo(name, date_time=found.modified.timetuple()[:6])
+    info.compress_type = zipfile.ZIP_STORED
+    info.file_size = found.size
+    with zf.open(info, "w", force_zip64=found.size > 2**31) as dest:
+        for block in store.chunks(key):
+            dest.write(block)
+
+
+def _missing(rows: list[dict[str, Any]]) -> list[str]:
+    """The rows' images not in their store: a folder is asked file by file, a bucket lists each run's
+    ``results/`` once (one request per thousand objects, not one per image)."""
+    missing, listed = [], {}
+    for r in rows:
+        store: ObjectStore = r["_store"]
+        if store.local_path(r["_key"]) is not None:
+            if not r["_source"].is_file():
+                missing.append(str(r["_source"]))
+            continue
+        if id(store) not in listed:
+            listed[id(store)] = {o.key for o in store.listing("results/")}
+        if r["_key"] not in listed[id(store)]:
+            missing.append(store.where(r["_key"]))
+    return missing
+
+
+def check_sources(rows: list[dict[str, Any]]) -> None:
+    """Every image of the export is on disk or in its bucket (checked before a byte is written or sent)."""
+    try:
+        missing = _missing(rows)
+    except StorageError as e:
+        raise ExportError(f"the images could not be listed: {e}") from None
     if missing:
+        where = "on disk" if all(r["_store"].local_path(r["_key"]) for r in rows) else "from storage"
         listed = "\n  ".join(missing[:10]) + (f"\n  … and {len(missing) - 10} more" if len(missing) > 10 else "")
-        raise ExportError(f"{len(missing)} image file(s) recorded in the database are missing on disk:\n  {listed}")
+        raise ExportError(f"{len(missing)} image file(s) recorded in the database are missing {where}:\n  {listed}")
+
+
+def manifest_files(rows: list[dict[str, Any]], run_ids: list[int], selection: str, **header: Any) -> dict[str, str]:
+    """``manifest.csv`` and ``manifest.json`` of an export (a zip's or a bucket prefix's)."""
+    public = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
+    return {"manifest.csv": manifest_csv(*manifest_table(public)), "manifest.json": manifest_json(run_ids, selection, public, **header)}
+
+
+def add_manifests(zf: zipfile.ZipFile, rows: list[dict[str, Any]], run_ids: list[int], selection: str, **header: Any) -> None:
+    for name, text in manifest_files(rows, run_ids, selection, **header).items():
+        zf.writestr(name, text, compress_type=zipfile.ZIP_DEFLATED)
+
+
+def add_image(zf: zipfile.ZipFile, row: dict[str, Any]) -> None:
+    """One image of the export, stored as it is on disk or in the bucket."""
+    store: ObjectStore = row["_store"]
+    path = store.local_path(row["_key"])
+    if path is not None:
+        _add_stored(zf, path, row["file"])
+    else:
+        try:
+            _add_object(zf, store, row["_key"], row["file"])
+        except StorageError as e:
+            raise ExportError(f"{row['file']}: {e}; nothing was exported") from None
+
+
+def _write_zip(rows: list[dict[str, Any]], dest: Path, run_ids: list[int], selection: str, **header: Any) -> ExportResult:
+    check_sources(rows)
     dest = dest.resolve()
     with atomic_file(dest) as out, zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
         for row in rows:
-            _add_stored(zf, row["_source"], row["file"])
-        public = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
-        zf.writestr("manifest.csv", manifest_csv(*manifest_table(public)), compress_type=zipfile.ZIP_DEFLATED)
-        zf.writestr("manifest.json", manifest_json(run_ids, selection, public, **header), compress_type=zipfile.ZIP_DEFLATED)
+            add_image(zf, row)
+        add_manifests(zf, rows, run_ids, selection, **header)
     return ExportResult(path=dest, images=len(rows), bytes_written=dest.stat().st_size)
 
 
-def build_zip(s: Session, settings: Settings, run_ids: list[int], dest: Path, *, selection: str = "approved",
-              rule: str | None = None) -> ExportResult:
-    rule = rule or review_config(settings).decision_rule
+def export_rows(s: Session, settings: Settings, run_ids: list[int], *, selection: str = "approved", rule: str) -> list[dict[str, Any]]:
+    """The manifest rows of an export of ``run_ids``; an export with nothing in it is refused, naming why."""
     rows = manifest_rows(s, settings, run_ids, selection=selection, rule=rule)
     runs_text = ", ".join(str(r) for r in run_ids)
     if not rows:
         what = {"approved": "approved images", "best": "scored images", "all": "generated images"}[selection]
         raise ExportError(f"run{'s' if len(run_ids) > 1 else ''} {runs_text} {'have' if len(run_ids) > 1 else 'has'} "
                           f"no {what} to export; nothing was written")
+    return rows
+
+
+def build_zip(s: Session, settings: Settings, run_ids: list[int], dest: Path, *, selection: str = "approved",
+              rule: str | None = None) -> ExportResult:
+    rule = rule or review_config(settings).decision_rule
+    rows = export_rows(s, settings, run_ids, selection=selection, rule=rule)
     return _write_zip(rows, dest, run_ids, selection, decision_rule=rule)
 
 
@@ -274,4 +347,7 @@ def selection_export_path(settings: Settings) -> Path:
 def export_path(settings: Settings, run_ids: list[int], selection: str) -> Path:
     """Where the dashboard writes an export: ``data/exports/darkroom_run-1-2_approved_<time>.zip``."""
     stamp = utcnow().strftime("%Y%m%d_%H%M%S_%f")
-    return settings.exports_dir / f"darkroom_run-{'-'.join(str(r) for r in sorted(run_ids))}_{selection}_{stamp}.zip"
+    ids = "-".join(str(r) for r in sorted(run_ids))
+    if len(ids) > 80:  # a whole project's runs: a file name stays short (manifest.json lists every run)
+        ids = f"{min(run_ids)}-to-{max(run_ids)}-{len(run_ids)}runs"
+    return settings.exports_dir / f"darkroom_run-{ids}_{selection}_{stamp}.zip"

@@ -22,9 +22,23 @@ from sqlmodel import Session, col, select
 from pipeline.config import Settings
 from pipeline.errors import InputError
 from pipeline.review.decisions import consensus_query
-from pipeline.review.textdiff import Part, word_diff
+from pipeline.review.steps import step_before
+from pipeline.review.textdiff import Part
 from pipeline.runs.records import get_run, output_dir_of
-from pipeline.store.models import Evaluation, Iteration, Prompt, PromptElement, Rating, Refinement, Run, RunItem, Thumbnail, row_id
+from pipeline.store.models import (
+    MAX_ROW_ID,
+    Evaluation,
+    Iteration,
+    Prompt,
+    PromptElement,
+    Rating,
+    Refinement,
+    Run,
+    RunItem,
+    Thumbnail,
+    row_id,
+)
+from pipeline.store.objects import ObjectStore, run_store
 
 UNRATED = 0  # the "stars" filter value for iterations nobody has starred
 SORTS = {"newest": "Newest run", "score": "Judge score", "stars": "Stars (mean)", "prompt": "Prompt id", "delta": "Score change"}
@@ -47,6 +61,7 @@ NEWEST = Sort()  # the default order: newest run first, prompts in set order, it
 @dataclass(frozen=True)
 class GalleryFilter:
     run_ids: tuple[int, ...] = ()  # empty = every run
+    project_ids: tuple[int, ...] = ()  # only the runs of these projects (empty = every project)
     statuses: tuple[str, ...] = ()  # the prompt's status in its run
     score_min: float = 0.0
     score_max: float = 10.0  # a range narrower than 0–10 leaves out images not yet judged
@@ -72,6 +87,8 @@ class GalleryFilter:
     def describe(self) -> str:
         """The filter in words, for a confirmation or an export's name: ``run 3 · score 7–10 · best only``."""
         parts = [f"run{'s' if len(self.run_ids) > 1 else ''} {', '.join(map(str, self.run_ids))}" if self.run_ids else "every run"]
+        if self.project_ids:
+            parts.append(f"project{'s' if len(self.project_ids) > 1 else ''} #{', #'.join(map(str, self.project_ids))}")
         if self.statuses:
             parts.append("prompt " + "/".join(self.statuses))
         if (self.score_min, self.score_max) != (0.0, 10.0):
@@ -161,6 +178,8 @@ def _conditions(f: GalleryFilter, p: _Parts, reviewer: str) -> list[Any]:
     conds: list[Any] = []
     if f.run_ids:
         conds.append(col(RunItem.run_id).in_(f.run_ids))
+    if f.project_ids:
+        conds.append(col(RunItem.run_id).in_(select(Run.id).where(col(Run.project_id).in_(f.project_ids))))
     if f.statuses:
         conds.append(col(RunItem.status).in_(f.statuses))
     if (f.score_min, f.score_max) != (0.0, 10.0):
@@ -239,7 +258,7 @@ def filtered_query(f: GalleryFilter, columns, *, reviewer: str = "", rule: str =
     p = _parts(reviewer, rule, disputed_star_spread)
     consensus, mine = _needs(f, sort)
     q = _from(select(*columns(p)), p, reviewer, delta=delta, consensus=ratings or consensus, mine=ratings or mine)
-    q = q.where(Iteration.status == "ok")
+    q = q.where(Iteration.status == "ok", col(Iteration.image_path) != "")  # a pruned image has no picture left to show
     conds = _conditions(f, p, reviewer)
     return (q.where(*conds) if conds else q), p
 
@@ -318,7 +337,7 @@ def review_position(s: Session, f: GalleryFilter, item_id: int | None, *, sort: 
     by me"), so → still goes to the prompt that followed it.
     """
     f.validate()
-    if item_id is not None and not 0 < item_id <= 2**63 - 1:
+    if item_id is not None and not 0 < item_id <= MAX_ROW_ID:
         item_id = None  # no row can have that id (and the database could not even compare it)
     p = _parts(reviewer, rule, disputed_star_spread)
     conds = _conditions(f, p, reviewer)
@@ -408,13 +427,12 @@ def prompt_detail(s: Session, run_item_id: int, reviewer: str = "") -> PromptDet
     previous: tuple[Iteration, Evaluation | None] | None = None
     for it, ev, thumb in rows:
         prev_it, prev_ev = previous if previous else (None, None)
-        refinement = refinements.get(prev_it.number) if prev_it else None
+        diff, rationale = step_before(it, prev_it, refinements)  # before iteration 1: the enhancement, if any
         it_ratings = ratings.get(row_id(it), [])
         mine = next((r for r in it_ratings if r.reviewer == reviewer.strip()), None) if reviewer.strip() else None
         views.append(IterationView(
             iteration=it, evaluation=ev, thumb=thumb,
-            diff=word_diff(prev_it.prompt_text, it.prompt_text) if prev_it else None,
-            rationale=refinement.rationale if refinement else "",
+            diff=diff, rationale=rationale,
             score_delta=(ev.overall_score - prev_ev.overall_score) if ev and prev_ev else None,
             ratings=it_ratings, mine=mine,
         ))
@@ -422,12 +440,79 @@ def prompt_detail(s: Session, run_item_id: int, reviewer: str = "") -> PromptDet
     return PromptDetail(run=run, item=item, prompt=prompt, elements=elements, iterations=views)
 
 
-def image_file(s: Session, settings: Settings, iteration_id: int) -> Path:
-    """The full-size image of an iteration on disk (for opening on demand)."""
+def _image_run(s: Session, iteration_id: int) -> tuple[Iteration, Run]:
     it = s.get(Iteration, iteration_id)
     if it is None or not it.image_path:
         raise InputError(f"iteration {iteration_id} has no image")
     item = s.get(RunItem, it.run_item_id)
     if item is None:  # the foreign key forbids it; a damaged database could still say so
         raise InputError(f"iteration {iteration_id} names prompt {it.run_item_id}, which is not stored")
-    return output_dir_of(settings, get_run(s, item.run_id)) / it.image_path
+    return it, get_run(s, item.run_id)
+
+
+def image_file(s: Session, settings: Settings, iteration_id: int) -> Path:
+    """The full-size image of an iteration on disk (for opening on demand); with a bucket configured
+    (DARKROOM_STORAGE_URL) the image is not on disk: read it through :func:`image_object`."""
+    it, run = _image_run(s, iteration_id)
+    return output_dir_of(settings, run) / it.image_path
+
+
+def image_object(s: Session, settings: Settings, iteration_id: int) -> tuple[ObjectStore, str]:
+    """Where the full-size image of an iteration is kept (its run's folder or bucket) and its key there."""
+    it, run = _image_run(s, iteration_id)
+    return run_store(settings, run, output_dir_of(settings, run)), it.image_path
+
+
+# ---- The same prompt elsewhere --------------------------------------------------------------------
+@dataclass(frozen=True)
+class SiblingImage:
+    """An image of the same prompt made by another run (another provider, model or settings), for compare."""
+
+    iteration_id: int
+    run_id: int
+    number: int
+    provider: str
+    model: str
+    mime_type: str
+    score: float | None
+
+    @property
+    def label(self) -> str:
+        score = f" · {self.score:.1f}" if self.score is not None else ""
+        return f"Run {self.run_id} · iteration {self.number} · {self.provider}{score}"
+
+
+def same_prompt_images(s: Session, run_item_id: int, limit: int = 48) -> list[SiblingImage]:
+    """Images of the same prompt in other runs, newest run first.
+
+    "The same prompt" is the same id in its set *and* the same text: a set re-imported for another
+    provider or model matches, an unrelated set that reuses the id ``scene_001`` does not.
+    """
+    item = s.get(RunItem, run_item_id)
+    prompt = s.get(Prompt, item.prompt_id) if item is not None else None
+    if item is None or prompt is None:
+        return []
+    rows = s.exec(
+        select(Iteration, RunItem.run_id, Evaluation.overall_score)
+        .join(RunItem, col(RunItem.id) == Iteration.run_item_id)
+        .join(Prompt, col(Prompt.id) == RunItem.prompt_id)
+        .join(Evaluation, col(Evaluation.iteration_id) == Iteration.id, isouter=True)
+        .where(Prompt.key == prompt.key, Prompt.prompt == prompt.prompt, col(RunItem.id) != run_item_id,
+               Iteration.status == "ok")
+        .order_by(col(RunItem.run_id).desc(), col(Iteration.number))
+        .limit(limit)
+    ).all()
+    return [SiblingImage(iteration_id=row_id(it), run_id=run_id, number=it.number, provider=it.provider, model=it.model,
+                         mime_type=it.mime_type or "image/jpeg", score=score) for it, run_id, score in rows]
+
+
+def item_images(s: Session, run_item_ids: Sequence[int]) -> list[tuple[int, str]]:
+    """(iteration id, mime type) of every image of these prompts, in order: what Review prefetches
+    for the neighbouring prompts (one query, not a whole :func:`prompt_detail` each)."""
+    if not run_item_ids:
+        return []
+    rows = s.exec(select(Iteration.id, Iteration.mime_type, Iteration.run_item_id)
+                  .where(col(Iteration.run_item_id).in_(list(run_item_ids)), Iteration.status == "ok", col(Iteration.image_path) != "")
+                  .order_by(col(Iteration.run_item_id), col(Iteration.number))).all()
+    order = {item: n for n, item in enumerate(run_item_ids)}
+    return [(int(i), mime or "image/jpeg") for i, mime, item in sorted(rows, key=lambda r: order[r[2]]) if i is not None]

@@ -31,12 +31,14 @@ class Call:
     cost_usd: float
 
 
-def calls(s: Session, limit: int = 100_000) -> list[Call]:
-    """The most recent calls (newest ``limit``), oldest first."""
+def calls(s: Session, limit: int = 100_000, *, project_id: int | None = None) -> list[Call]:
+    """The most recent calls (newest ``limit``; ``project_id``: of that project's runs only), oldest first."""
+    query = (sqlalchemy.select(col(ProviderCall.provider), col(ProviderCall.operation), col(ProviderCall.started_at),
+                               col(ProviderCall.latency_ms), col(ProviderCall.outcome), col(ProviderCall.cost_usd)))
+    if project_id is not None:
+        query = query.where(col(ProviderCall.run_id).in_(select(Run.id).where(Run.project_id == project_id)))
     rows = s.execute(  # six columns: sqlmodel's select() types at most four, SQLAlchemy's any number
-        sqlalchemy.select(col(ProviderCall.provider), col(ProviderCall.operation), col(ProviderCall.started_at),
-                          col(ProviderCall.latency_ms), col(ProviderCall.outcome), col(ProviderCall.cost_usd))
-        .order_by(col(ProviderCall.started_at).desc()).limit(limit)
+        query.order_by(col(ProviderCall.started_at).desc()).limit(limit)
     ).all()
     return [Call(f"{p} · {op}", at, lat or 0.0, outcome, cost or 0.0) for p, op, at, lat, outcome, cost in reversed(rows)]
 
@@ -100,9 +102,10 @@ class RunCost:
         return self.cost_usd / self.approved if self.approved else None
 
 
-def cost_by_run(s: Session, limit: int = 30, rule: str = "latest") -> list[RunCost]:
-    """Cost per run and per image approved (the decision in force under ``rule``)."""
-    runs = list(s.exec(select(Run).order_by(col(Run.id).desc()).limit(limit)))
+def cost_by_run(s: Session, limit: int = 30, rule: str = "latest", *, project_id: int | None = None) -> list[RunCost]:
+    """Cost per run and per image approved (the decision in force under ``rule``; ``project_id``: its runs only)."""
+    newest = select(Run).order_by(col(Run.id).desc()).limit(limit)
+    runs = list(s.exec(newest.where(Run.project_id == project_id) if project_id is not None else newest))
     ids = [r.id for r in runs]
     costs = dict(s.exec(select(ProviderCall.run_id, func.coalesce(func.sum(ProviderCall.cost_usd), 0.0))
                         .where(col(ProviderCall.run_id).in_(ids)).group_by(col(ProviderCall.run_id))).all())

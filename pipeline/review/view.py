@@ -19,17 +19,16 @@ from urllib.parse import unquote
 
 from pipeline.review.decisions import THUMB_SIZES, ReviewConfig
 from pipeline.review.gallery import SORT_DESCENDING, SORTS, UNRATED, GalleryFilter, Sort
-from pipeline.store.models import DECISIONS, ITEM_STATUSES
+from pipeline.store.models import DECISIONS, ITEM_STATUSES, MAX_ROW_ID
 
 __all__ = ["MODES", "THUMB_SIZES", "PARAMS", "ViewState", "encode", "decode"]
 
 MODES = ("grid", "review", "compare")
-MAX_ROW_ID = 2**63 - 1  # the largest id a database row can have: anything larger cannot be looked up
 MAX_PAGE = 1_000_000
-MAX_FOCUS = 99
+MAX_FOCUS = 9999  # grid cells and further shots of iteration N are numbered N*100 + … (pipeline.runs.shots)
 MAX_LIST = 50  # values per list parameter
 MAX_VALUE_CHARS = 200
-PARAMS = ("run", "status", "score", "stars", "dec", "prov", "tag", "q", "best", "todo", "disputed", "appr",
+PARAMS = ("proj", "run", "status", "score", "stars", "dec", "prov", "tag", "q", "best", "todo", "disputed", "appr",
           "sort", "dir", "page", "per", "size", "item", "it", "mode", "cmp")
 _DIGITS = re.compile(r"[0-9]{1,19}")
 _NUMBER = re.compile(r"[0-9]{1,2}(\.[0-9]{1,15})?")
@@ -85,7 +84,7 @@ def encode(view: ViewState, config: ReviewConfig | None = None) -> dict[str, str
     """The query parameters for ``view``: strings only, and only those that differ from the defaults."""
     cfg = config or _DEFAULT
     f, out = view.filter, {}
-    lists = {"run": f.run_ids, "status": f.statuses, "stars": f.stars, "dec": f.decisions, "prov": f.providers, "tag": f.tags}
+    lists = {"proj": f.project_ids, "run": f.run_ids, "status": f.statuses, "stars": f.stars, "dec": f.decisions, "prov": f.providers, "tag": f.tags}
     out.update({k: _join(v) for k, v in lists.items() if v})
     if (f.score_min, f.score_max) != (0.0, 10.0):
         out["score"] = f"{_num(f.score_min)}-{_num(f.score_max)}"
@@ -185,6 +184,7 @@ def _filter(params: Mapping[str, Any]) -> GalleryFilter:
     text = _CONTROL.sub(" ", _one(params, "q"))[:MAX_VALUE_CHARS]
     return GalleryFilter(
         run_ids=_ids(_one(params, "run")),
+        project_ids=_ids(_one(params, "proj")),
         statuses=tuple(v for v in _items(_one(params, "status")) if v in ITEM_STATUSES),
         score_min=lo, score_max=hi, stars=stars,
         decisions=tuple(v for v in _items(_one(params, "dec")) if v in DECISIONS),

@@ -9,6 +9,11 @@ atomically (:func:`~pipeline.runs.records.claim_next_queued`), so several proces
 database never execute the same run. A cancel also reaches the run's executor at once, which
 cancels its calls in flight after ``stop_grace_s``. HTTP clients and semaphores are created
 inside ``execute``, on this thread's loop. Nothing here imports streamlit.
+
+On PostgreSQL the thread is a :class:`~pipeline.runs.worker.Worker` instead: it claims prompts,
+not whole runs, exactly as ``python -m pipeline worker`` processes do, so it shares the runs
+with them. ``DARKROOM_WORKERS=0`` starts no thread at all: the dashboard and the API only queue
+runs, for worker processes to execute.
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ from pipeline.config import Settings
 from pipeline.logs import LogFiles, setup_logging
 from pipeline.redaction import redact
 from pipeline.runs import control
-from pipeline.runs.records import claim_next_queued, get_run
+from pipeline.runs.records import claim_next_queued, get_run, this_owner
 from pipeline.runs.runner import RunExecutor
+from pipeline.runs.worker import Worker, in_process_executors
 from pipeline.store.db import session
 from pipeline.store.models import Run, utcnow
 
@@ -43,12 +49,18 @@ class BackgroundRunner:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._executors: dict[int, RunExecutor] = {}
+        self.queue_only = in_process_executors() == 0  # DARKROOM_WORKERS=0: worker processes execute the runs
+        self.claims_prompts = engine.dialect.name == "postgresql"  # a shared database: claim prompts like the workers
+        self._worker: Worker | None = None
 
     # ---- control (any thread) -----------------------------------------------------------------
     def start(self, *, log_to_file: bool = True) -> list[int]:
         """Start the thread once; first mark runs left ``running`` by a dead process ``interrupted``."""
         with self._lock:
             if self._thread is not None and self._thread.is_alive():
+                return []
+            if self.queue_only:
+                log.info("DARKROOM_WORKERS=0: runs are queued here and executed by `python -m pipeline worker` processes")
                 return []
             if log_to_file:
                 setup_logging(LogFiles.from_settings(self.settings), console_level=logging.WARNING)
@@ -63,14 +75,20 @@ class BackgroundRunner:
     def wake(self) -> None:
         """Look for queued runs now rather than at the next poll."""
         self._wake.set()
+        worker, loop = self._worker, self._loop
+        if worker is not None and loop is not None:
+            loop.call_soon_threadsafe(worker.wake)
 
     @property
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        """The thread runs, or none was meant to (``DARKROOM_WORKERS=0``: queue only)."""
+        return self.queue_only or (self._thread is not None and self._thread.is_alive())
 
     @property
     def executing(self) -> list[int]:
         """The ids of the runs this thread is executing now."""
+        if self._worker is not None:
+            return self._worker.executing
         return sorted(self._executors)
 
     def cancel(self, run_id: int) -> str:
@@ -80,6 +98,8 @@ class BackgroundRunner:
         executor, loop = self._executors.get(run_id), self._loop
         if executor is not None and loop is not None:
             loop.call_soon_threadsafe(executor.cancel)
+        if self._worker is not None and loop is not None:  # other workers holding its prompts notice at their heartbeat
+            loop.call_soon_threadsafe(self._worker.cancel_run, run_id)
         return status
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -90,6 +110,8 @@ class BackgroundRunner:
         if loop is not None and loop.is_running():
             for executor in list(self._executors.values()):
                 loop.call_soon_threadsafe(executor.request_stop)
+            if self._worker is not None:
+                loop.call_soon_threadsafe(self._worker.request_stop)
         self._wake.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
@@ -101,6 +123,9 @@ class BackgroundRunner:
 
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
+        if self.claims_prompts:
+            await self._serve_as_worker()
+            return
         tasks: set[asyncio.Task[None]] = set()
         try:
             while not self._closing:
@@ -110,6 +135,20 @@ class BackgroundRunner:
                 executor.request_stop()
             if tasks:
                 await asyncio.wait(tasks)  # each ends within its grace period and cancel wait
+        finally:
+            self._loop = None
+
+    async def _serve_as_worker(self) -> None:
+        """PostgreSQL: claim prompts of any open run, alongside the worker processes."""
+        self._worker = Worker(self.engine, self.settings, worker_id=f"{this_owner()}:dashboard", parallel_runs=self.parallel_runs)
+        task = asyncio.create_task(self._worker.serve())
+        try:
+            while not self._closing and not task.done():
+                await self._idle()
+            self._worker.request_stop()
+            await task
+        except Exception:  # a lost database: the thread ends; the runs stay resumable by any worker
+            log.exception("the in-process worker stopped")
         finally:
             self._loop = None
 

@@ -10,6 +10,7 @@ through the executor (Ctrl-C, Cancel) and read its counts as a
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 
@@ -17,9 +18,11 @@ from sqlalchemy.engine import Engine
 
 from pipeline import registry
 from pipeline.config import Settings
-from pipeline.errors import ConfigError, InputError
+from pipeline.errors import ConfigError, InputError, StorageError
 from pipeline.prompts.promptset import PromptSetSpec
 from pipeline.resilience.routing import check_service_settings
+from pipeline.runs import prompt_check, shots
+from pipeline.runs.projects import check_project_name, ensure_project, write_project_file, write_run_file
 from pipeline.runs.records import (
     RunConfig,
     RunSummary,
@@ -35,11 +38,14 @@ from pipeline.runs.records import (
     run_summaries,
     run_summary,
 )
+from pipeline.runs.servable import check_prompt_set
 from pipeline.services.catalog import describe
 from pipeline.store.db import session
+from pipeline.store.references import store_references
 
+log = logging.getLogger("pipeline.runs.control")
 __all__ = ["RunSummary", "cancel", "check_components", "check_data_dir", "check_file_target", "check_launch", "check_output_dir",
-           "launch", "recover", "resume", "summaries", "summary"]
+           "check_prompt_set", "launch", "recover", "resume", "summaries", "summary"]
 
 
 # ---- Checks (nothing written) -------------------------------------------------------------------
@@ -102,13 +108,18 @@ def check_file_target(path: Path, option: str) -> None:
         raise InputError(problem, field=option)
 
 
-def check_launch(settings: Settings, config: RunConfig, output_dir: Path | None = None) -> None:
-    """Everything a launch checks before it writes: settings, services, output folder, data folder."""
+def check_launch(settings: Settings, config: RunConfig, output_dir: Path | None = None, spec: PromptSetSpec | None = None) -> None:
+    """Everything a launch checks before it writes: settings, services, output folder, data folder,
+    and that the provider chain can serve every prompt of ``spec`` (its references, size "auto")."""
     config.validate(settings)
     check_components(config)
     for kind, names in (("providers", config.providers), ("judges", config.judges), ("refiners", config.refiners)):
         for name in names:
             check_service_settings(settings, kind, name)
+    if spec is not None:
+        shots.check_fields(spec, settings)  # "grid" and "images"
+        check_prompt_set(settings, spec, config)
+        prompt_check.check_prompt_set(settings, spec, config.providers)  # over a provider's hard maximum: refused
     if output_dir is not None:
         check_output_dir(output_dir)
     check_data_dir(settings)
@@ -132,20 +143,31 @@ def check_run_name(name: str) -> None:
 
 # ---- Launch, resume, cancel -----------------------------------------------------------------------
 def launch(engine: Engine, settings: Settings, spec: PromptSetSpec, config: RunConfig, *, output_dir: Path | None = None,
-           name: str = "", claim: bool = False) -> int:
-    """Queue a run of ``spec`` (``claim=True``: owned by this process, which executes it) and
-    return its id. Raises :class:`InputError` (nothing written) when anything is wrong."""
+           name: str = "", claim: bool = False, project: str | None = None) -> int:
+    """Queue a run of ``spec`` in ``project`` (created when new; ``default`` when None;
+    ``claim=True``: owned by this process, which executes it) and return its id. Raises
+    :class:`InputError` (nothing written) when anything is wrong."""
     output_dir = output_dir.resolve() if output_dir is not None else None
-    check_launch(settings, config, output_dir)
+    check_launch(settings, config, output_dir, spec)
     check_run_name(name)
+    if project is not None:
+        check_project_name(project)
     with session(engine) as s:
         recover_orphans(s)
         if output_dir is not None:
             check_output_dir_unclaimed(settings, s, output_dir)
-        run = create_run(s, settings, import_prompt_set(s, spec), config, output_dir=output_dir, name=name, claim=claim)
+        chosen = ensure_project(s, settings, project)
+        store_references(settings.data_dir, spec)  # by content: a launch refused after this leaves only reusable files
+        run = create_run(s, settings, import_prompt_set(s, spec), config, output_dir=output_dir, name=name, claim=claim, project=chosen)
+        run.config = {**run.config, **{k: v for k, v in chosen.defaults.items() if k in ("template", "style")}}
         s.commit()
         assert run.id is not None  # given by the flush that created it
-        return run.id
+    try:  # the tree stays readable without the database (written after the commit: a refused launch leaves nothing)
+        write_project_file(settings, chosen)
+        write_run_file(output_dir_of(settings, run), run, chosen, spec.name)
+    except (OSError, StorageError) as e:
+        log.warning("run %s: its run.json could not be written (%s); the run goes ahead", run.id, e)
+    return run.id
 
 
 def resume(engine: Engine, settings: Settings, run_id: int, *, retry_failed: bool = False, budget_usd: float | None = None,

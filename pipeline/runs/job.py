@@ -35,25 +35,41 @@ from pipeline.components import (
     Issue,
     Judge,
     Judgement,
+    ReferenceImage,
     RefinedPrompt,
     RefinementRequest,
     Refiner,
     Submission,
 )
 from pipeline.config import Settings
-from pipeline.errors import BudgetReached, ContentBlocked, DiskFull, ProviderError, StepFailed, Stopped, StorageError
-from pipeline.files import atomic_write_bytes
+from pipeline.errors import BudgetReached, ContentBlocked, DiskFull, ObjectMissing, ProviderError, StepFailed, Stopped, StorageError
 from pipeline.images import ImageInfo, Thumb, inspect_image, make_thumbnail
-from pipeline.prompts.promptset import PromptSpec, compose_prompt, parse_size
+from pipeline.prompts.characters import Character
+from pipeline.prompts.promptset import AUTO_SIZE, PromptSpec, compose_prompt, parse_size
 from pipeline.redaction import redact
 from pipeline.resilience.budget import Budget
 from pipeline.resilience.routing import ServiceChain
-from pipeline.runs import scoring
+from pipeline.runs import scoring, shots, subjects
 from pipeline.runs.ledger import Call, StepLedger, table_price
+from pipeline.runs.prompt_steps import PromptSteps
 from pipeline.runs.records import RunConfig, default_seed, iterations_with_evaluations
+from pipeline.runs.servable import component_capabilities, refusal
 from pipeline.store import sidecars
 from pipeline.store.db import session
-from pipeline.store.models import Evaluation, Iteration, Prompt, PromptElement, Refinement, Run, RunItem, Thumbnail, utcnow
+from pipeline.store.models import (
+    Evaluation,
+    Iteration,
+    Prompt,
+    PromptElement,
+    PromptReference,
+    Refinement,
+    Run,
+    RunItem,
+    Thumbnail,
+    utcnow,
+)
+from pipeline.store.objects import run_store
+from pipeline.store.references import load_reference
 from pipeline.store.statements import append, delete_where, insert_row, table_of, update_row
 
 log = logging.getLogger("pipeline.runs.job")
@@ -131,20 +147,59 @@ class PromptJob:
         self.refinements: dict[int, Refinement] = {r.from_iteration: r for r in refinements}
         p = self.prompt
         self.ledger = StepLedger(ctx.engine, ctx.run.id or 0, self.item, ctx.budget, p.key)
-        self.spec = PromptSpec(id=p.key, prompt=p.prompt, title=p.title, scene=p.scene, mood=p.mood)
-        self.original_text = compose_prompt(self.spec, ctx.settings.prompt.template)
-        size = parse_size(p.size or ctx.settings.prompt.default_size)
+        # The prompt set's own template, style and characters come first; then a project's template and
+        # style line (copied into the run's config at launch); then the configured template.
+        self.spec = PromptSpec(id=p.key, prompt=p.prompt, title=p.title, scene=p.scene, mood=p.mood,
+                               negative_prompt=p.negative_prompt, metadata=dict(p.meta or {}),
+                               style=p.style or str(ctx.run.config.get("style") or "").strip(), template=p.template,
+                               characters=tuple(Character(id=str(c.get("id", "")), name=str(c.get("name", "")),
+                                                          traits=str(c.get("traits", ""))) for c in p.characters or []))
+        self.original_text = compose_prompt(self.spec, str(ctx.run.config.get("template") or ctx.settings.prompt.template))
+        default_size = ctx.settings.prompt.default_size
+        self.size = p.size or default_size
+        self.auto_size = self.size.strip().lower() == AUTO_SIZE  # the service chooses; width and height are a fallback
+        size = parse_size(default_size if self.auto_size else self.size)
         self.width, self.height = size if isinstance(size, tuple) else (1024, 1024)
+        self.references: tuple[ReferenceImage, ...] = ()  # read when the job runs (a missing one fails this prompt only)
+        self.plan = shots.Plan()  # images per step, grid mode (read when the job runs: a bad field fails this prompt only)
         self.seed = p.seed if p.seed is not None else default_seed(p.key)
         self.folder = ctx.output_dir / "results" / p.key
+        self.store = run_store(ctx.settings, ctx.run, ctx.output_dir)  # the output folder, or the run's place in a bucket
+        self.sidecar_folder = f"results/{p.key}"  # the sidecars' place in the store
         self._fresh_image: tuple[int, bytes] | None = None
+
+    def _references(self) -> tuple[ReferenceImage, ...]:
+        """The prompt's reference images (its own and its characters'), read back from the data folder."""
+        with session(self.ctx.engine) as s:
+            rows = s.exec(select(PromptReference).where(PromptReference.prompt_id == self.prompt.id)
+                          .order_by(col(PromptReference.position))).all()
+        try:
+            return tuple(load_reference(self.ctx.settings.data_dir, row) for row in rows)
+        except StorageError as e:
+            raise StepFailed("failed", "reference", str(e)) from None
+
+    def _request_extras(self) -> dict[str, Any]:
+        """What an iteration records of the request beyond its size: "auto", and the images sent."""
+        extras: dict[str, Any] = {"size": AUTO_SIZE} if self.auto_size else {}
+        if self.references:
+            extras["references"] = [{"name": r.name, "role": r.role, "sha256": hashlib.sha256(r.data).hexdigest()}
+                                    for r in self.references]
+        return extras
+
+    def _refusal(self, provider: ImageProvider) -> str:
+        """Why ``provider`` cannot serve this prompt (its references, size "auto"), from its capabilities."""
+        if not self.references and not self.auto_size:
+            return ""
+        return refusal(component_capabilities(provider), [r.role for r in self.references], AUTO_SIZE if self.auto_size else None)
 
     # ---- the loop ------------------------------------------------------------------------
     async def run(self) -> str:
         """Take the prompt as far as it goes; return its final status (``pending`` if stopped)."""
         self._set_item(status="running", reason="", started=True, defer=True)
         try:
-            self.mirror_sidecars()
+            await self._sidecars(self.mirror_sidecars)
+            self.references = await asyncio.to_thread(self._references)
+            self.plan = shots.plan_for(dict(self.prompt.meta or {}), self.ctx.config.grid, self.ctx.settings)
             reason = await self._iterate(await self.elements())
         except Stopped:
             self._leave_pending(self.ctx.stop_cause())
@@ -169,10 +224,10 @@ class PromptJob:
         """Generate, judge, refine, generate … until the target score, the last iteration, or a
         refiner that leaves the prompt as it was; return which of those stopped it."""
         config = self.ctx.config
-        text = self.original_text
+        self.prompt_steps = PromptSteps(self, elements)
+        text = await self.prompt_steps.first_prompt()  # the original, or enhanced before iteration 1
         for number in range(1, config.iterations + 1):
-            it = await self.generated(number, text)
-            ev = await self.judged(it, elements)
+            it, ev = await shots.run_step(self, number, text, elements)  # the step's images; the best one's judgement
             if config.target_score is not None and ev.overall_score >= config.target_score:
                 return "target_reached"
             if number == config.iterations:
@@ -203,9 +258,11 @@ class PromptJob:
         rows = list(self.stored_elements)
         if not rows:
             made, source = await self._decompose()
+            # Plus "the same character / subject as the reference?" for each subject it must keep.
+            extra = subjects.subject_elements(self.ctx.engine, self.prompt, max((e.number for e in made.elements), default=0))
             rows = [PromptElement(prompt_id=self.prompt.id or 0, number=e.number, category=e.category, question=e.question,
                                   tuple_text=e.tuple_text, parent_numbers=list(e.parent_numbers), critical=e.critical,
-                                  source=source) for e in made.elements]
+                                  source=source if e.category != "reference" else "references") for e in [*made.elements, *extra]]
             try:
                 with self.ledger.transaction() as s:
                     s.add_all(rows)
@@ -248,7 +305,9 @@ class PromptJob:
         it.mime_type, it.width, it.height = info.mime_type, info.width, info.height
         it.sha256, it.byte_size = info.sha256, info.byte_size
         it.latency_ms, it.cost_usd, it.finished_at = call.served.latency_ms, cost, utcnow()
-        it.routing = {**call.served.routing(), **({"rewrites": rewrites} if rewrites else {})}
+        compressed = (it.routing or {}).get("compressed")  # the version each provider was sent (prompt_steps)
+        it.routing = {**call.served.routing(), **({"rewrites": rewrites} if rewrites else {}),
+                      **({"compressed": compressed} if compressed else {})}
         submitted = it.service_meta if (it.service_meta or {}).get("service") == provider.name else {}
         it.request_id = result.request_id or (it.request_id if submitted else "")
         it.source_url = "" if result.source_url.startswith("data:") else result.source_url[:2000]
@@ -257,7 +316,7 @@ class PromptJob:
             update_row(s, it, *ITERATION_FIELDS)
             append(s, Thumbnail, {"iteration_id": it.id, "mime_type": thumb.mime_type, "width": thumb.width,
                                   "height": thumb.height, "data": thumb.data})
-        self._write_results(it)
+        await self._sidecars(self._write_results, it)
         self.ctx.on_step()
         return it
 
@@ -275,8 +334,9 @@ class PromptJob:
         if it is None:
             it = Iteration(run_item_id=self.item_id, number=number, prompt_text=text)
         it.prompt_text, it.negative_prompt = text, self.prompt.negative_prompt
-        it.provider, it.model, it.seed = primary.name, primary.model, self.seed
-        it.parameters = {"width": self.width, "height": self.height}
+        it.provider, it.model, it.seed = primary.name, primary.model, shots.shot_seed(self.seed, number)
+        it.operation, it.parent_ids = shots.lineage(self, number)
+        it.parameters = {"width": self.width, "height": self.height, **self._request_extras()}
         it.status, it.error_kind, it.error_message = "running", "", ""
         it.started_at, it.finished_at, it.routing = utcnow(), None, {"rewrites": rewrites} if rewrites else {}
         if not (it.request_id and running_before):  # only a job in flight when the run stopped is worth polling again
@@ -298,14 +358,20 @@ class PromptJob:
         max_pixels = self.ctx.settings.images.max_pixels
         earlier = self._submitted_earlier(it)
         while True:
-            request = GenerationRequest(prompt=it.prompt_text, width=self.width, height=self.height, seed=self.seed,
+            fitted = await self.prompt_steps.fitted(it)  # a version for each provider whose window the prompt is over
+            request = GenerationRequest(prompt=shots.sent_text(self, it.prompt_text), width=self.width, height=self.height,
+                                        seed=it.seed if it.seed is not None else self.seed,
                                         negative_prompt=self.prompt.negative_prompt, prompt_id=self.prompt.key,
+                                        reference_images=self.references, auto_size=self.auto_size,
                                         on_submitted=self._recorder(it))
 
-            async def send(provider: ImageProvider, request: GenerationRequest = request) -> tuple[GeneratedImage, ImageInfo]:
+            async def send(provider: ImageProvider, request: GenerationRequest = request,
+                           fitted: dict[str, str] = fitted) -> tuple[GeneratedImage, ImageInfo]:
                 nonlocal earlier
                 if earlier is not None and earlier.service == provider.name:  # polled once, by the service that has it
                     request, earlier = replace(request, resume=earlier), None
+                if provider.name in fitted:
+                    request = replace(request, prompt=fitted[provider.name])
                 result = await provider.generate(request)
                 # Checking decodes the image (a few ms): off the event loop, like the write.
                 info = await asyncio.to_thread(inspect_image, result.data, claimed_mime=result.mime_type, max_pixels=max_pixels)
@@ -313,7 +379,7 @@ class PromptJob:
 
             try:
                 return await self.ledger.call(self.ctx.providers, "generate", it.number, send, iteration_id=it.id,
-                                              estimate=lambda p: table_price(p, self.width, self.height))
+                                              estimate=lambda p: table_price(p, self.width, self.height), refuse=self._refusal)
             except ContentBlocked as e:
                 if len(rewrites) >= self.ctx.config.block_rewrites:
                     self._generation_failed(it, "blocked", e)
@@ -380,22 +446,30 @@ class PromptJob:
         what = f"{self.ledger.last_failed} blocked the prompt: {e}" if status == "blocked" else self.ledger.failure("", e)
         raise StepFailed(status, e.kind, f"iteration {it.number}: {what}")
 
-    def _store_image(self, path: Path, data: bytes, sha256: str) -> Thumb:
-        """Write the image file (atomically) and make its gallery thumbnail; run off the event loop."""
+    def _store_image(self, where: Path | str, data: bytes, sha256: str) -> Thumb:
+        """Write the image (whole or not at all, to the folder or the bucket) and make its gallery thumbnail;
+        run off the event loop. ``where``: its key in the run's store, or its path under the output folder."""
         images = self.ctx.settings.images
-        atomic_write_bytes(path, data)
+        key = where.relative_to(self.ctx.output_dir).as_posix() if isinstance(where, Path) else where
+        self.store.put(key, data, sha256=sha256)
         return make_thumbnail(data, side=images.thumbnail_side, fmt=images.thumbnail_format,
                               quality=images.thumbnail_quality, sha256=sha256)
 
+    def image_bytes(self, it: Iteration) -> bytes:
+        """The image of ``it``: the bytes just generated, else its file."""
+        fresh = self._fresh_image
+        return fresh[1] if fresh and fresh[0] == it.number else self.store.get(it.image_path)
+
     def _image_intact(self, it: Iteration) -> bool:
         """A finished generation counts only while its file is there with the recorded hash."""
-        path = self.ctx.output_dir / it.image_path
-        try:
-            intact = hashlib.sha256(path.read_bytes()).hexdigest() == it.sha256
-        except OSError:
+        try:  # a bucket records each object's hash: no need to download the image to check it
+            recorded = (info.sha256 if (info := self.store.info(it.image_path)) else "") or ""
+            intact = (recorded or hashlib.sha256(self.store.get(it.image_path)).hexdigest()) == it.sha256
+        except ObjectMissing:
             intact = False
         if not intact:
-            log.warning("%s: iteration %d image missing or changed at %s; generating it again", self.prompt.key, it.number, path)
+            log.warning("%s: iteration %d image missing or changed at %s; generating it again", self.prompt.key, it.number,
+                        self.store.where(it.image_path))
         return intact
 
     # ---- judge -------------------------------------------------------------------------------
@@ -403,10 +477,12 @@ class PromptJob:
         if it.number in self.evaluations:
             return self.evaluations[it.number]
         self._check_stop()
-        fresh = self._fresh_image
-        data = fresh[1] if fresh and fresh[0] == it.number else (self.ctx.output_dir / it.image_path).read_bytes()
+        data = self.image_bytes(it)
+        # A grid cell is judged at its own size (the grid as a whole was the size asked for).
+        wanted = (it.width or self.width, it.height or self.height) if it.operation == "grid-cell" else (self.width, self.height)
         request = EvaluationRequest(original_prompt=self.original_text, sent_prompt=it.prompt_text, elements=elements,
-                                    image=data, mime_type=it.mime_type, requested_width=self.width, requested_height=self.height)
+                                    image=data, mime_type=it.mime_type, requested_width=wanted[0], requested_height=wanted[1],
+                                    reference_images=subjects.subject_images(self.references))
         try:
             call: Call[Judge, Judgement] = await self.ledger.call(self.ctx.judges, "evaluate", it.number, lambda j: j.evaluate(request),
                                                                   iteration_id=it.id)
@@ -430,7 +506,8 @@ class PromptJob:
                 self.item.best_score, self.item.final_iteration = score, it.number
                 self.ledger.touch()
         self.evaluations[it.number] = ev
-        sidecars.write_iteration_evaluation(self.folder, sidecars.iteration_evaluation(self.prompt, it, ev))
+        await self._sidecars(sidecars.write_iteration_evaluation, self.store, self.sidecar_folder,
+                             sidecars.iteration_evaluation(self.prompt, it, ev))
         self.ctx.on_step()
         return ev
 
@@ -490,13 +567,21 @@ class PromptJob:
         if not defer:
             self.ledger.save()
 
+    async def _sidecars(self, write: Callable[..., None], *args: Any) -> None:
+        """Write sidecars: at once into a folder (as before), off the event loop into a bucket (a PUT takes
+        milliseconds, and other prompts' steps go on meanwhile)."""
+        if self.store.local_path(self.sidecar_folder) is None:
+            await asyncio.to_thread(write, *args)
+        else:
+            write(*args)
+
     def _write_results(self, it: Iteration) -> None:
         ref = self.refinements.get(it.number - 1)
-        sidecars.write_iteration_results(self.folder, sidecars.iteration_results(self.ctx.run, self.prompt, it, ref))
+        sidecars.write_iteration_results(self.store, self.sidecar_folder, sidecars.iteration_results(self.ctx.run, self.prompt, it, ref))
 
     def _write_summary(self) -> None:
         rows = [(it, self.evaluations.get(n)) for n, it in sorted(self.iterations.items())]
-        sidecars.write_summary(self.folder, sidecars.summary(self.ctx.run, self.prompt, self.item, rows))
+        sidecars.write_summary(self.store, self.sidecar_folder, sidecars.summary(self.ctx.run, self.prompt, self.item, rows))
 
     def mirror_sidecars(self) -> None:
         """Rewrite every sidecar of this prompt from its records (after a crash, some may be missing)."""
@@ -505,5 +590,5 @@ class PromptJob:
         for number, it in sorted(self.iterations.items()):
             self._write_results(it)
             if number in self.evaluations:
-                sidecars.write_iteration_evaluation(self.folder, sidecars.iteration_evaluation(self.prompt, it, self.evaluations[number]))
+                sidecars.write_iteration_evaluation(self.store, self.sidecar_folder, sidecars.iteration_evaluation(self.prompt, it, self.evaluations[number]))
         self._write_summary()

@@ -114,7 +114,8 @@ class StepLedger:
 
     # ---- calls --------------------------------------------------------------------------------
     async def call(self, chain: ServiceChain[C], operation: str, number: int, send: Callable[[C], Awaitable[T]], *,
-                   estimate: Callable[[C], float | None] = table_price, iteration_id: int | None = None, step: str = "") -> Call[C, T]:
+                   estimate: Callable[[C], float | None] = table_price, iteration_id: int | None = None, step: str = "",
+                   refuse: Callable[[C], str] | None = None) -> Call[C, T]:
         """One budgeted call along ``chain``, every attempt that does not serve logged as it
         happens. Later iterations go first when a service is busy, so started prompts finish first."""
         key = step_key(self.run_id, self.item.id or 0, number, step or operation)
@@ -123,7 +124,7 @@ class StepLedger:
         def on_attempt(a: Attempt) -> None:
             self._log_attempt(a, operation, key, iteration_id)
 
-        served = await chain.call(reservation.around(send), on_attempt, priority=-number)
+        served = await chain.call(reservation.around(send), on_attempt, priority=-number, refuse=refuse)
         return Call(served, operation, key, iteration_id, reservation)
 
     def _log_attempt(self, a: Attempt, operation: str, key: str, iteration_id: int | None) -> None:

@@ -24,10 +24,14 @@ from pipeline.errors import InputError, RunStateError
 from pipeline.files import unused_folder
 from pipeline.prompts.promptset import PromptSetSpec
 from pipeline.store.models import (
+    DEFAULT_PROJECT,
+    MAX_ROW_ID,
     TERMINAL_ITEM_STATUSES,
     Evaluation,
     Iteration,
+    Project,
     Prompt,
+    PromptReference,
     PromptSet,
     ProviderCall,
     Run,
@@ -35,6 +39,8 @@ from pipeline.store.models import (
     row_id,
     utcnow,
 )
+from pipeline.store.objects import bucket_holds
+from pipeline.store.references import relative_path
 
 log = logging.getLogger("pipeline.runs.records")
 HEARTBEAT_SECONDS = 2.0
@@ -54,6 +60,8 @@ class RunConfig:
     routing: str = "fallback"  # or "pool": spread generations over the healthy providers
     block_rewrites: int = 1  # times the refiner may rewrite a blocked prompt to comply
     budget_usd: float | None = None  # pause the run before a call would spend past this
+    enhance: bool = False  # rewrite each prompt before iteration 1 (a prompt with "enhance": false is skipped)
+    grid: bool = False  # ask for 2x2 grids and split each into four images (a prompt's "grid" field overrides it)
 
     @property
     def judges(self) -> list[str]:
@@ -104,9 +112,9 @@ def this_owner() -> str:
 
 
 def owner_alive(run: Run, now: datetime | None = None) -> bool:
-    if not run.owner:
-        return False
     now = now or utcnow()
+    if not run.owner:  # executed by worker processes (pipeline.runs.leases): alive while one of them heart-beats it
+        return run.status == "running" and run.heartbeat_at is not None and now - run.heartbeat_at < STALE_AFTER
     host, _, pid = run.owner.rpartition(":")
     if host == socket.gethostname() and pid.isdigit():
         try:
@@ -122,7 +130,8 @@ def owner_alive(run: Run, now: datetime | None = None) -> bool:
 
 # ---- Creating ---------------------------------------------------------------------------------
 def import_prompt_set(s: Session, spec: PromptSetSpec) -> PromptSet:
-    """Store a prompt set, or return the stored one with the same content and name."""
+    """Store a prompt set, or return the stored one with the same content and name. Its reference
+    images are rows pointing into the data folder's store (written by ``store_references``)."""
     existing = s.exec(select(PromptSet).where(PromptSet.sha256 == spec.sha256, PromptSet.name == spec.name)).first()
     if existing is not None and spec.sha256:
         return existing
@@ -130,10 +139,18 @@ def import_prompt_set(s: Session, spec: PromptSetSpec) -> PromptSet:
     s.add(ps)
     s.flush()
     for position, p in enumerate(spec.prompts):
-        s.add(Prompt(
+        row = Prompt(
             prompt_set_id=row_id(ps), position=position, key=p.id, title=p.title, scene=p.scene, mood=p.mood,
             prompt=p.prompt, negative_prompt=p.negative_prompt, seed=p.seed, size=p.size, tags=list(p.tags), meta=p.metadata,
-        ))
+            style=p.style, template=p.template, characters=[c.as_record() for c in p.characters],
+        )
+        s.add(row)
+        refs = p.all_references()
+        if refs:
+            s.flush()
+            s.add_all(PromptReference(prompt_id=row_id(row), position=i, role=r.role, name=r.path, character=r.character,
+                                      sha256=r.sha256, mime_type=r.mime_type, byte_size=r.byte_size, path=relative_path(r.sha256, r.mime_type))
+                      for i, r in enumerate(refs))
     return ps
 
 
@@ -152,18 +169,21 @@ def output_dir_of(settings: Settings, run: Run) -> Path:
 
 
 def create_run(s: Session, settings: Settings, prompt_set: PromptSet, config: RunConfig, *,
-               output_dir: Path | None = None, name: str = "", claim: bool = False) -> Run:
-    """Queue a run of every prompt in ``prompt_set``. ``output_dir`` defaults to ``data/runs/<id>``.
+               output_dir: Path | None = None, name: str = "", claim: bool = False, project: Project | None = None) -> Run:
+    """Queue a run of every prompt in ``prompt_set``. ``output_dir`` defaults to ``data/runs/<project>/<id>``
+    (``data/runs/<id>`` without a project).
 
     ``claim=True`` (the CLI, which executes the run itself) creates it already owned by this
     process, so a dashboard's background runner sharing the database never picks it up.
     """
-    run = Run(prompt_set_id=row_id(prompt_set), name=name or prompt_set.name, config=config.to_dict(), status="queued")
+    run = Run(prompt_set_id=row_id(prompt_set), name=name or prompt_set.name, config=config.to_dict(), status="queued",
+              project_id=project.id if project is not None else None)
     if claim:
         _claim(run)
     s.add(run)
     s.flush()
-    run.output_dir = stored_output_dir(settings, output_dir or _default_output_dir(s, settings, run.id or 0))
+    parent = settings.runs_dir / project.slug if project is not None and project.name != DEFAULT_PROJECT else settings.runs_dir
+    run.output_dir = stored_output_dir(settings, output_dir or _default_output_dir(s, settings, run.id or 0, parent))
     prompt_ids = s.exec(select(Prompt.id).where(Prompt.prompt_set_id == prompt_set.id).order_by(col(Prompt.position))).all()
     for pid in prompt_ids:
         assert pid is not None  # a stored prompt's primary key
@@ -172,12 +192,13 @@ def create_run(s: Session, settings: Settings, prompt_set: PromptSet, config: Ru
     return run
 
 
-def _default_output_dir(s: Session, settings: Settings, run_id: int) -> Path:
-    """``data/runs/<id>``, unless it holds files the database does not know (the database was
-    deleted or emptied, and ids start again): then the next free ``data/runs/<id>-2``, and say so."""
-    wanted = settings.runs_dir / str(run_id)
+def _default_output_dir(s: Session, settings: Settings, run_id: int, parent: Path) -> Path:
+    """``<parent>/<id>``, unless it holds files the database does not know (the database was
+    deleted or emptied, and ids start again): then the next free ``<parent>/<id>-2``, and say so."""
+    wanted = parent / str(run_id)
     chosen = unused_folder(wanted, taken=lambda p: s.exec(select(Run.id).where(
-        Run.output_dir == stored_output_dir(settings, p), Run.id != run_id)).first() is not None)
+        Run.output_dir == stored_output_dir(settings, p), Run.id != run_id)).first() is not None
+        or bucket_holds(settings, stored_output_dir(settings, p)))  # with DARKROOM_STORAGE_URL: objects in the bucket
     if chosen != wanted:
         log.warning("run %s: %s holds the files of a run this database does not know; they are left untouched, "
                     "and this run writes to %s instead", run_id, wanted, chosen)
@@ -202,7 +223,6 @@ def check_output_dir_unclaimed(settings: Settings, s: Session, output_dir: Path)
 
 
 # ---- Reading ----------------------------------------------------------------------------------
-MAX_ROW_ID = 2**63 - 1  # SQLite's and PostgreSQL's bigint: a larger id cannot name a run
 
 
 def get_run(s: Session, run_id: int) -> Run:
@@ -214,6 +234,19 @@ def get_run(s: Session, run_id: int) -> Run:
 
 def list_runs(s: Session, limit: int = 50) -> list[Run]:
     return list(s.exec(select(Run).order_by(col(Run.id).desc()).limit(limit)))
+
+
+def run_ids_page(s: Session, *, before: int | None = None, limit: int = 20, statuses: tuple[str, ...] = (),
+                 name_contains: str = "") -> list[int]:
+    """Ids of the newest runs older than run ``before`` (cursor pagination), optionally of some statuses or names."""
+    q = select(Run.id).order_by(col(Run.id).desc()).limit(limit)
+    if before is not None:
+        q = q.where(col(Run.id) < before)
+    if statuses:
+        q = q.where(col(Run.status).in_(statuses))
+    if name_contains:
+        q = q.where(func.lower(Run.name).contains(name_contains.lower(), autoescape=True))
+    return [i for i in s.exec(q).all() if i is not None]
 
 
 @dataclass(frozen=True)
@@ -416,7 +449,9 @@ def claim_for_resume(s: Session, run: Run, *, retry_failed: bool = False, claim:
     ``budget_usd`` replaces the run's spending cap (a run paused by its budget needs a higher one).
     """
     if run.status == "running" and owner_alive(run):
-        raise RunStateError(f"run {run.id} is being executed right now by {run.owner}")
+        raise RunStateError(f"run {run.id} is being executed right now by {run.owner or 'worker processes'}")
+    if run.status == "deleting":
+        raise RunStateError(f"run {run.id} is being deleted; finish with: python -m pipeline delete run {run.id}")
     if budget_usd is not None:
         config = RunConfig.from_dict(run.config)
         config.budget_usd = budget_usd

@@ -30,7 +30,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import select
 
-from pipeline import registry
+from pipeline import quotas, registry
 from pipeline.config import Settings
 from pipeline.errors import DarkroomError, DiskFull, StorageError
 from pipeline.files import remove_leftover_temp_files
@@ -38,6 +38,7 @@ from pipeline.resilience.breaker import Transition
 from pipeline.resilience.budget import Budget
 from pipeline.resilience.routing import ServiceChain, member_for
 from pipeline.runs.job import PromptJob, RunContext
+from pipeline.runs.projects import project_of, spent_by_project
 from pipeline.runs.records import (
     HEARTBEAT_SECONDS,
     RunConfig,
@@ -50,6 +51,7 @@ from pipeline.runs.records import (
     this_owner,
     unfinished_items,
 )
+from pipeline.services.pools import shared_connections
 from pipeline.store.db import session
 from pipeline.store.models import BreakerEvent, RunItem, row_id, utcnow
 
@@ -132,6 +134,10 @@ class RunExecutor:
 
     # ---- execution -----------------------------------------------------------------------------
     async def execute(self) -> RunSummary:
+        async with shared_connections():  # one keep-alive connection pool per service for the whole run
+            return await self._execute()
+
+    async def _execute(self) -> RunSummary:
         self._loop = asyncio.get_running_loop()
         self._t0 = time.monotonic()
         with session(self.engine) as s:
@@ -145,6 +151,11 @@ class RunExecutor:
                 item.status = "pending"
             refresh_counts(s, run)  # the cost so far, from the call log: the budget starts from it
             s.commit()
+            budget = Budget(config.budget_usd, run.cost_usd)
+            project = project_of(s, run)
+            if project is not None and project.budget_usd is not None:
+                budget.project_cap_usd, budget.project_name = project.budget_usd, project.name
+                budget.project_spent_usd = spent_by_project(s, row_id(project), excluding_run=row_id(run))
             pending = [row_id(item) for item in unfinished_items(s, row_id(run))]
             self._keys = prompt_keys(s, row_id(run))
         output_dir = output_dir_of(self.settings, run)
@@ -152,6 +163,7 @@ class RunExecutor:
             output_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:  # became a file, or unwritable, since the run was queued: say so, leave it resumable
             return self._finish("failed", error=f"the output folder {output_dir} cannot be used: {e.strerror or e}")
+        quotas.board.persist_to(self.settings.data_dir / quotas.QUOTAS_FILE)  # the Providers page reads what services said
         removed = remove_leftover_temp_files(output_dir)
         if removed:
             log.info("run %s: removed %d temporary file(s) left by an earlier crash", run.id, removed)
@@ -161,7 +173,7 @@ class RunExecutor:
                 providers=self._chain("provider", registry.providers, config.providers, config.routing),
                 judges=self._chain("judge", registry.judges, config.judges),
                 refiners=self._chain("refiner", registry.refiners, config.refiners),
-                output_dir=output_dir, stopping=lambda: self._stop, budget=Budget(config.budget_usd, run.cost_usd),
+                output_dir=output_dir, stopping=lambda: self._stop, budget=budget,
                 on_step=self._step_done, on_budget=self._pause, stop_cause=self.stop_cause,
             )
         except (DarkroomError, ValueError) as e:
@@ -314,6 +326,7 @@ class RunExecutor:
         return summary
 
     def _finish(self, status: str, error: str = "") -> RunSummary:
+        quotas.board.flush()
         try:
             summary = self._record_end(status, error)
         except DiskFull:  # that failed write gave up the database's reserve: there is room now

@@ -6,6 +6,11 @@ a placeholder are replaced with typed values: ``{{prompt}}``, ``{{negative_promp
 ``{{seed}}``, ``{{width}}``, ``{{height}}``, ``{{checkpoint}}``, ``{{steps}}``, ``{{cfg}}``. A prompt
 still running at the timeout is interrupted and removed from the queue.
 
+A prompt with a reference image uses the img2img graph (``workflows/comfyui_img2img.json`` or
+``img2img_workflow``): the image is uploaded first (``POST /upload/image``, multipart ``image``,
+``type=input``) and its stored name fills ``{{image}}`` (a LoadImage node); ``{{denoise}}`` is
+``image_strength``.
+
 The prompt id is reported (``request.submitted``) as soon as the server queues it; a request
 resumed after a crash (``request.resume``) waits for that prompt when the server still has it
 (in ``/history`` or ``/queue``) and queues it anew otherwise.
@@ -13,6 +18,7 @@ resumed after a crash (``request.resume``) waits for that prompt when the server
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -22,13 +28,14 @@ from typing import Any
 
 import httpx
 
-from pipeline.components import GeneratedImage, GenerationRequest, ImageProvider, Submission
+from pipeline.components import GeneratedImage, GenerationRequest, ImageProvider, ReferenceImage, Submission
 from pipeline.errors import ConfigError, ContentBlocked, ProviderError
-from pipeline.services import wire
+from pipeline.services import references, wire
 from pipeline.services.remote import Remote
 
 log = logging.getLogger("pipeline.services.comfyui")
 DEFAULT_WORKFLOW = Path(__file__).parent / "workflows" / "comfyui_txt2img.json"
+DEFAULT_IMG2IMG_WORKFLOW = Path(__file__).parent / "workflows" / "comfyui_img2img.json"
 
 
 def fill(node: Any, values: dict[str, Any]) -> Any:
@@ -51,15 +58,23 @@ class ComfyUIProvider(Remote, ImageProvider):
 
     def __init__(self, settings: dict[str, Any] | None = None) -> None:
         super().__init__(settings)
-        path = Path(wire.setting("COMFYUI_WORKFLOW", self.settings, "workflow", str(DEFAULT_WORKFLOW))).expanduser()
-        try:
-            self.workflow = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise ConfigError(f"comfyui: cannot read the workflow {path}: {e}") from None
-        if not isinstance(self.workflow, dict) or "{{prompt}}" not in json.dumps(self.workflow):
-            raise ConfigError(f"comfyui: the workflow {path} must be API format with a \"{{{{prompt}}}}\" placeholder")
+        self.workflow = self._workflow(wire.setting("COMFYUI_WORKFLOW", self.settings, "workflow", str(DEFAULT_WORKFLOW)), "prompt")
+        self.img2img = self._workflow(str(self.settings.get("img2img_workflow") or DEFAULT_IMG2IMG_WORKFLOW), "image")
         self.checkpoint = wire.setting("COMFYUI_CHECKPOINT", self.settings, "checkpoint")
         self.model = self.checkpoint or "comfyui"
+
+    @staticmethod
+    def _workflow(where: str, placeholder: str) -> dict[str, Any]:
+        path = Path(where).expanduser()
+        try:
+            workflow = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"comfyui: cannot read the workflow {path}: {e}") from None
+        needed = ["prompt"] if placeholder == "prompt" else ["prompt", placeholder]
+        if not isinstance(workflow, dict) or any(f'"{{{{{p}}}}}"' not in json.dumps(workflow) for p in needed):
+            wanted = " and ".join(f'"{{{{{p}}}}}"' for p in needed)
+            raise ConfigError(f"comfyui: the workflow {path} must be API format with {wanted} placeholder(s)")
+        return workflow
 
     def probe_request(self) -> tuple[str, str, dict[str, Any]]:
         return "GET", f"{self.base_url}/object_info/CheckpointLoaderSimple", {}  # answers with the checkpoints it can load
@@ -88,16 +103,20 @@ class ComfyUIProvider(Remote, ImageProvider):
         return wire.status_error(self.name, response, message)
 
     async def generate(self, request: GenerationRequest) -> GeneratedImage:
+        images, _ = references.check(self.name, self.model, request, references.capabilities(self.name, self.settings, self.model))
         values = {"prompt": request.prompt, "negative_prompt": request.negative_prompt, "seed": request.seed,
                   "width": request.width, "height": request.height, "checkpoint": self.checkpoint,
-                  "steps": int(self.settings.get("steps", 20)), "cfg": float(self.settings.get("cfg", 7.0))}
-        graph = fill(self.workflow, values)
+                  "steps": int(self.settings.get("steps", 20)), "cfg": float(self.settings.get("cfg", 7.0)),
+                  "denoise": float(self.settings.get("image_strength", 0.6))}
         deadline = time.monotonic() + self.timeout_s
         async with self.client() as http:
             earlier = request.resumable(self.name)
             if earlier is not None and await self._still_there(http, earlier.request_id):
                 prompt_id = earlier.request_id
             else:
+                if images:  # img2img: the reference goes to the server's input folder, and LoadImage names it
+                    values["image"] = await self._upload(http, images[0])
+                graph = fill(self.img2img if images else self.workflow, values)
                 queued = await wire.send(http, self.name, "POST", f"{self.base_url}/prompt", json={"prompt": graph, "client_id": str(uuid.uuid4())})
                 if queued.status_code != 200:
                     raise self._fail(queued)
@@ -119,6 +138,18 @@ class ComfyUIProvider(Remote, ImageProvider):
         return GeneratedImage(data=viewed.content, mime_type=viewed.headers.get("content-type", "").split(";")[0] or None,
                               model=self.model, cost_usd=0.0, http_status=200, request_id=prompt_id, source_url=str(view),
                               metadata={"prompt_id": prompt_id, "outputs": entry.get("outputs"), "status": entry.get("status")})
+
+    async def _upload(self, http: httpx.AsyncClient, ref: ReferenceImage) -> str:
+        """``POST /upload/image`` (multipart ``image``, ``type=input``): the name LoadImage reads it by.
+        The file is named by its content, so the same reference is stored once however often it is sent."""
+        name = f"darkroom_{hashlib.sha256(ref.data).hexdigest()[:20]}.{references.EXTENSIONS.get(references.mime_of(ref), 'png')}"
+        uploaded = await wire.send(http, self.name, "POST", f"{self.base_url}/upload/image",
+                                   files={"image": (name, ref.data, references.mime_of(ref))}, data={"type": "input", "overwrite": "true"})
+        if uploaded.status_code != 200:
+            raise self._fail(uploaded)
+        stored = wire.json_of(self.name, uploaded)
+        stored_name, subfolder = str(wire.field(self.name, stored, "name")), str(stored.get("subfolder") or "")
+        return f"{subfolder}/{stored_name}" if subfolder else stored_name
 
     async def _still_there(self, http: httpx.AsyncClient, prompt_id: str) -> bool:
         """Whether the server still has a prompt queued before a crash: in its history (done) or
@@ -156,7 +187,7 @@ class ComfyUIProvider(Remote, ImageProvider):
                 raise ProviderError(f"{self.name} workflow failed: {text}", kind="server", retryable=False)
             return entry if status.get("completed") or entry.get("outputs") else None
 
-        return await wire.poll_until(finished, deadline=deadline, initial_s=self.poll_initial_s, max_s=self.poll_max_s, timed_out=lambda: ProviderError(
+        return await self.poll(finished, deadline=deadline, timed_out=lambda: ProviderError(
             f"{self.name}: prompt {prompt_id} not finished after {self.timeout_s:.0f} s; interrupted", kind="timeout", retryable=True))
 
     async def _abandon(self, http: httpx.AsyncClient, prompt_id: str) -> None:

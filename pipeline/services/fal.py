@@ -13,24 +13,42 @@ further. Content filters answer 422 with a ``detail[]`` list, or 200 with ``has_
 The request id and its URLs are reported (``request.submitted``) as soon as fal accepts the job;
 a request resumed after a crash (``request.resume``) polls that job first and submits anew only
 when fal no longer knows it.
+
+A request with reference images goes to ``edit_model`` (FLUX.1 Kontext) unless the configured
+model takes references itself; the image goes inline as ``image_url`` (a data URI, which fal
+accepts for any file input). ``n`` images per call are asked as ``num_images``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 
 from pipeline.components import GeneratedImage, GenerationRequest, ImageProvider, Submission
 from pipeline.errors import ContentBlocked, ProviderError
-from pipeline.services import wire
+from pipeline.services import references, wire
 from pipeline.services.remote import Remote
 
 log = logging.getLogger("pipeline.services.fal")
+STREAM_DRAIN_S = 0.25  # how long the end of a finished status stream is waited for (connection reuse)
 _BLOCK_WORDS = ("content_policy", "nsfw", "safety", "unsafe", "content policy")
+
+
+async def _drain(rest: AsyncIterator[str]) -> None:
+    """Read the end of a finished status stream (fal closes it after COMPLETED), for a moment at
+    most: a stream read to its end gives its connection back to the pool for the next call."""
+    try:
+        async with asyncio.timeout(STREAM_DRAIN_S):
+            async for _ in rest:
+                pass
+    except (TimeoutError, httpx.HTTPError):
+        pass  # the connection is closed instead
 
 
 class FalProvider(Remote, ImageProvider):
@@ -57,38 +75,44 @@ class FalProvider(Remote, ImageProvider):
             "headers": {"Authorization": f"Key {self._key}"}}
 
     async def generate(self, request: GenerationRequest) -> GeneratedImage:
-        payload = {
+        model = references.model_for(self.name, self.settings, self.model, request)  # an edit model when there are references
+        images, _ = references.check(self.name, model, request, references.capabilities(self.name, self.settings, model))
+        payload: dict[str, Any] = {
             "prompt": request.prompt, "image_size": {"width": request.width, "height": request.height}, "seed": request.seed,
-            "num_images": 1, "enable_safety_checker": True, "output_format": str(self.settings.get("output_format", "jpeg")),
+            "num_images": request.n, "enable_safety_checker": True, "output_format": str(self.settings.get("output_format", "jpeg")),
             **dict(self.settings.get("parameters", {})),
         }
+        if images:  # Kontext-style edit models: the image to follow as image_url, inline as a data URI
+            payload["image_url"] = references.data_uri(images[0])
         if request.negative_prompt and self.settings.get("negative_prompt", False):
             payload["negative_prompt"] = request.negative_prompt
         deadline = time.monotonic() + self.timeout_s
         async with self.client(headers={"Authorization": f"Key {self._key}"}) as http:
             earlier = request.resumable(self.name)
-            if earlier is not None and await self._still_there(http, earlier):
-                return await self._collect(http, earlier.request_id, self._urls(earlier.request_id, earlier.meta), deadline)
-            submitted = await wire.send(http, self.name, "POST", f"{self.base_url}/{self.model}", json=payload)
+            if earlier is not None and await self._still_there(http, earlier, model):
+                return await self._collect(http, earlier.request_id, self._urls(earlier.request_id, earlier.meta, model), deadline, model)
+            submitted = await wire.send(http, self.name, "POST", f"{self.base_url}/{model}", json=payload)
             if submitted.status_code != 200:
+                self.ahead.refused(submitted.status_code)
                 raise self._fail(submitted)
             ticket = wire.json_of(self.name, submitted)
+            self.ahead.accepted(ticket)  # its queue_position: whether to keep submitting ahead
             request_id = str(wire.field(self.name, ticket, "request_id"))
-            urls = self._urls(request_id, ticket)
+            urls = self._urls(request_id, ticket, model)
             request.submitted(Submission(self.name, request_id, urls))  # recorded before waiting: a resume polls it
-            return await self._collect(http, request_id, urls, deadline)
+            return await self._collect(http, request_id, urls, deadline, model)
 
-    def _urls(self, request_id: str, given: Any) -> dict[str, str]:
+    def _urls(self, request_id: str, given: Any, model: str) -> dict[str, str]:
         """The job's status, result and cancel URLs: as fal gave them, else built from the id."""
         given = given if isinstance(given, dict) else {}
-        app = "/".join(self.model.split("/")[:2])  # status/result URLs drop the model's subpath
+        app = "/".join(model.split("/")[:2])  # status/result URLs drop the model's subpath
         base = f"{self.base_url}/{app}/requests/{request_id}"
         return {"status_url": str(given.get("status_url") or f"{base}/status"), "response_url": str(given.get("response_url") or base),
                 "cancel_url": str(given.get("cancel_url") or f"{base}/cancel")}
 
-    async def _still_there(self, http: httpx.AsyncClient, earlier: Submission) -> bool:
+    async def _still_there(self, http: httpx.AsyncClient, earlier: Submission, model: str) -> bool:
         """Whether fal still has a job submitted before a crash (an unknown or expired id answers 4xx)."""
-        polled = await wire.send(http, self.name, "GET", self._urls(earlier.request_id, earlier.meta)["status_url"])
+        polled = await wire.send(http, self.name, "GET", self._urls(earlier.request_id, earlier.meta, model)["status_url"])
         if polled.status_code in (400, 404, 410, 422):
             log.info("%s: request %s submitted before a restart is gone (HTTP %d); submitting anew",
                      self.name, earlier.request_id, polled.status_code)
@@ -98,8 +122,9 @@ class FalProvider(Remote, ImageProvider):
         log.info("%s: polling request %s submitted before a restart instead of submitting again", self.name, earlier.request_id)
         return True
 
-    async def _collect(self, http: httpx.AsyncClient, request_id: str, urls: dict[str, str], deadline: float) -> GeneratedImage:
-        """Wait for a submitted job, fetch its result and download the image."""
+    async def _collect(self, http: httpx.AsyncClient, request_id: str, urls: dict[str, str], deadline: float,
+                       model: str) -> GeneratedImage:
+        """Wait for a submitted job, fetch its result and download its images (``num_images`` of them)."""
         status_url, response_url, cancel_url = urls["status_url"], urls["response_url"], urls["cancel_url"]
         try:
             await self._wait(http, status_url, deadline, request_id)
@@ -114,12 +139,17 @@ class FalProvider(Remote, ImageProvider):
         nsfw = output.get("has_nsfw_concepts") if isinstance(output, dict) else None
         if isinstance(nsfw, list) and any(nsfw) or nsfw is True:
             raise ContentBlocked(f"{self.name} flagged the image as NSFW (has_nsfw_concepts) for request {request_id}", http_status=200)
-        image = wire.field(self.name, output, "images", 0)
-        url = str(wire.field(self.name, image, "url"))
-        data, content_type = await wire.download(http, self.name, url, self.network.image)
-        return GeneratedImage(data=data, mime_type=image.get("content_type") or content_type or None, model=self.model,
-                              http_status=200, request_id=request_id, source_url=url,
-                              metadata={"request_id": request_id, **{k: v for k, v in output.items() if k != "images"}})
+        wire.field(self.name, output, "images", 0)  # at least one
+        made = []
+        for i, image in enumerate(output["images"]):
+            url = str(wire.field(self.name, image, "url"))
+            data, content_type = await wire.download(http, self.name, url, self.network.image)
+            meta = {"request_id": request_id, **{k: v for k, v in output.items() if k != "images"}}
+            made.append(GeneratedImage(data=data, mime_type=image.get("content_type") or content_type or None, model=model,
+                                       http_status=200, request_id=request_id, source_url=url,
+                                       metadata={**meta, "index": i} if len(output["images"]) > 1 else meta))
+        made[0].extra = made[1:]
+        return made[0]
 
     async def _wait(self, http: httpx.AsyncClient, status_url: str, deadline: float, request_id: str) -> None:
         """Until the request is done: from the status stream when the service offers one (no
@@ -152,13 +182,15 @@ class FalProvider(Remote, ImageProvider):
                         self._no_stream = True  # not offered here: poll from now on
                         return False
                     raise self._fail(response)
-                async for line in response.aiter_lines():
+                lines = response.aiter_lines()
+                async for line in lines:
                     if line.startswith("data:"):
                         try:
                             status = json.loads(line[5:])
                         except json.JSONDecodeError:
                             raise ProviderError(f"{self.name} sent a status event that is not JSON", kind="malformed", retryable=True) from None
                         if self._completed(status, request_id):
+                            await _drain(lines)
                             return True
         except httpx.TimeoutException:
             raise ProviderError(f"{self.name}: request {request_id} not finished after {self.timeout_s:.0f} s; cancelled",
@@ -174,7 +206,7 @@ class FalProvider(Remote, ImageProvider):
                 raise self._fail(polled)
             return self._completed(wire.json_of(self.name, polled), request_id) or None
 
-        await wire.poll_until(completed, deadline=deadline, initial_s=self.poll_initial_s, max_s=self.poll_max_s, timed_out=lambda: ProviderError(
+        await self.poll(completed, deadline=deadline, timed_out=lambda: ProviderError(
             f"{self.name}: request {request_id} not finished after {self.timeout_s:.0f} s; cancelled", kind="timeout", retryable=True))
 
     async def _cancel(self, http: httpx.AsyncClient, cancel_url: str) -> None:

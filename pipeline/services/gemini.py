@@ -10,23 +10,30 @@ Image generation: Gemini image models through google-genai ``generate_content`` 
 
 The requested size becomes the nearest supported aspect ratio; a 200 answer with a block reason,
 or a safety finish reason and no image, is a content block; a 200 with no image otherwise is a
-malformed answer. Cost comes from the usage metadata's tokens at the configured rates.
+malformed answer. Cost comes from the usage metadata's tokens at the configured rates. Reference
+images go as inline image parts (``inline_data``) before the prompt, each after a text part
+naming its role; together they stay under ``inline_max_bytes``.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import httpx
-from google import genai
-from google.genai import errors, types
 
 from pipeline.components import GeneratedImage, GenerationRequest, ImageProvider
-from pipeline.errors import ContentBlocked, ProviderError
-from pipeline.services import wire
+from pipeline.errors import ContentBlocked, ProviderError, human_bytes
+from pipeline.services import references, wire
 from pipeline.services.chat import Answer, ChatJudge, ChatRefiner, ChatService
+from pipeline.services.lazy import lazy_module
 from pipeline.services.remote import Remote
+
+if TYPE_CHECKING:
+    from google import genai
+    from google.genai import errors, types
+else:  # google-genai (~0.7 s to import) is imported when a Gemini service is first used
+    genai, errors, types = lazy_module("google.genai"), lazy_module("google.genai.errors"), lazy_module("google.genai.types")
 
 BLOCK_FINISH = {"SAFETY", "PROHIBITED_CONTENT", "IMAGE_SAFETY", "IMAGE_PROHIBITED_CONTENT", "BLOCKLIST", "SPII", "RECITATION",
                 "IMAGE_RECITATION"}
@@ -149,8 +156,19 @@ class GeminiImageProvider(GeminiService, ImageProvider):
     model_env_var = "GEMINI_IMAGE_MODEL"
 
     async def generate(self, request: GenerationRequest) -> GeneratedImage:
-        aspect = nearest_aspect_ratio(request.width, request.height)
-        response = await self._generate([request.prompt], types.GenerateContentConfig(
+        images, _ = references.check(self.name, self.model, request, references.capabilities(self.name, self.settings, self.model))
+        inline = sum(len(r.data) for r in images)
+        limit = int(self.settings.get("inline_max_bytes", 20_000_000))
+        if inline > limit:
+            raise references.refusal(self.name, self.model, f"its reference images add up to {human_bytes(inline)}; "
+                                                            f"inline image parts may total {human_bytes(limit)}")
+        contents: list[Any] = []
+        for i, ref in enumerate(images, 1):  # each image part follows a text part naming its role, then the prompt
+            contents += [f"Reference image {i} ({ref.role}):", types.Part.from_bytes(data=ref.data, mime_type=references.mime_of(ref))]
+        contents.append(request.prompt)
+        # size "auto": no aspect ratio, so the model chooses (with a reference image: the reference's)
+        aspect = None if request.auto_size else nearest_aspect_ratio(request.width, request.height)
+        response = await self._generate(contents, types.GenerateContentConfig(
             response_modalities=["IMAGE"], seed=request.seed,
             image_config=types.ImageConfig(aspect_ratio=aspect, image_size=str(self.settings.get("image_size", "1K")))),
             cap=self.network.image_json)
@@ -166,5 +184,5 @@ class GeminiImageProvider(GeminiService, ImageProvider):
             raise ProviderError(f"{self.name} answered without an image (finishReason {finish_name or 'none'})", kind="malformed",
                                 http_status=200, retryable=True)
         return GeneratedImage(data=image.data, mime_type=image.mime_type, model=self.model, http_status=200,
-                              cost_usd=self._usage_cost(response), metadata={"aspect_ratio": aspect, "finish_reason": finish_name},
+                              cost_usd=self._usage_cost(response), metadata={"aspect_ratio": aspect or "auto", "finish_reason": finish_name},
                               request_id=str(getattr(response, "response_id", None) or ""))

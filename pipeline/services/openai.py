@@ -3,7 +3,9 @@
 The client is built per call inside the running loop with ``max_retries=0`` (the pipeline's
 policy decides about retries). GPT image models answer base64; cost comes from ``usage`` tokens
 at the configured per-million rates, else the price table. Moderation refusals are HTTP 400
-with ``code`` ``moderation_blocked`` or ``content_policy_violation``.
+with ``code`` ``moderation_blocked`` or ``content_policy_violation``. Reference images go to
+``images.edit`` as ``image[]`` parts and a ``mask``-role image as the ``mask`` part (a PNG with
+alpha, the first image's size); ``n`` images per call come back as the first image plus ``extra``.
 
 Vision judge and refiner: OpenAI vision judge and refiner: Chat Completions with a JSON-schema response format, temperature 0.
 
@@ -15,19 +17,25 @@ rates. The SDK client is built per call with ``max_retries=0``.
 from __future__ import annotations
 
 import base64
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import httpx2
-import openai
-from openai.types.chat import ChatCompletionContentPartParam
-
-from pipeline.components import GeneratedImage, GenerationRequest, ImageProvider
+from pipeline import quotas
+from pipeline.components import GeneratedImage, GenerationRequest, ImageProvider, ReferenceImage
 from pipeline.errors import ContentBlocked, ProviderError
-from pipeline.services import wire
+from pipeline.services import references, wire
 from pipeline.services.chat import Answer, ChatJudge, ChatRefiner, ChatService
+from pipeline.services.lazy import lazy_module
 from pipeline.services.remote import Remote
 
+if TYPE_CHECKING:
+    import httpx2
+    import openai
+    from openai.types.chat import ChatCompletionContentPartParam
+else:  # the SDK (~0.5 s to import) is imported when an OpenAI service is first used
+    httpx2, openai = lazy_module("httpx2"), lazy_module("openai")
+
 BLOCK_CODES = {"moderation_blocked", "content_policy_violation"}
+MASK_MAX_BYTES = 4_000_000  # images.edit: "a valid PNG file, less than 4MB"
 
 
 def openai_error(service: str, e: Exception) -> ProviderError:
@@ -60,8 +68,12 @@ def sdk_client(component: Any, cap: wire.BodyCap | None = None) -> openai.AsyncO
     Its httpx2 transport (the SDK's HTTP library) caps the body (``cap``, default JSON) and keeps the
     key to the service's origin; it shares our TLS context (~20 ms less CPU per call)."""
     transport = wire.guarded_transport(component.guard(cap), httpx2)
+
+    async def read_quota(response: httpx2.Response) -> None:  # x-ratelimit-* on every answer, errors too
+        quotas.board.observe_headers(component.name, response.headers)
+
     return openai.AsyncOpenAI(api_key=component._key, base_url=component.base_url or None, timeout=component.timeout_s, max_retries=0,
-                              http_client=openai.DefaultAsyncHttpxClient(transport=transport))
+                              http_client=openai.DefaultAsyncHttpxClient(transport=transport, event_hooks={"response": [read_quota]}))
 
 
 def closest_size(width: int, height: int, sizes: list[str]) -> str:
@@ -97,28 +109,52 @@ class OpenAIImagesProvider(OpenAIService, ImageProvider):
         return self._token_cost(getattr(usage, "input_tokens", None), getattr(usage, "output_tokens", None)) if usage else None
 
     async def generate(self, request: GenerationRequest) -> GeneratedImage:
-        size = self._size(request.width, request.height)
-        options: dict[str, Any] = {"model": self.model, "prompt": request.prompt, "n": 1, "size": size,
+        images, mask = references.check(self.name, self.model, request, references.capabilities(self.name, self.settings, self.model))
+        if mask is not None:
+            self._check_mask(mask, images[0])
+        size = "auto" if request.auto_size else self._size(request.width, request.height)  # "auto": the service chooses
+        options: dict[str, Any] = {"model": self.model, "prompt": request.prompt, "n": request.n, "size": size,
                                    **dict(self.settings.get("parameters", {}))}
         try:
             async with sdk_client(self, self.network.image_json) as client:
-                if request.reference_images:
-                    files = [(f"reference_{i}.png", data, "image/png") for i, data in enumerate(request.reference_images, 1)]
+                if images:  # images.edit: the references as image[] parts, the mask as its own part
+                    files = [(references.filename(r, i), r.data, references.mime_of(r)) for i, r in enumerate(images, 1)]
+                    if mask is not None:
+                        options["mask"] = (references.filename(mask, 0), mask.data, "image/png")
                     response = await client.images.edit(image=files, **options)
                 else:
                     response = await client.images.generate(**options)
-            item = response.data[0]
-            if not item.b64_json:
+            items = list(response.data or [])
+            if not items or any(not item.b64_json for item in items):
                 raise ProviderError(f"{self.name} sent no image data (b64_json) for model {self.model}", kind="malformed", retryable=True)
-            data = wire.b64decode(self.name, item.b64_json, self.network.image)
+            datas = [wire.b64decode(self.name, str(item.b64_json), self.network.image) for item in items]
         except ProviderError:
             raise
         except Exception as e:  # noqa: BLE001 (every SDK failure maps to one of the pipeline's kinds)
             raise openai_error(self.name, e) from None
         fmt = getattr(response, "output_format", None) or options.get("output_format") or "png"
-        return GeneratedImage(data=data, mime_type=f"image/{'jpeg' if fmt == 'jpg' else fmt}", model=self.model, http_status=200,
-                              cost_usd=self._usage_cost(getattr(response, "usage", None)), metadata={"size": size},
-                              request_id=str(getattr(response, "_request_id", None) or ""))  # the x-request-id the SDK keeps
+        cost = references.shares(self._usage_cost(getattr(response, "usage", None)), len(datas))
+        made = [GeneratedImage(data=data, mime_type=f"image/{'jpeg' if fmt == 'jpg' else fmt}", model=self.model, http_status=200,
+                               cost_usd=cost, metadata={"size": size, "index": i} if len(datas) > 1 else {"size": size},
+                               request_id=str(getattr(response, "_request_id", None) or ""))  # the x-request-id the SDK keeps
+                for i, data in enumerate(datas)]
+        made[0].extra = made[1:]
+        return made[0]
+
+    def _check_mask(self, mask: ReferenceImage, image: ReferenceImage) -> None:
+        """OpenAI's mask rules (images.edit): a PNG with an alpha channel (transparent = to edit),
+        under 4 MB, the size of the first image."""
+        kind, size = references.sniffed(mask.data)
+        name = mask.name or "the mask"
+        if kind != "image/png":
+            raise references.refusal(self.name, self.model, f"{name} must be a PNG (it is {kind or 'not an image'})")
+        if len(mask.data) > MASK_MAX_BYTES:
+            raise references.refusal(self.name, self.model, f"{name} is over {MASK_MAX_BYTES // 1_000_000} MB")
+        if size != references.sniffed(image.data)[1]:
+            raise references.refusal(self.name, self.model, f"{name} is {size[0]}x{size[1]}; it must be the size of the image it edits "
+                                                            f"({image.name or 'the first reference'})")
+        if not references.has_alpha(mask.data):
+            raise references.refusal(self.name, self.model, f"{name} has no alpha channel (its transparent pixels mark what to edit)")
 
 
 class OpenAIChat(OpenAIService, ChatService):

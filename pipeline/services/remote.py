@@ -4,12 +4,16 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import httpx
 
 from pipeline.errors import ProviderError
+from pipeline.services.ahead import SubmitAhead
+from pipeline.services.polling import LatencyModel, PollCounts, poll_by_expectation
 from pipeline.services.wire import (
     DEFAULT_TIMEOUT_S,
     BodyCap,
@@ -25,6 +29,7 @@ from pipeline.services.wire import (
 )
 
 PROBE_TIMEOUT_S = 10.0  # the whole Test connection request, body included
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,20 @@ class Remote(Probing):
         self.poll_initial_s = float(self.settings.get("poll_initial_s", 0.5))  # for services answered by polling
         self.poll_max_s = float(self.settings.get("poll_max_s", 2.0))
         self.network = NetworkSettings.from_settings(self.settings)  # [network] under the service's own table (registry)
+        self.latencies = LatencyModel()  # this service's job times, learnt while polling (pipeline.services.polling)
+        self.poll_counts = PollCounts()
+        self.ahead = SubmitAhead(self.name, int(self.settings.get("submit_ahead", 0)))  # used by services that queue (fal)
+
+    def ahead_slots(self, max_concurrency: int) -> int:
+        """Calls beyond ``max_concurrency`` the rate limiter may start (submitting ahead; 0 for most services)."""
+        return self.ahead.slots(max_concurrency)
+
+    async def poll(self, check: Callable[[], Awaitable[T | None]], *, deadline: float, timed_out: Callable[[], ProviderError],
+                   since: float | None = None) -> T:
+        """Poll a submitted job with ``check`` until it answers something: at the times this
+        service's recent jobs suggest (polling by expectation), counted in ``poll_counts``."""
+        return await poll_by_expectation(check, self.latencies, self.poll_counts, since=time.monotonic() if since is None else since,
+                                         deadline=deadline, initial_s=self.poll_initial_s, max_s=self.poll_max_s, timed_out=timed_out)
 
     def guard(self, cap: BodyCap | None = None) -> Guard:
         """Body cap (default: JSON) and credentials policy for this service's clients: keys go to its
@@ -115,8 +134,9 @@ class Remote(Probing):
         return self.guard()
 
     def client(self, *, headers: dict[str, str] | None = None, cap: BodyCap | None = None) -> httpx.AsyncClient:
-        """A fresh client for one call, with this service's timeout and guard."""
-        return client(headers=headers, timeout_s=self.timeout_s, guard=self.guard(cap))
+        """A client for one call, with this service's timeout and guard; its connections come from
+        the service's pool for the run (:func:`pipeline.services.pools.shared_connections`)."""
+        return client(headers=headers, timeout_s=self.timeout_s, guard=self.guard(cap), share=True)
 
     def _token_cost(self, input_tokens: int | None, output_tokens: int | None) -> float | None:
         """Cost from the service's own token counts at the model's configured per-million rates

@@ -1,8 +1,8 @@
 """HTTP plumbing every networked provider, judge and refiner shares.
 
-- Clients are created per call, inside the running event loop (never cached across loops),
-  with the component's timeout and no retries of their own: the pipeline's policy is the one
-  in force.
+- Clients are created per call, inside the running event loop, with the component's timeout and
+  no retries of their own: the pipeline's policy is the one in force. Inside a run their
+  connections come from one keep-alive pool per service per event loop (:mod:`pipeline.services.pools`).
 - Every failure becomes a :class:`~pipeline.errors.ProviderError` with a stable ``kind``,
   the HTTP status, whether the service says it may be retried, and ``Retry-After`` when given.
 - Keys travel only in request headers, and only to the service's own origin: every client's
@@ -36,11 +36,14 @@ import httpx
 from pipeline.config import from_table
 from pipeline.errors import ConfigError, ContentBlocked, ProviderError
 from pipeline.redaction import redact
+from pipeline.services import pools
 
 DEFAULT_TIMEOUT_S = 120.0
 CAP_EXTENSION = "darkroom.body_cap"  # a request's own cap, in its ``extensions``
 SECRET_HEADERS = ("authorization", "proxy-authorization", "x-api-key", "x-goog-api-key", "api-key", "cookie")
 FOREIGN_POLICIES = ("anonymous", "refuse")
+MAX_KEEPALIVE = 64  # idle connections a service's pool keeps (C = 64 is the most the benches run)
+KEEPALIVE_S = 30.0  # an idle connection is dropped after this long (services close theirs after ~60 s)
 _INFLATE_CHUNK = 1 << 20  # decompressed output is produced at most this much at a time
 _KIND_BY_STATUS = {400: "bad_request", 401: "auth", 403: "auth", 404: "not_found", 408: "timeout", 409: "conflict",
                    413: "bad_request", 422: "bad_request", 429: "rate_limited"}
@@ -118,12 +121,13 @@ def tls_context() -> ssl.SSLContext:
 
 
 def client(base_url: str = "", *, headers: Mapping[str, str] | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
-           guard: Guard | None = None) -> httpx.AsyncClient:
-    """A fresh client for one call (use ``async with``); redirects followed, no retries, every body
-    capped and credentials kept to the service's origins by ``guard`` (default: the JSON cap)."""
+           guard: Guard | None = None, share: bool = False) -> httpx.AsyncClient:
+    """A client for one call (use ``async with``); redirects followed, no retries, every body
+    capped and credentials kept to the service's origins by ``guard`` (default: the JSON cap).
+    ``share``: its connections come from the service's pool (:func:`pools.shared_connections`)."""
     guard = guard or Guard("the service", NetworkSettings().json)
     return httpx.AsyncClient(base_url=base_url, headers=dict(headers or {}), timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)),
-                             follow_redirects=True, transport=guarded_transport(guard))
+                             follow_redirects=True, transport=guarded_transport(guard, share=share))
 
 
 def retry_after(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
@@ -296,8 +300,8 @@ def _guard_classes(module: ModuleType) -> type:
             await self.raw.aclose()
 
     class GuardedTransport(module.AsyncBaseTransport):  # type: ignore[name-defined,misc]
-        def __init__(self, inner: Any, guard: Guard) -> None:
-            self.inner, self.guard = inner, guard
+        def __init__(self, inner: Any, guard: Guard, owned: bool = True) -> None:
+            self.inner, self.guard, self.owned = inner, guard, owned
 
         async def handle_async_request(self, request: Any) -> Any:
             self.guard.admit(request)
@@ -323,14 +327,22 @@ def _guard_classes(module: ModuleType) -> type:
                                    extensions=response.extensions)
 
         async def aclose(self) -> None:
-            await self.inner.aclose()
+            if self.owned:  # a shared pool outlives the client: pools.shared_connections closes it
+                await self.inner.aclose()
 
     return GuardedTransport
 
 
-def guarded_transport(guard: Guard, module: ModuleType = httpx) -> Any:
-    """A connection pool for ``module``'s clients (no retries, the shared TLS context) behind ``guard``."""
-    return _guard_classes(module)(module.AsyncHTTPTransport(retries=0, verify=tls_context()), guard)
+def guarded_transport(guard: Guard, module: ModuleType = httpx, *, share: bool = True) -> Any:
+    """A connection pool for ``module``'s clients (no retries, the shared TLS context, keep-alive)
+    behind ``guard``: the service's shared pool on this event loop inside
+    :func:`pools.shared_connections` (``share``), else one of the client's own."""
+    def make() -> Any:
+        limits = module.Limits(max_connections=None, max_keepalive_connections=MAX_KEEPALIVE, keepalive_expiry=KEEPALIVE_S)
+        return pools.counted(module.AsyncHTTPTransport(retries=0, verify=tls_context(), limits=limits), guard.service)
+
+    pool = pools.shared(guard.service, module.__name__, make) if share else None
+    return _guard_classes(module)(pool or make(), guard, owned=pool is None)
 
 
 def provider_error_in(error: BaseException) -> ProviderError | None:

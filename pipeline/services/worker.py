@@ -4,6 +4,9 @@ The request carries ``prompt``, ``width``, ``height``, ``seed`` (and ``negative_
 ``WORKER_TOKEN``, if set, goes as a Bearer token. The answer must be an ``image/*`` body; a JSON
 ``{"error": …}`` body is read for its message, and ``{"blocked": true}`` (or HTTP 451) is a
 content-policy block.
+
+Reference images (POST only) go in the JSON body as ``reference_images``: a list of
+``{"data": <base64>, "mime_type", "role": subject|style|composition|mask, "name"}``.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from typing import Any
 
 from pipeline.components import GeneratedImage, GenerationRequest, ImageProvider
 from pipeline.errors import ConfigError, ProviderError
-from pipeline.services import wire
+from pipeline.services import references, wire
 from pipeline.services.remote import Remote
 
 
@@ -39,9 +42,15 @@ class WorkerProvider(Remote, ImageProvider):
         return "GET", self.base_url, {"headers": {"Authorization": f"Bearer {self._key}"} if self._key else {}}
 
     async def generate(self, request: GenerationRequest) -> GeneratedImage:
+        references.check(self.name, self.model, request, references.capabilities(self.name, self.settings, self.model))
+        if request.reference_images and self.method == "GET":
+            raise references.refusal(self.name, self.model, "reference images go in a POST body; set WORKER_METHOD=POST")
         params: dict[str, Any] = {"prompt": request.prompt, "width": request.width, "height": request.height, "seed": request.seed}
         if request.negative_prompt:
             params["negative_prompt"] = request.negative_prompt
+        if request.reference_images:
+            params["reference_images"] = [{"data": references.b64(r), "mime_type": references.mime_of(r), "role": r.role,
+                                           "name": references.filename(r, i)} for i, r in enumerate(request.reference_images, 1)]
         headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
         async with self.client(headers=headers, cap=self.network.image) as http:
             if self.method == "GET":

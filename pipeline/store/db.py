@@ -1,4 +1,7 @@
-"""The database engine: one per process, SQLite in WAL mode with a busy timeout by default.
+"""The database engine: one per process, SQLite in WAL mode with a busy timeout by default, or a
+PostgreSQL server (``DARKROOM_DATABASE_URL=postgresql+psycopg://…``) for a team: there the
+SQLite-only parts below (pragmas, file header, reserve) do not apply, migrations of processes
+starting together are serialised by an advisory lock, and connecting is bounded in time.
 
 Use one short ``with session(engine) as s:`` per unit of work and never share a Session
 across threads. Queries go through SQLAlchemy/SQLModel only, nothing SQLite-specific, so
@@ -24,8 +27,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, create_engine
 
 from pipeline.config import Settings
@@ -165,7 +169,44 @@ def create_db_engine(url: str, *, images: Path | None = None) -> Engine:
         if path is not None:
             event.listen(engine, "handle_error", _translate(path, images))
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(server_url(url), pool_pre_ping=True, connect_args=_server_connect_args(url))
+
+
+PG_CONNECT_TIMEOUT_S = 10
+PG_LOCK_TIMEOUT_MS = 60_000  # a statement waiting this long for a row or table lock fails instead of hanging
+MIGRATION_LOCK = 0x44524D01  # the PostgreSQL advisory lock that serialises migrations of processes starting together
+
+
+def server_url(url: str) -> str:
+    """``postgresql://`` means psycopg 3 here (the driver in requirements.txt), not SQLAlchemy's default psycopg2."""
+    parsed = make_url(url)
+    if parsed.drivername == "postgresql":
+        return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    return url
+
+
+def _server_connect_args(url: str) -> dict[str, Any]:
+    if make_url(url).get_backend_name() != "postgresql":
+        return {}
+    return {"connect_timeout": PG_CONNECT_TIMEOUT_S, "options": f"-c lock_timeout={PG_LOCK_TIMEOUT_MS}"}
+
+
+def _migrate(engine: Engine, url: str) -> None:
+    """Bring the schema up to date; on a server, one process at a time (N workers start together)."""
+    if engine.dialect.name != "postgresql":
+        migrate(engine)
+        return
+    try:
+        with engine.connect() as lock:
+            lock.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK})
+            try:
+                migrate(engine)
+            finally:
+                lock.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK})
+    except OperationalError as e:
+        shown = make_url(url).render_as_string(hide_password=True)
+        raise StorageError(f"the database {shown} cannot be reached: {str(e.orig).strip().splitlines()[0] if e.orig else e}; "
+                           "check DARKROOM_DATABASE_URL and that the server is running") from None
 
 
 def open_database(settings: Settings) -> Engine:
@@ -184,7 +225,7 @@ def open_database(settings: Settings) -> Engine:
         emptied = path.exists() and path.stat().st_size == 0
         fresh = emptied or not path.exists()
     engine = create_db_engine(settings.database_url, images=settings.runs_dir)
-    migrate(engine)
+    _migrate(engine, settings.database_url)
     if path is not None:
         keep_reserve(path)
         if fresh:

@@ -212,6 +212,114 @@ def m006_stop_reason(conn: Connection) -> None:
     conn.execute(sa.text("UPDATE run_item SET stop_reason = status WHERE status IN ('failed', 'blocked')"))
 
 
+@migration
+def m007_references(conn: Connection) -> None:
+    """Prompt sets with images: each prompt's reference images (``prompt_reference``), and the
+    style, set template and characters that go into its composed prompt."""
+    conn.execute(sa.text("ALTER TABLE prompt ADD COLUMN style VARCHAR NOT NULL DEFAULT ''"))
+    conn.execute(sa.text("ALTER TABLE prompt ADD COLUMN template VARCHAR NOT NULL DEFAULT ''"))
+    conn.execute(sa.text("ALTER TABLE prompt ADD COLUMN characters JSON NOT NULL DEFAULT '[]'"))
+    md = sa.MetaData()
+    sa.Table("prompt", md, _pk())
+    sa.Table(
+        "prompt_reference", md, _pk(),
+        sa.Column("prompt_id", sa.Integer, sa.ForeignKey("prompt.id"), nullable=False, index=True),
+        sa.Column("position", sa.Integer, nullable=False), sa.Column("role", sa.String, nullable=False),
+        sa.Column("name", sa.String, nullable=False), sa.Column("character", sa.String, nullable=False),
+        sa.Column("sha256", sa.String, nullable=False), sa.Column("mime_type", sa.String, nullable=False),
+        sa.Column("byte_size", sa.Integer, nullable=False), sa.Column("path", sa.String, nullable=False),
+    ).create(conn)
+
+
+@migration
+def m008_lineage(conn: Connection) -> None:
+    """Lineage: every image's operation (generate, edit, variation, grid-cell, refine), its parent
+    images and, for a grid cell, its index. Earlier images: iteration 1 was generated; a later one
+    was refined from the iteration before it in the same prompt."""
+    conn.execute(sa.text("ALTER TABLE iteration ADD COLUMN operation VARCHAR NOT NULL DEFAULT 'generate'"))
+    conn.execute(sa.text("ALTER TABLE iteration ADD COLUMN parent_ids JSON NOT NULL DEFAULT '[]'"))
+    conn.execute(sa.text("ALTER TABLE iteration ADD COLUMN cell_index INTEGER"))
+    iteration = sa.Table("iteration", sa.MetaData(), _pk(), sa.Column("run_item_id", sa.Integer), sa.Column("number", sa.Integer),
+                         sa.Column("operation", sa.String), _json("parent_ids"))
+    ids = {(item, number): it_id for it_id, item, number in conn.execute(sa.select(iteration.c.id, iteration.c.run_item_id, iteration.c.number))}
+    for (item, number), it_id in ids.items():
+        parent = ids.get((item, number - 1))
+        if parent is not None:
+            conn.execute(iteration.update().where(iteration.c.id == it_id).values(operation="refine", parent_ids=[parent]))
+
+
+@migration
+def m009_api(conn: Connection) -> None:
+    """The REST API's bearer tokens (hashed) and the responses kept for ``Idempotency-Key`` retries."""
+    md = sa.MetaData()
+    S, I = sa.String, sa.Integer  # noqa: E741  (column-type shorthands)
+    DT = sa.DateTime(timezone=True)
+    sa.Table(
+        "api_token", md, _pk(),
+        sa.Column("name", S, nullable=False, index=True), sa.Column("role", S, nullable=False),
+        sa.Column("token_hash", S, nullable=False, unique=True), sa.Column("prefix", S, nullable=False),
+        sa.Column("created_at", DT, nullable=False), sa.Column("last_used_at", DT), sa.Column("revoked_at", DT),
+    )
+    sa.Table(
+        "api_idempotency", md, _pk(),
+        sa.Column("token_id", I, sa.ForeignKey("api_token.id"), nullable=False, index=True),
+        sa.Column("key", S, nullable=False), sa.Column("request_hash", S, nullable=False),
+        sa.Column("status_code", I, nullable=False), _json("response"), sa.Column("created_at", DT, nullable=False),
+        sa.UniqueConstraint("token_id", "key", name="uq_api_idempotency_key"),
+    )
+    md.create_all(conn)
+
+
+@migration
+def m011_projects(conn: Connection) -> None:
+    """Projects group runs (defaults for new runs, a spending cap across them); every existing run
+    joins the project ``default``, created here. Old runs keep their folders."""
+    from pipeline.store.models import DEFAULT_PROJECT, utcnow
+
+    DT = sa.DateTime(timezone=True)
+    project = sa.Table(
+        "project", sa.MetaData(), _pk(),
+        sa.Column("name", sa.String, nullable=False, unique=True), sa.Column("slug", sa.String, nullable=False, unique=True),
+        sa.Column("description", sa.String, nullable=False), _json("defaults"), sa.Column("budget_usd", sa.Float),
+        sa.Column("status", sa.String, nullable=False), sa.Column("created_at", DT, nullable=False),
+    )
+    project.create(conn)
+    conn.execute(sa.text("ALTER TABLE run ADD COLUMN project_id INTEGER REFERENCES project (id)"))
+    conn.execute(sa.text("CREATE INDEX ix_run_project_id ON run (project_id)"))
+    conn.execute(project.insert().values(name=DEFAULT_PROJECT, slug=DEFAULT_PROJECT, description="Runs made before projects existed",
+                                         defaults={}, budget_usd=None, status="active", created_at=utcnow()))
+    default_id = conn.execute(sa.select(project.c.id).where(project.c.name == DEFAULT_PROJECT)).scalar_one()
+    conn.execute(sa.text("UPDATE run SET project_id = :p WHERE project_id IS NULL"), {"p": default_id})
+
+
+@migration
+def m012_workers(conn: Connection) -> None:
+    """Worker processes: a prompt's lease (who executes it, until when), and each service's call
+    slots, pacing and breaker shared by all workers."""
+    conn.execute(sa.text("ALTER TABLE run_item ADD COLUMN lease_owner VARCHAR NOT NULL DEFAULT ''"))
+    conn.execute(sa.text("ALTER TABLE run_item ADD COLUMN lease_until FLOAT NOT NULL DEFAULT 0"))
+    md = sa.MetaData()
+    S, F = sa.String, sa.Float
+    sa.Table(
+        "provider_slot", md, sa.Column("service", S, primary_key=True), sa.Column("slot", sa.Integer, primary_key=True),
+        sa.Column("holder", S, nullable=False), sa.Column("lease_until", F, nullable=False),
+    )
+    sa.Table(
+        "provider_pace", md, sa.Column("service", S, primary_key=True),
+        sa.Column("next_start", F, nullable=False), sa.Column("paused_until", F, nullable=False),
+    )
+    sa.Table(
+        "provider_health", md, sa.Column("service", S, primary_key=True),
+        sa.Column("open_until", F, nullable=False), sa.Column("reason", S, nullable=False),
+    )
+    md.create_all(conn)
+    # The claim's query walks only the prompts still to do, not a run's thousands of finished ones.
+    conn.execute(sa.text("CREATE INDEX ix_run_item_open ON run_item (run_id, id) WHERE status IN ('pending', 'running')"))
+    if conn.dialect.name == "postgresql":  # seeds are 32-bit unsigned: SQLite's INTEGER holds them, PostgreSQL's does not
+        for table in ("prompt", "iteration"):
+            conn.execute(sa.text(f"ALTER TABLE {table} ALTER COLUMN seed TYPE BIGINT"))
+
+
 _LEDGER = sa.Table(
     "schema_migration",
     sa.MetaData(),

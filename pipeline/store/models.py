@@ -3,6 +3,7 @@
 The tables describe the newest schema; ``migrations.py`` builds and upgrades a database to it.
 Anything JSON is stored in a JSON column so that SQLite and PostgreSQL both work.
 
+    project ─── run                                   (a campaign, a client, a book: runs grouped, defaults, a cap)
     prompt_set ─┬─ prompt ─── prompt_element          (what the team asked for)
                 └─ run ─── run_item ─┬─ iteration ─┬─ evaluation
                                      │             ├─ rating, review_event (who did what, when: undo and history)
@@ -10,6 +11,7 @@ Anything JSON is stored in a JSON column so that SQLite and PostgreSQL both work
                                      └─ refinement
     provider_call                                     (one row per external call attempt)
     breaker_event                                     (circuit-breaker transitions per service)
+    provider_slot, provider_pace, provider_health     (a service's limits and breaker shared by worker processes)
 """
 
 from __future__ import annotations
@@ -17,14 +19,16 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
-from sqlalchemy import JSON, Column, Index, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Index, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
-RUN_STATUSES = ("queued", "running", "interrupted", "paused", "cancelled", "completed", "failed")
+RUN_STATUSES = ("queued", "running", "interrupted", "paused", "cancelled", "completed", "failed", "deleting")
+DEFAULT_PROJECT = "default"  # the project runs from before projects (and runs launched without one) belong to
 ITEM_STATUSES = ("pending", "running", "completed", "failed", "blocked")
 ITERATION_STATUSES = ("running", "ok", "failed", "blocked")
 DECISIONS = ("approved", "rejected", "none")
 OPERATIONS = ("generate", "evaluate", "refine")
+LINEAGE_OPERATIONS = ("generate", "edit", "variation", "grid-cell", "refine")  # what made an image (Iteration.operation)
 OUTCOMES = ("ok", "retried", "error", "blocked")  # "retried": failed, and the same service was asked again
 TERMINAL_ITEM_STATUSES = ("completed", "failed", "blocked")
 
@@ -35,6 +39,12 @@ def utcnow() -> datetime:
 
 class _Row(Protocol):
     id: int | None
+
+
+# Ids are INTEGER columns: PostgreSQL's is 32 bits (SQLite's 64), so no row id is larger than this,
+# and a larger number from a URL or an API path is "not found" before any query (PostgreSQL would
+# refuse it with "integer out of range").
+MAX_ROW_ID = 2**31 - 1
 
 
 def row_id(row: _Row) -> int:
@@ -71,10 +81,30 @@ class Prompt(SQLModel, table=True):
     mood: str = ""
     prompt: str
     negative_prompt: str = ""
-    seed: int | None = None
+    seed: int | None = Field(default=None, sa_type=BigInteger)  # 32-bit unsigned: beyond PostgreSQL's INTEGER
     size: str | None = None
     tags: list[str] = json_field(list)
     meta: dict[str, Any] = json_field()
+    style: str = ""  # its own or its set's; goes into the composed prompt
+    template: str = ""  # the set's own template ("" = the settings' [prompt] template)
+    characters: list[dict[str, Any]] = json_field(list)  # [{id, name, traits}] of the characters it shows
+
+
+class PromptReference(SQLModel, table=True):
+    """A reference image sent with a prompt (its own, or one of its characters'). The bytes are
+    kept in the data folder's content-addressed store (``path``), so a resumed run still has them."""
+
+    __tablename__ = "prompt_reference"
+    id: int | None = Field(default=None, primary_key=True)
+    prompt_id: int = Field(foreign_key="prompt.id", index=True)
+    position: int
+    role: str  # subject | style | composition | mask
+    name: str = ""  # its path in the bundle
+    character: str = ""  # the character's id, when it is a character's image
+    sha256: str
+    mime_type: str
+    byte_size: int
+    path: str  # relative to the data folder
 
 
 class PromptElement(SQLModel, table=True):
@@ -94,10 +124,29 @@ class PromptElement(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
 
 
+class Project(SQLModel, table=True):
+    """A group of runs (a campaign, a client, a book): defaults for its new runs and a spending cap across them.
+
+    ``status`` is "active", or "deleting" from the moment a delete starts until its rows are gone
+    (a delete interrupted half-way is finished by running it again, or by ``doctor --repair``).
+    """
+
+    __tablename__ = "project"
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True)
+    slug: str = Field(unique=True)  # its folder under data/runs/
+    description: str = ""
+    defaults: dict[str, Any] = json_field()  # RunConfig fields (providers, judge, refiner, iterations, budget_usd) + template, style
+    budget_usd: float | None = None  # spending cap across all its runs
+    status: str = "active"
+    created_at: datetime = Field(default_factory=utcnow)
+
+
 class Run(SQLModel, table=True):
     __tablename__ = "run"
     id: int | None = Field(default=None, primary_key=True)
     prompt_set_id: int = Field(foreign_key="prompt_set.id", index=True)
+    project_id: int | None = Field(default=None, foreign_key="project.id", index=True)
     name: str = ""
     status: str = Field(default="queued", index=True)
     config: dict[str, Any] = json_field()
@@ -118,7 +167,12 @@ class Run(SQLModel, table=True):
 
 class RunItem(SQLModel, table=True):
     __tablename__ = "run_item"
-    __table_args__ = (UniqueConstraint("run_id", "prompt_id", name="uq_run_item"),)
+    __table_args__ = (
+        UniqueConstraint("run_id", "prompt_id", name="uq_run_item"),
+        # what worker processes claim from (pipeline.runs.leases): the prompts still to do
+        Index("ix_run_item_open", "run_id", "id", sqlite_where=text("status IN ('pending', 'running')"),
+              postgresql_where=text("status IN ('pending', 'running')")),
+    )
     id: int | None = Field(default=None, primary_key=True)
     run_id: int = Field(foreign_key="run.id", index=True)
     prompt_id: int = Field(foreign_key="prompt.id", index=True)
@@ -134,6 +188,10 @@ class RunItem(SQLModel, table=True):
     # prompt_unchanged, iterations_done, failed, blocked; budget, paused, cancelled or interrupted
     # while it waits to be resumed; "" while it runs, or when an earlier version did not record it.
     stop_reason: str = ""
+    # The worker executing it (``python -m pipeline worker``) and until when (Unix seconds) its claim
+    # holds; a worker that stops heart-beating (kill -9, a lost machine) loses it then. "" / 0: none.
+    lease_owner: str = ""
+    lease_until: float = 0.0
 
 
 class Iteration(SQLModel, table=True):
@@ -146,7 +204,7 @@ class Iteration(SQLModel, table=True):
     negative_prompt: str = ""
     provider: str = ""
     model: str = ""
-    seed: int | None = None
+    seed: int | None = Field(default=None, sa_type=BigInteger)  # 32-bit unsigned: beyond PostgreSQL's INTEGER
     parameters: dict[str, Any] = json_field()
     status: str = Field(default="running", index=True)
     image_path: str = ""  # relative to the run's output folder
@@ -169,6 +227,12 @@ class Iteration(SQLModel, table=True):
     source_url: str = ""  # where the image was downloaded from (the service's own URL), "" when sent inline
     # {"service": name, "submission": {status/result URLs…}, "response": the service's own metadata (seed, timings, credits…)}
     service_meta: dict[str, Any] = json_field()
+    # Lineage: what made this image (one of LINEAGE_OPERATIONS) and from which images (iteration ids):
+    # a refinement's parent is the image judged before it; a grid cell's is the grid (cell_index 1–4,
+    # reading order); a variation's is the image it varies.
+    operation: str = "generate"
+    parent_ids: list[int] = json_field(list)
+    cell_index: int | None = None
 
 
 class Thumbnail(SQLModel, table=True):
@@ -290,3 +354,64 @@ class BreakerEvent(SQLModel, table=True):
     failures: int = 0  # consecutive failures at the time
     run_id: int | None = None  # the run that saw it (breakers outlive runs)
     at: datetime = Field(default_factory=utcnow, index=True)
+
+
+class ProviderSlot(SQLModel, table=True):
+    """One of a service's ``max_concurrency`` call slots, shared by every worker process: a call
+    holds one while in flight; a holder that dies loses it at ``lease_until`` (Unix seconds)."""
+
+    __tablename__ = "provider_slot"
+    service: str = Field(primary_key=True)  # "providers/fal"
+    slot: int = Field(primary_key=True)
+    holder: str = ""  # "" = free
+    lease_until: float = 0.0
+
+
+class ProviderPace(SQLModel, table=True):
+    """A service's shared pacing: the earliest start of its next call (``requests_per_minute``) and
+    a pause it asked for (``Retry-After``), in Unix seconds, for all worker processes at once."""
+
+    __tablename__ = "provider_pace"
+    service: str = Field(primary_key=True)
+    next_start: float = 0.0
+    paused_until: float = 0.0
+
+
+class ProviderHealth(SQLModel, table=True):
+    """A service's circuit breaker as all worker processes see it: open until ``open_until`` (Unix seconds)."""
+
+    __tablename__ = "provider_health"
+    service: str = Field(primary_key=True)
+    open_until: float = 0.0
+    reason: str = ""
+
+
+class ApiToken(SQLModel, table=True):
+    """A bearer token of the REST API (``python -m pipeline token create``). Only its SHA-256 is
+    kept: the token itself is shown once. ``role`` is reviewer, operator or admin; the name is the
+    reviewer its reviews are written as."""
+
+    __tablename__ = "api_token"
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True)  # one active token per name (a revoked one's name may be reused)
+    role: str
+    token_hash: str = Field(unique=True)  # hex SHA-256 of the token
+    prefix: str = ""  # the token's first characters, to tell tokens apart in a list
+    created_at: datetime = Field(default_factory=utcnow)
+    last_used_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+
+class ApiIdempotency(SQLModel, table=True):
+    """A request made with an ``Idempotency-Key``: a retry replays ``response`` instead of starting
+    a second (paid) run. ``status_code`` 0 while the first request is still being served."""
+
+    __tablename__ = "api_idempotency"
+    __table_args__ = (UniqueConstraint("token_id", "key", name="uq_api_idempotency_key"),)
+    id: int | None = Field(default=None, primary_key=True)
+    token_id: int = Field(foreign_key="api_token.id", index=True)
+    key: str
+    request_hash: str  # method, path and body: the same key with another request is refused
+    status_code: int = 0
+    response: dict[str, Any] = json_field()
+    created_at: datetime = Field(default_factory=utcnow)

@@ -4,7 +4,8 @@
                         iteration_<n>_evaluation.json   the judgement: score, criteria, checks, issues
                         summary.json                    every iteration in brief, and the best one
 
-All are rewritten from the database on resume, so a sidecar lost in a crash comes back.
+All are rewritten from the database on resume, so a sidecar lost in a crash comes back. They go
+where the run's images go (:mod:`pipeline.store.objects`: the output folder, or the bucket).
 """
 
 from __future__ import annotations
@@ -13,12 +14,18 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.display import stop_reason
-from pipeline.files import atomic_write_json
 from pipeline.store.models import Evaluation, Iteration, Prompt, Refinement, Run, RunItem
+from pipeline.store.objects import ObjectStore, put_json
 
 
 def _iso(value: Any) -> Any:
     return value.isoformat() if hasattr(value, "isoformat") else value
+
+
+def lineage(it: Iteration) -> dict[str, Any]:
+    """What made the image (generate, edit, variation, grid-cell, refine), from which images
+    (iteration ids), and a grid cell's index (1–4, reading order)."""
+    return {"operation": it.operation, "parent_ids": list(it.parent_ids or []), "cell_index": it.cell_index}
 
 
 def iteration_results(run: Run, prompt: Prompt, it: Iteration, refinement: Refinement | None) -> dict[str, Any]:
@@ -45,6 +52,9 @@ def iteration_results(run: Run, prompt: Prompt, it: Iteration, refinement: Refin
         "source_url": it.source_url or None,  # where the image was downloaded from
         "service_metadata": (it.service_meta or {}).get("response") or None,  # what the service said about it
         "error": {"kind": it.error_kind, "message": it.error_message} if it.error_message else None,
+        "routing": it.routing or None,  # which provider served, and each one skipped with why
+        **lineage(it),
+        "grid": (it.parameters or {}).get("grid"),  # a grid's split: its cells' boxes, or why it was kept whole
         "refined_from": {
             "iteration": refinement.from_iteration, "refiner": refinement.refiner, "model": refinement.model,
             "rationale": refinement.rationale, "edits": refinement.edits,
@@ -84,6 +94,7 @@ def summary(run: Run, prompt: Prompt, item: RunItem, rows: list[tuple[Iteration,
             "judge": ev.judge if ev else None,
             "cost_usd": round((it.cost_usd or 0.0) + ((ev.cost_usd or 0.0) if ev else 0.0), 6),
             "generation_ms": it.latency_ms,
+            **lineage(it),
             "evaluation_ms": ev.latency_ms if ev else None,
         }
         for it, ev in rows
@@ -108,13 +119,13 @@ def summary(run: Run, prompt: Prompt, item: RunItem, rows: list[tuple[Iteration,
     }
 
 
-def write_iteration_results(folder: Path, payload: dict[str, Any]) -> None:
-    atomic_write_json(folder / f"iteration_{payload['iteration']}_results.json", payload)
+def write_iteration_results(store: ObjectStore, folder: str, payload: dict[str, Any]) -> None:
+    put_json(store, f"{folder}/iteration_{payload['iteration']}_results.json", payload)
 
 
-def write_iteration_evaluation(folder: Path, payload: dict[str, Any]) -> None:
-    atomic_write_json(folder / f"iteration_{payload['iteration']}_evaluation.json", payload)
+def write_iteration_evaluation(store: ObjectStore, folder: str, payload: dict[str, Any]) -> None:
+    put_json(store, f"{folder}/iteration_{payload['iteration']}_evaluation.json", payload)
 
 
-def write_summary(folder: Path, payload: dict[str, Any]) -> None:
-    atomic_write_json(folder / "summary.json", payload)
+def write_summary(store: ObjectStore, folder: str, payload: dict[str, Any]) -> None:
+    put_json(store, f"{folder}/summary.json", payload)

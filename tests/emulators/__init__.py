@@ -147,6 +147,7 @@ class Emulator:
         self._server: ThreadingHTTPServer | None = None
         self._stopping = threading.Event()
         self.url = ""
+        self.connections = 0  # TCP connections accepted (keep-alive: one carries many requests)
 
     @property
     def fault(self) -> str:
@@ -163,6 +164,11 @@ class Emulator:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
             disable_nagle_algorithm = True  # headers and body go out as separate writes: Nagle would add ~40 ms
+
+            def setup(self) -> None:
+                super().setup()
+                with emulator.lock:
+                    emulator.connections += 1
 
             def _serve(self) -> None:
                 parts = urlsplit(self.path)

@@ -39,6 +39,33 @@ def refinement_for(text: str) -> dict:
     return {"prompt": f"{current.rstrip('.')}, with vivid purple accents and crisp focus.", "rationale": "adds the missing colour"}
 
 
+STUBBORN_WORD = "STUBBORN"  # a prompt containing it is compressed by cutting it short, even when told what was dropped
+
+
+def _section(text: str, title: str) -> str:
+    return text.split(f"{title}:\n", 1)[1].split("\n\n", 1)[0] if f"{title}:\n" in text else ""
+
+
+def compression_for(text: str) -> dict:
+    """Cuts the prompt at the target length (dropping what comes later); told what it dropped, it
+    answers the elements that must be kept, joined (unless the prompt is :data:`STUBBORN_WORD`)."""
+    prompt = text.split("Prompt:\n", 1)[-1].split("\n\nYour last answer", 1)[0]
+    target = int(m.group(1)) if (m := re.search(r"Target: at most (\d+) characters", text)) else 200
+    if "Your last answer dropped" in text and STUBBORN_WORD not in prompt:
+        keep = [line[2:].replace(" + ", " ") for line in _section(text, "Must keep").splitlines() if line.startswith("- ")]
+        return {"prompt": ", ".join(keep)}
+    cut = prompt[:target].rsplit(" ", 1)[0] if len(prompt) > target else prompt
+    return {"prompt": cut}
+
+
+def enhancement_for(text: str) -> dict:
+    prompt = text.split("Prompt:\n", 1)[-1]
+    style = _section(text, "Style").strip()
+    extra = "" if style in ("", "(none)") else f", {style}"
+    return {"prompt": f"{prompt.rstrip('.')}, cinematic rim lighting, rule-of-thirds composition{extra}.",
+            "rationale": "adds lighting and composition"}
+
+
 def answer_for(schema_title: str, text: str) -> dict[str, Any] | None:
     """The answer to a request constrained by the rubric schema named ``schema_title``, from the user text."""
     if schema_title == "PromptElements":
@@ -47,4 +74,8 @@ def answer_for(schema_title: str, text: str) -> dict[str, Any] | None:
         return judgement_for(text)
     if schema_title == "RefinedPrompt":
         return refinement_for(text)
+    if schema_title == "CompressedPrompt":
+        return compression_for(text)
+    if schema_title == "EnhancedPrompt":
+        return enhancement_for(text)
     return None

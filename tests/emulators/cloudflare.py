@@ -1,9 +1,13 @@
-"""Cloudflare Workers AI emulator: /accounts/{account}/ai/run/{model}; flux answers base64 JSON, SDXL raw bytes."""
+"""Cloudflare Workers AI emulator: /accounts/{account}/ai/run/{model}; flux answers base64 JSON, SDXL and SD 1.5
+img2img raw bytes (img2img reads ``image`` as an array of byte values)."""
 
 from __future__ import annotations
 
 import base64
+import io
 import re
+
+from PIL import Image
 
 from . import RETRY_AFTER_S, SLOW_S, Emulator, Reply, Request
 
@@ -12,7 +16,39 @@ ACCOUNT = "acc123"
 
 
 class CloudflareEmulator(Emulator):
-    models: tuple[str, ...] = ("@cf/black-forest-labs/flux-1-schnell", "@cf/stabilityai/stable-diffusion-xl-base-1.0")
+    models: tuple[str, ...] = ("@cf/black-forest-labs/flux-1-schnell", "@cf/stabilityai/stable-diffusion-xl-base-1.0",
+                               "@cf/runwayml/stable-diffusion-v1-5-img2img")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.received_images: list[bytes] = []  # the decoded `image` of each img2img request
+
+    def check_image(self, model: str, body: dict) -> Reply | None:
+        """img2img input as the model schema reads it: ``image`` an array of uint8 values (or ``image_b64``)
+        that is an image; required by the img2img model; ``strength`` within 0..1."""
+        if "img2img" in model and "image" not in body and "image_b64" not in body:
+            return self.envelope_error(400, 5006, "AiError: Bad input: must have required property 'image'")
+        if "image" in body:
+            values = body["image"]
+            if not isinstance(values, list) or not all(isinstance(v, int) and 0 <= v <= 255 for v in values):
+                return self.envelope_error(400, 5006, "AiError: Bad input: /image must be array of integers 0-255")
+            data = bytes(values)
+        elif "image_b64" in body:
+            try:
+                data = base64.b64decode(str(body["image_b64"]), validate=True)
+            except ValueError:
+                return self.envelope_error(400, 5004, "Invalid base64 in image_b64")
+        else:
+            return None
+        try:
+            Image.open(io.BytesIO(data)).verify()
+        except OSError:
+            return self.envelope_error(400, 5006, "AiError: Bad input: the image could not be decoded")
+        if not 0 <= float(body.get("strength", 1)) <= 1:
+            return self.envelope_error(400, 5006, "AiError: Bad input: /strength must be <= 1")
+        self.received_images.append(data)
+        return None
+
     def envelope_error(self, status: int, code: int, message: str, **headers: str) -> Reply:
         return Reply.json({"result": None, "success": False, "errors": [{"code": code, "message": message}], "messages": []}, status, **headers)
 
@@ -45,6 +81,9 @@ class CloudflareEmulator(Emulator):
             return Reply(200, '{"result": {"ima', {"Content-Type": "application/json"})
         if fault == "blocked":
             return self.envelope_error(400, 3030, "Input prompt contains NSFW content.")
+        refused = self.check_image(m["model"], req.json() or {})
+        if refused is not None:
+            return refused
         image = self.image_reply()
         if "flux" in m["model"]:
             huge = self.image_b64_reply('{"result": {"image": "', '"}, "success": true, "errors": [], "messages": []}')

@@ -1,4 +1,5 @@
-"""ComfyUI emulator: POST /prompt (API graph), GET /history/{id}, GET /queue, GET /view, POST /interrupt and /queue.
+"""ComfyUI emulator: POST /prompt (API graph), GET /history/{id}, GET /queue, GET /view, POST /interrupt and /queue,
+POST /upload/image (the input folder LoadImage nodes read).
 
 ``graphs`` holds the prompts queued since the server started: clearing it is a server restart
 (their ids are then in neither the history nor the queue).
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 
-from . import RETRY_AFTER_S, SLOW_S, Emulator, Reply, Request
+from . import RETRY_AFTER_S, SLOW_S, Emulator, Reply, Request, multipart
 
 
 class ComfyUIEmulator(Emulator):
@@ -21,6 +22,25 @@ class ComfyUIEmulator(Emulator):
         self.graphs: dict[str, dict] = {}
         self.stuck = False
         self.interrupted: list[str] = []
+        self.inputs: dict[str, bytes] = {}  # the input folder: files uploaded through /upload/image
+        self.uploads: list[tuple[str, bytes]] = []  # (content type, bytes) of each upload
+
+    def upload(self, req: Request) -> Reply:
+        """POST /upload/image: multipart ``image`` (the file), optional ``subfolder``, ``type`` (input|temp|output) and
+        ``overwrite``; answers the stored name (renamed "name (1).png" when it exists and overwrite is off)."""
+        found = multipart.parts(req)
+        fields = multipart.fields(found)
+        image = next((p for p in found if p.name == "image" and p.filename), None)
+        if image is None or fields.get("type", "input") not in ("input", "temp", "output"):
+            return Reply(400, b"")  # ComfyUI answers a bare 400
+        name = image.filename or ""
+        if name in self.inputs and fields.get("overwrite", "").lower() not in ("true", "1"):
+            stem, dot, ext = name.rpartition(".")
+            name = f"{stem} (1).{ext}" if dot else f"{name} (1)"
+        subfolder = fields.get("subfolder", "")
+        self.inputs[f"{subfolder}/{name}" if subfolder else name] = image.data
+        self.uploads.append((image.content_type, image.data))
+        return Reply.json({"name": name, "subfolder": subfolder, "type": fields.get("type", "input")})
 
     def validation_error(self, node: str, class_type: str, message: str, details: str) -> Reply:
         return Reply.json({"error": {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation",
@@ -61,6 +81,8 @@ class ComfyUIEmulator(Emulator):
             return Reply.json({pid: {"prompt": [], "outputs": {"9": {"images": [
                 {"filename": f"darkroom_{pid[:8]}_00001_.png", "subfolder": "", "type": "output"}]}},
                 "status": {"status_str": "success", "completed": True, "messages": []}}})
+        if path == "/upload/image" and req.method == "POST":
+            return self.upload(req)
         if path != "/prompt" or req.method != "POST":
             return Reply(404, "404: Not Found")
         body = req.json() or {}
@@ -84,6 +106,13 @@ class ComfyUIEmulator(Emulator):
         ckpt = next((n["inputs"].get("ckpt_name") for n in graph.values() if n.get("class_type") == "CheckpointLoaderSimple"), None)
         if ckpt is not None and ckpt not in self.checkpoints:
             return self.validation_error("4", "CheckpointLoaderSimple", "Value not in list", f"ckpt_name: '{ckpt}' not in {list(self.checkpoints)}")
+        for node_id, node in graph.items():  # LoadImage reads a file of the input folder (validated like ComfyUI's own)
+            if node.get("class_type") == "LoadImage" and node.get("inputs", {}).get("image") not in self.inputs:
+                return Reply.json({"error": {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation",
+                                             "details": "", "extra_info": {}},
+                                   "node_errors": {node_id: {"errors": [{"type": "custom_validation_failed", "message": "Custom validation failed for node",
+                                                                         "details": f"image - Invalid image file: {node['inputs'].get('image')}",
+                                                                         "extra_info": {}}], "dependent_outputs": ["9"], "class_type": "LoadImage"}}}, 400)
         pid = str(uuid.uuid4())
         self.graphs[pid] = graph
         return Reply.json({"prompt_id": pid, "number": len(self.graphs), "node_errors": {}})

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import re
 import uuid
+
+from PIL import Image
 
 from . import RETRY_AFTER_S, SLOW_S, Emulator, Reply, Request
 
@@ -20,6 +24,28 @@ class FalEmulator(Emulator):
         self.cancelled: list[str] = []
         self.stuck = False  # never finishes (for the cancel-on-timeout test)
         self.streams = True  # offers GET …/status/stream (server-sent events); False answers 404 there
+        self.jobs: dict[str, dict] = {}  # request id -> the input it was submitted with
+        self.received_images: list[tuple[str, bytes]] = []  # (MIME type, bytes) of each image_url data URI
+
+    def check_image_url(self, url: object) -> Reply | None:
+        """fal's file inputs take a URL or a ``data:<mime>;base64,`` URI; an image that cannot be loaded is a 422."""
+        def bad(msg: str, type_: str) -> Reply:
+            return self.error(422, [{"loc": ["body", "image_url"], "msg": msg, "type": type_}])
+        if not isinstance(url, str) or not url:
+            return bad("field required", "missing")
+        m = re.fullmatch(r"data:(?P<mime>image/[\w.+-]+);base64,(?P<data>[A-Za-z0-9+/=]+)", url)
+        if url.startswith("data:") and not m:
+            return bad("Invalid data URI", "invalid_data_uri")
+        if m:
+            try:
+                data = base64.b64decode(m["data"], validate=True)
+                Image.open(io.BytesIO(data)).verify()
+            except (ValueError, OSError):
+                return bad("Failed to load the image from the data URI", "image_load_error")
+            self.received_images.append((m["mime"], data))
+        elif not url.startswith(("http://", "https://")):
+            return bad("image_url must be a URL or a data URI", "invalid_url")
+        return None
 
     def error(self, status: int, detail: object, error_type: str = "", **headers: str) -> Reply:
         body = {"detail": detail}
@@ -57,13 +83,21 @@ class FalEmulator(Emulator):
         if m and req.method == "GET":
             nsfw = self.fault == "blocked_200"
             content_type = "image/jpeg" if self.fault == "truncated_jpeg" else "image/png"  # what the file will be
-            return Reply.json({"images": [{"url": self.image_url(f"/files/{m['rid']}.png"), "width": 64, "height": 48,
-                                           "content_type": content_type}],
-                               "timings": {"inference": 0.4}, "seed": 42, "has_nsfw_concepts": [nsfw], "prompt": "…"})
+            count = int(self.jobs.get(m["rid"], {}).get("num_images") or 1)
+            return Reply.json({"images": [{"url": self.image_url(f"/files/{m['rid']}-{i}.png"), "width": 64, "height": 48,
+                                           "content_type": content_type} for i in range(count)],
+                               "timings": {"inference": 0.4}, "seed": 42, "has_nsfw_concepts": [nsfw] * count, "prompt": "…"})
         if req.method == "POST":  # submit: /{owner}/{alias}[/{subpath}]
             body = req.json()
             if not isinstance(body, dict) or not body.get("prompt"):
                 return self.error(422, [{"loc": ["body", "prompt"], "msg": "field required", "type": "missing"}])
+            if not 1 <= int(body.get("num_images") or 1) <= 4:
+                return self.error(422, [{"loc": ["body", "num_images"], "msg": "ensure this value is less than or equal to 4",
+                                         "type": "value_error.number.not_le"}])
+            if "/kontext" in req.path:  # an edit model: the image to edit is required, a URL or a data URI
+                refused = self.check_image_url(body.get("image_url"))
+                if refused is not None:
+                    return refused
             fault = self.fault
             if fault == "400":
                 return self.error(400, "Bad request: image_size is invalid", "bad_request")
@@ -81,6 +115,7 @@ class FalEmulator(Emulator):
                 return self.error(422, [{"loc": ["body", "prompt"], "msg": "The prompt was flagged by the content checker",
                                          "type": "content_policy_violation", "url": "https://docs.fal.ai/errors/#content_policy_violation"}])
             rid = uuid.uuid4().hex
+            self.jobs[rid] = body
             app = "/".join(req.path.strip("/").split("/")[:2])
             host = self.foreign_host if fault == "foreign_status" and self.foreign_host else self.url  # status/result URLs elsewhere
             base = f"{host}/{app}/requests/{rid}"

@@ -8,8 +8,11 @@ for a refinement. Errors use the google.rpc shape; a 429 carries ``RetryInfo.ret
 from __future__ import annotations
 
 import base64
+import io
 import json
 import re
+
+from PIL import Image
 
 from . import RETRY_AFTER_S, SLOW_S, Emulator, Reply, Request
 from .answers import answer_for
@@ -19,6 +22,34 @@ class GeminiEmulator(Emulator):
     def __init__(self) -> None:
         super().__init__()
         self.usage = {"promptTokenCount": 1200, "candidatesTokenCount": 300, "totalTokenCount": 1500}
+        self.received_images: list[list[tuple[str, bytes]]] = []  # the (MIME type, bytes) image parts of each image request
+
+    def check_inline_images(self, body: dict) -> Reply | None:
+        """Image parts (``inlineData`` with ``mimeType`` and base64 ``data``) as the API reads them:
+        a supported type whose bytes are that image, and the whole request under 20 MB."""
+        if len(json.dumps(body)) > 20 * 1024 * 1024:
+            return self.error(400, "INVALID_ARGUMENT", "Request payload size exceeds the limit: 20971520 bytes.")
+        received = []
+        for content in body.get("contents", []):
+            for part in content.get("parts", []):
+                inline = part.get("inlineData") or part.get("inline_data")  # proto JSON: either spelling of a field
+                if inline is None:
+                    continue
+                mime = inline.get("mimeType") or inline.get("mime_type") or ""
+                if mime not in ("image/png", "image/jpeg", "image/webp", "image/heic", "image/heif"):
+                    return self.error(400, "INVALID_ARGUMENT", f"Unsupported MIME type: {mime}")
+                try:
+                    data = base64.b64decode(str(inline.get("data", "")).replace("-", "+").replace("_", "/"), validate=True)  # either alphabet
+                    fmt = Image.open(io.BytesIO(data)).format
+                except (ValueError, OSError):
+                    return self.error(400, "INVALID_ARGUMENT", "Unable to process input image. Please retry or report in "
+                                      "https://developers.generativeai.google/guide/troubleshooting")
+                if f"image/{str(fmt).lower()}" != mime.replace("jpg", "jpeg"):
+                    return self.error(400, "INVALID_ARGUMENT", "Unable to process input image. Please retry or report in "
+                                      "https://developers.generativeai.google/guide/troubleshooting")
+                received.append((mime, data))
+        self.received_images.append(received)
+        return None
 
     def error(self, code: int, status: str, message: str, details: list | None = None) -> Reply:
         return Reply.json({"error": {"code": code, "message": message, "status": status, "details": details or []}}, code)
@@ -58,6 +89,9 @@ class GeminiEmulator(Emulator):
         config = body.get("generationConfig", {})
         text = " ".join(p.get("text", "") for c in body.get("contents", []) for p in c.get("parts", []))
         if "IMAGE" in config.get("responseModalities", []):
+            refused = self.check_inline_images(body)
+            if refused is not None:
+                return refused
             if self.fault == "image_safety":
                 return Reply.json({"candidates": [{"content": {"role": "model", "parts": []}, "finishReason": "IMAGE_SAFETY", "index": 0}],
                                    "modelVersion": m["model"]})

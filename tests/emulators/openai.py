@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
-import re
 
-from . import RETRY_AFTER_S, SLOW_S, Emulator, Reply, Request
+from PIL import Image
+
+from . import RETRY_AFTER_S, SLOW_S, Emulator, Reply, Request, multipart
 from .answers import answer_for
 
 KEY = "test-openai-key-0000"
@@ -17,6 +19,17 @@ class OpenAIEmulator(Emulator):
     def __init__(self) -> None:
         super().__init__()
         self.edit_images: list[int] = []  # number of image parts per edit request
+        self.edits: list[list[multipart.Part]] = []  # the form parts of each edit request
+        # What OpenAI reports with each answer (x-ratelimit-*): a window of requests and tokens, counted down.
+        self.limit_requests, self.remaining_requests, self.reset_requests = 500, 500, "12s"
+        self.limit_tokens, self.remaining_tokens = 200_000, 200_000
+
+    def ratelimit_headers(self, tokens: int) -> dict[str, str]:
+        self.remaining_requests = max(0, self.remaining_requests - 1)
+        self.remaining_tokens = max(0, self.remaining_tokens - tokens)
+        return {"x-ratelimit-limit-requests": str(self.limit_requests), "x-ratelimit-remaining-requests": str(self.remaining_requests),
+                "x-ratelimit-reset-requests": self.reset_requests, "x-ratelimit-limit-tokens": str(self.limit_tokens),
+                "x-ratelimit-remaining-tokens": str(self.remaining_tokens), "x-ratelimit-reset-tokens": "6m0s"}
 
     def error(self, status: int, message: str, type_: str, code: str | None = None, **headers: str) -> Reply:
         return Reply.json({"error": {"message": message, "type": type_, "param": None, "code": code}}, status, **headers)
@@ -33,11 +46,14 @@ class OpenAIEmulator(Emulator):
                               "https://platform.openai.com/account/api-keys.", "invalid_request_error", "invalid_api_key")
         if req.headers.get("authorization") != f"Bearer {KEY}":
             return self.error(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
+        n = 1
         if req.path.endswith("/edits"):
-            parts = re.findall(rb'name="(image(?:\[\])?)"', req.body)
-            self.edit_images.append(len(parts))
-            if not parts:
-                return self.error(400, "Missing required parameter: 'image'.", "invalid_request_error", "missing_required_parameter")
+            refused = self.edit(req)
+            if refused is not None:
+                return refused
+            n = int(multipart.fields(self.edits[-1]).get("n", "1"))
+        elif req.path.endswith("/generations"):
+            n = int((req.json() or {}).get("n") or 1)
         fault = self.fault
         if fault == "400":
             return self.error(400, "Invalid value: '999x999'. Supported values are: '1024x1024', ...", "invalid_request_error", "invalid_value")
@@ -67,11 +83,45 @@ class OpenAIEmulator(Emulator):
         reply = self.image_reply()
         image = reply.body
         return Reply.json({
-            "created": 1713833628, "data": [{"b64_json": base64.b64encode(image).decode(), "url": None, "revised_prompt": None}],
+            "created": 1713833628, "data": [{"b64_json": base64.b64encode(image).decode(), "url": None, "revised_prompt": None}] * n,
             "background": "opaque", "output_format": reply.headers["Content-Type"].split("/")[1], "quality": "medium", "size": "1536x1024",
             "usage": {"input_tokens": 50, "input_tokens_details": {"text_tokens": 50, "image_tokens": 0},
                       "output_tokens": 4160, "output_tokens_details": {"text_tokens": 0, "image_tokens": 4160}, "total_tokens": 4210},
-        })
+        }, **self.ratelimit_headers(4210))
+
+    def edit(self, req: Request) -> Reply | None:
+        """Checks an images.edit upload as the service does: ``image[]`` (or one ``image``) file
+        parts of PNG, JPEG or WEBP, at most 16; an optional ``mask`` PNG of the first image's size."""
+        found = multipart.parts(req)
+        self.edits.append(found)
+        images = [p for p in found if p.name in ("image", "image[]") and p.filename is not None]
+        self.edit_images.append(len(images))
+        if not images:
+            return self.error(400, "Missing required parameter: 'image'.", "invalid_request_error", "missing_required_parameter")
+        if len(images) > 16:
+            return self.error(400, f"Too many images: {len(images)}. At most 16 are allowed.", "invalid_request_error", "invalid_value")
+        sizes = []
+        for part in images:
+            fmt = self.image_format(part.data)
+            if fmt not in ("PNG", "JPEG", "WEBP"):
+                return self.error(400, f"Invalid file 'image': unsupported mimetype ('{part.content_type}'). Supported file formats are "
+                                  "'image/jpeg', 'image/png', and 'image/webp'.", "invalid_request_error", "unsupported_file_mimetype")
+            sizes.append(Image.open(io.BytesIO(part.data)).size)
+        mask = next((p for p in found if p.name == "mask"), None)
+        if mask is not None:
+            if self.image_format(mask.data) != "PNG":
+                return self.error(400, "Invalid file 'mask': the mask must be a PNG.", "invalid_request_error", "invalid_image_format")
+            if Image.open(io.BytesIO(mask.data)).size != sizes[0]:
+                return self.error(400, "Invalid mask image format - mask size does not match image size",
+                                  "invalid_request_error", "invalid_image_format")
+        return None
+
+    @staticmethod
+    def image_format(data: bytes) -> str:
+        try:
+            return str(Image.open(io.BytesIO(data)).format)
+        except OSError:
+            return ""
 
     def chat(self, body: dict) -> Reply:
         messages = body.get("messages", [])
@@ -84,4 +134,5 @@ class OpenAIEmulator(Emulator):
         return Reply.json({"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": body.get("model", ""),
                            "choices": [{"index": 0, "finish_reason": "stop",
                                         "message": {"role": "assistant", "content": json.dumps(answer), "refusal": None}}],
-                           "usage": {"prompt_tokens": 900, "completion_tokens": 150, "total_tokens": 1050}})
+                           "usage": {"prompt_tokens": 900, "completion_tokens": 150, "total_tokens": 1050}},
+                          **self.ratelimit_headers(1050))

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import io
+import re
 import uuid
+
+from PIL import Image
 
 from . import RETRY_AFTER_S, SLOW_S, Emulator, Reply, Request
 
@@ -10,6 +15,10 @@ KEY = "runware-test-key-0000"
 
 
 class RunwareEmulator(Emulator):
+    def __init__(self) -> None:
+        super().__init__()
+        self.received_images: list[dict[str, tuple[str, bytes]]] = []  # per task: seedImage / maskImage -> (MIME type, bytes)
+
     def errors(self, status: int, code: str, message: str, task: dict | None = None, **headers: str) -> Reply:
         entry = {"code": code, "message": message, "taskType": (task or {}).get("taskType", "imageInference"),
                  "taskUUID": (task or {}).get("taskUUID", "")}
@@ -49,6 +58,39 @@ class RunwareEmulator(Emulator):
         if fault == "blocked":
             return Reply.json({"data": [{"taskType": "imageInference", "taskUUID": task["taskUUID"], "imageUUID": uuid.uuid4().hex,
                                          "imageURL": f"{self.url}/im/x.png", "NSFWContent": True, "cost": 0.0013}]})
+        refused = self.check_images(task)
+        if refused is not None:
+            return refused
+        count = int(task.get("numberResults") or 1)
+        if not 1 <= count <= 20:
+            return self.errors(400, "invalidNumberResults", "numberResults must be between 1 and 20.", task)
         return Reply.json({"data": [{"taskType": "imageInference", "taskUUID": task["taskUUID"], "imageUUID": uuid.uuid4().hex,
-                                     "imageURL": self.image_url(f"/im/{task['taskUUID']}.png"), "seed": task.get("seed"),
-                                     "NSFWContent": False, "cost": 0.0013}]})
+                                     "imageURL": self.image_url(f"/im/{task['taskUUID']}-{i}.png"), "seed": task.get("seed"),
+                                     "NSFWContent": False, "cost": 0.0013} for i in range(count)]})
+
+    def check_images(self, task: dict) -> Reply | None:
+        """``seedImage`` / ``maskImage`` as Runware reads them: an uploaded image's UUID, a URL, a data URI or
+        plain base64 of an image; a mask needs a seed image; ``strength`` within 0..1."""
+        if "maskImage" in task and "seedImage" not in task:
+            return self.errors(400, "missingSeedImage", "'maskImage' requires 'seedImage' (inpainting).", task)
+        if "seedImage" in task and not 0 <= float(task.get("strength", 0.8)) <= 1:
+            return self.errors(400, "invalidStrength", "Invalid value for 'strength' parameter. Must be between 0 and 1.", task)
+        received = {}
+        for key in ("seedImage", "maskImage"):
+            value = task.get(key)
+            if value is None:
+                continue
+            m = re.fullmatch(r"data:(?P<mime>image/[\w.+-]+);base64,(?P<data>.+)", str(value), re.S)
+            if m is None and (re.fullmatch(r"[0-9a-f-]{36}", str(value)) or str(value).startswith("http")):
+                received[key] = ("ref", str(value).encode())
+                continue
+            try:
+                data = base64.b64decode(m["data"] if m else str(value), validate=True)
+                fmt = str(Image.open(io.BytesIO(data)).format).lower()
+            except (ValueError, OSError):
+                return self.errors(400, f"invalid{key[0].upper()}{key[1:]}", f"Invalid value for '{key}' parameter. It must be an image "
+                                   "UUID, a URL, a data URI or base64 image data.", task)
+            received[key] = (m["mime"] if m else f"image/{fmt}", data)
+        if received:
+            self.received_images.append(received)
+        return None

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import io
+
+from PIL import Image
+
 from . import RETRY_AFTER_S, SLOW_S, Emulator, Reply, Request
 
 TOKEN = "worker-test-token-0000"
@@ -12,6 +17,28 @@ class WorkerEmulator(Emulator):
         super().__init__()
         self.retry_after: dict[str, str] = {"Retry-After": str(RETRY_AFTER_S)}  # the 429's headers
         self.down = False  # every request fails with 503 while set (a provider that died)
+        self.received_images: list[list[tuple[str, str, bytes]]] = []  # per POST: (role, name, bytes) of each reference
+
+    def check_references(self, refs: object) -> Reply | None:
+        """``reference_images``: a list of {data (base64), mime_type, role, name} whose bytes are the image they claim."""
+        if refs is None:
+            return None
+        if not isinstance(refs, list):
+            return Reply.json({"error": "reference_images must be a list"}, 400)
+        received = []
+        for i, ref in enumerate(refs):
+            if not isinstance(ref, dict) or ref.get("role") not in ("subject", "style", "composition", "mask"):
+                return Reply.json({"error": f"reference_images[{i}] needs data, mime_type and a known role"}, 400)
+            try:
+                data = base64.b64decode(str(ref.get("data", "")), validate=True)
+                fmt = str(Image.open(io.BytesIO(data)).format).lower()
+            except (ValueError, OSError):
+                return Reply.json({"error": f"reference_images[{i}].data is not a base64 image"}, 400)
+            if ref.get("mime_type") != f"image/{fmt}":
+                return Reply.json({"error": f"reference_images[{i}] is {fmt}, not {ref.get('mime_type')}"}, 400)
+            received.append((str(ref["role"]), str(ref.get("name", "")), data))
+        self.received_images.append(received)
+        return None
 
     def handle(self, req: Request) -> Reply:
         if req.path != "/generate":
@@ -23,6 +50,10 @@ class WorkerEmulator(Emulator):
         prompt = req.query.get("prompt", [""])[0] if req.method == "GET" else (req.json() or {}).get("prompt", "")
         if not prompt:
             return Reply.json({"error": "prompt is required"}, 400)
+        if req.method == "POST":
+            refused = self.check_references((req.json() or {}).get("reference_images"))
+            if refused is not None:
+                return refused
         fault = self.fault
         if self.down:
             return Reply.json({"error": "service unavailable"}, 503)

@@ -25,7 +25,8 @@ import numpy as np
 from pipeline.components import Check, Decomposition, Element, EvaluationRequest, Issue, Judge, Judgement
 from pipeline.images import preview
 from pipeline.prompts import lexicon
-from pipeline.prompts.elements import visual_elements
+from pipeline.prompts.elements import REFERENCE_TUPLE, visual_elements
+from pipeline.services.offline.likeness import likeness
 
 SHARPNESS_TARGET = 0.030  # edge energy of a crisp render at the analysis size
 SOFT_LIMIT = 0.012
@@ -174,9 +175,28 @@ class OfflineJudge(Judge):
                                 suggestion="", severity=0.1))
 
         checks = self._answer(request.elements, intent, m, present, criteria, issues)
+        checks += self._same_subject(request, issues)
         raw = json.dumps({"measurements": m.__dict__, "criteria": criteria}, default=float)
         return Judgement(criteria=criteria, checks=checks, issues=issues, model=self.model, raw_response=raw,
                          cost_usd=float(self.settings.get("price_per_call", 0.0)))
+
+    def _same_subject(self, request: EvaluationRequest, issues: list[Issue]) -> list[Check]:
+        """The "same character / subject as the reference?" elements, answered by colour likeness
+        with the closest of the reference images (no reference sent: not answered)."""
+        asked = [e for e in request.elements if e.tuple_text.startswith(REFERENCE_TUPLE)]
+        if not asked or not request.reference_images:
+            return []
+        best = max(likeness(request.image, r.data) for r in request.reference_images)
+        threshold = float(self.settings["likeness_threshold"])  # [judges.offline] in defaults.toml
+        answer = "yes" if best >= threshold else "no"
+        checks = []
+        for e in asked:
+            evidence = f"colour likeness {best:.2f} with the closest reference image (same at ≥ {threshold:.2f})"
+            checks.append(Check(element=e.number, question=e.question, answer=answer, evidence=evidence))  # type: ignore[arg-type]
+            if answer == "no":
+                issues.append(Issue(kind="element", element=e.number, description=f"not the same subject as the reference: {evidence}",
+                                    suggestion="the same subject as in the reference image, same colours and features", severity=1.0))
+        return checks
 
     def _answer(self, elements: tuple[Element, ...], intent: lexicon.VisualIntent, m: Measurements,
                 present: dict[str, bool], criteria: dict[str, float | None], issues: list[Issue]) -> list[Check]:

@@ -1,0 +1,34 @@
+"""The subjects a prompt's images must keep: its subject reference, its characters' references.
+
+For a prompt with such references the judge gets one more element per subject, "is this the same
+character / subject as in the reference image?", and the reference images themselves
+(``EvaluationRequest.reference_images``); a "no" is a failed check, which the refiner receives
+like any other.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.engine import Engine
+from sqlmodel import col, select
+
+from pipeline.components import Element, ReferenceImage
+from pipeline.prompts.elements import reference_elements
+from pipeline.store.db import session
+from pipeline.store.models import Prompt, PromptReference
+
+SUBJECT_ROLES = ("subject",)  # a style, composition or mask reference is not a subject to keep
+
+
+def subject_elements(engine: Engine, prompt: Prompt, after: int) -> list[Element]:
+    """The reference elements of ``prompt``, numbered after its other ``after`` elements."""
+    with session(engine) as s:
+        rows = s.exec(select(PromptReference).where(PromptReference.prompt_id == prompt.id, col(PromptReference.role).in_(SUBJECT_ROLES))
+                      .order_by(col(PromptReference.position))).all()
+    names = {str(c.get("id", "")): str(c.get("name", "") or c.get("id", "")) for c in prompt.characters or []}
+    characters = list(dict.fromkeys(names.get(r.character, r.character) for r in rows if r.character))
+    own = any(not r.character for r in rows) or isinstance((prompt.meta or {}).get("variation_of"), int)
+    return reference_elements(after + 1, characters, own)
+
+
+def subject_images(references: tuple[ReferenceImage, ...]) -> tuple[ReferenceImage, ...]:
+    return tuple(r for r in references if r.role in SUBJECT_ROLES)

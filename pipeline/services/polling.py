@@ -1,0 +1,124 @@
+"""Polling by expectation: ask about a job when it is likely to have finished, not on a fixed clock.
+
+A polled service (fal without its status stream, Leonardo, ComfyUI) tells us a job is done only
+when asked. A fixed backoff (0.25 s ×1.5 up to 2 s) notices a 1 s job 0.2–0.8 s late, and the
+slot sits idle meanwhile. Instead each service keeps the times its recent jobs took
+(:class:`LatencyModel`) and polls at the quantiles of that distribution: :data:`POLLS_TO_P90`
+polls spread evenly in probability up to its p90, so polls are dense where jobs finish and the
+expected delay in noticing one is about 1/(2 x POLLS_TO_P90) of the distribution's spread. Past
+the p90 the waits grow ×:data:`BACKOFF` up to ``poll_max_s``. Until :data:`MIN_SAMPLES` jobs have
+been seen, a job is polled at once and then with the plain backoff from ``poll_initial_s``.
+
+A job's time is known only to lie between its last "not yet" and its "done" answer; the midpoint
+is what is learnt (learning the "done" times alone would teach the schedule its own poll times).
+Polls are counted per job (:class:`PollCounts`); a job's polls are bounded by POLLS_TO_P90 plus
+the backoff's, whatever the service does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import TypeVar
+
+from pipeline.errors import ProviderError
+
+POLLS_TO_P90 = 32  # polls spread over the latency distribution up to its 90th percentile
+TAIL_QUANTILE = 0.9  # past this the waits back off
+BACKOFF = 1.5  # each wait this much longer than the last, past the p90 (and before MIN_SAMPLES are known)
+MIN_SAMPLES = 8  # job times seen before the schedule follows them
+WINDOW = 256  # the most recent job times kept per service
+MIN_GAP_S = 0.005  # never two polls of one job closer than this
+
+T = TypeVar("T")
+
+
+class LatencyModel:
+    """The times a service's recent jobs took, submission to finish (seconds)."""
+
+    def __init__(self) -> None:
+        self._recent: deque[float] = deque(maxlen=WINDOW)
+        self._sorted: list[float] | None = None
+
+    def observe(self, seconds: float) -> None:
+        self._recent.append(max(0.0, seconds))
+        self._sorted = None
+
+    def __len__(self) -> int:
+        return len(self._recent)
+
+    def quantile(self, p: float) -> float:
+        if self._sorted is None:
+            self._sorted = sorted(self._recent)
+        values = self._sorted
+        position = p * (len(values) - 1)
+        low = int(position)
+        high = min(low + 1, len(values) - 1)
+        return values[low] + (values[high] - values[low]) * (position - low)
+
+    def schedule(self, initial_s: float, max_s: float) -> Iterator[float]:
+        """Times since submission at which to poll one job: increasing, endless (the caller's deadline ends it)."""
+        at = 0.0
+        if len(self) >= MIN_SAMPLES:
+            points = sorted({round(self.quantile(TAIL_QUANTILE * i / POLLS_TO_P90), 4) for i in range(1, POLLS_TO_P90 + 1)})
+            gap = initial_s
+            for point in points:
+                if point >= at + MIN_GAP_S:
+                    gap = point - at
+                    at = point
+                    yield at
+            delay = max(gap, MIN_GAP_S)
+        else:  # nothing learnt yet: at once, then the plain backoff
+            yield at
+            delay = initial_s
+        while True:
+            at += delay
+            yield at
+            delay = min(delay * BACKOFF, max(max_s, MIN_GAP_S))
+
+
+@dataclass
+class PollCounts:
+    """Status polls made by one service: how many jobs, how many polls, the most for one job."""
+
+    jobs: int = 0
+    polls: int = 0
+    most: int = 0
+
+    def add(self, polls: int) -> None:
+        self.jobs += 1
+        self.polls += polls
+        self.most = max(self.most, polls)
+
+    @property
+    def per_job(self) -> float:
+        return self.polls / self.jobs if self.jobs else 0.0
+
+
+async def poll_by_expectation(check: Callable[[], Awaitable[T | None]], model: LatencyModel, counts: PollCounts, *,
+                              since: float, deadline: float, initial_s: float, max_s: float,
+                              timed_out: Callable[[], ProviderError]) -> T:
+    """Call ``check`` at the times ``model`` expects (from ``since``, a ``time.monotonic()``) until it
+    returns something; ``timed_out()`` is raised when the next poll would pass ``deadline``."""
+    polls = 0
+    pending_at = 0.0  # the last time (since submission) the job was seen unfinished
+    try:
+        for at in model.schedule(initial_s, max_s):
+            wait = since + at - time.monotonic()
+            if time.monotonic() + max(0.0, wait) > deadline:
+                raise timed_out()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            polls += 1
+            result = await check()
+            seen = time.monotonic() - since
+            if result is not None:
+                model.observe((pending_at + seen) / 2)
+                return result
+            pending_at = seen
+        raise AssertionError("unreachable")  # pragma: no cover  (the schedule never ends)
+    finally:
+        counts.add(polls)

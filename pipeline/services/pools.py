@@ -1,0 +1,129 @@
+"""Connection pools shared by a service's calls: one pool per service per event loop.
+
+A client made per call pays a TCP (and TLS) handshake per call; a real service answers the next
+call sooner on a warm connection. Inside :func:`shared_connections` (a run holds it for its whole
+life), every call to the same service on this event loop goes through one pool with keep-alive;
+the pools are closed when the block ends, inside the loop that opened them. Outside such a block
+a call gets a pool of its own, closed with its client (a probe, a one-off request).
+
+Pools are never shared across event loops (an asyncio connection belongs to its loop), and the
+counts of connections opened are kept per service for the benches and tests. A service's pool is
+split in :data:`POOL_SHARDS`, each prompt worker keeping to one, because httpcore's pool costs
+CPU in proportion to its connections times its waiting requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import itertools
+import threading
+import weakref
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+POOL_SHARDS = 8  # a service's pool is split in this many, a prompt worker (task) keeping to one: httpcore rescans every
+# connection of a pool for each queued request, so one pool of 40 connections took ~26 % of a run's CPU at C = 32 (profiled)
+_pools: dict[asyncio.AbstractEventLoop, dict[tuple[str, str, int], Any]] = {}
+_shard_of: weakref.WeakKeyDictionary[asyncio.Task[Any], int] = weakref.WeakKeyDictionary()
+_turns = itertools.count()
+_opened: Counter[str] = Counter()
+_lock = threading.Lock()  # runs on several threads' loops may open connections at once
+
+
+def connections_opened(service: str | None = None) -> int:
+    """TCP connections opened so far by ``service``'s clients (every service's when None)."""
+    with _lock:
+        return _opened[service] if service is not None else sum(_opened.values())
+
+
+class _Stream:
+    """A connection whose socket is looked up once. httpcore asks each pooled connection whether
+    it is readable (closed by the server) before reusing it, and anyio answers by building every
+    attribute of the socket, ``getpeername`` included: ~7 % of a run's CPU at C = 8 (profiled)."""
+
+    def __init__(self, inner: Any, readable: Callable[[Any], bool]) -> None:
+        self._inner, self._readable = inner, readable
+        self._socket = inner.get_extra_info("socket")
+
+    def get_extra_info(self, info: str) -> Any:
+        if info == "is_readable" and self._socket is not None:
+            return self._readable(self._socket)
+        return self._inner.get_extra_info(info)
+
+    async def start_tls(self, *args: Any, **kwargs: Any) -> Any:
+        return _Stream(await self._inner.start_tls(*args, **kwargs), self._readable)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class _CountingBackend:
+    """A network backend (httpcore's) that counts the connections it opens for one service."""
+
+    def __init__(self, inner: Any, service: str, readable: Callable[[Any], bool]) -> None:
+        self._inner, self._service, self._readable = inner, service, readable
+
+    async def connect_tcp(self, *args: Any, **kwargs: Any) -> Any:
+        stream = await self._inner.connect_tcp(*args, **kwargs)
+        with _lock:
+            _opened[self._service] += 1
+        return _Stream(stream, self._readable)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def counted(transport: Any, service: str) -> Any:
+    """``transport`` (an httpx or httpx2 ``AsyncHTTPTransport``) with its connections counted.
+    (httpx has no public hook for the network backend: its pool's attribute is wrapped.)"""
+    pool = transport._pool
+    readable = importlib.import_module(f"{type(pool).__module__.split('.')[0]}._utils").is_socket_readable  # httpcore's or httpcore2's
+    pool._network_backend = _CountingBackend(pool._network_backend, service, readable)
+    return transport
+
+
+def shared(service: str, module: str, make: Callable[[], Any]) -> Any | None:
+    """This loop's pool for ``service`` (``module``: httpx or httpx2, whose pools differ), made by
+    ``make`` the first time; None outside :func:`shared_connections` (the caller makes its own)."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+    pools = _pools.get(loop)
+    if pools is None:
+        return None
+    key = (service, module, _shard())
+    if key not in pools:
+        pools[key] = make()
+    return pools[key]
+
+
+def _shard() -> int:
+    """The current task's share of a service's pool (tasks take turns; calls of one task keep to one)."""
+    task = asyncio.current_task()
+    if task is None:
+        return 0
+    shard = _shard_of.get(task)
+    if shard is None:
+        shard = _shard_of[task] = next(_turns) % POOL_SHARDS
+    return shard
+
+
+@asynccontextmanager
+async def shared_connections() -> AsyncIterator[None]:
+    """Within this block, each service's calls on this event loop share one pool (nested blocks
+    share the outer one); the pools close when the outermost block ends."""
+    loop = asyncio.get_running_loop()
+    if loop in _pools:
+        yield
+        return
+    _pools[loop] = {}
+    try:
+        yield
+    finally:
+        pools = _pools.pop(loop)
+        for pool in pools.values():
+            await pool.aclose()

@@ -1,0 +1,306 @@
+"""Throughput on polled and queueing services (issue 17): polling by expectation, submitting ahead,
+one connection pool per service, and SDKs imported only when used. Behaviour, never timing: the
+emulators' own counts (polls, connections, queue positions, 429s) are what is asserted."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from pipeline import registry
+from pipeline.components import GenerationRequest, ImageProvider
+from pipeline.config import Settings
+from pipeline.resilience.limits import LimitSettings, RateLimiter
+from pipeline.services import pools
+from pipeline.services.ahead import WINDOW, SubmitAhead
+from pipeline.services.polling import BACKOFF, MIN_GAP_S, MIN_SAMPLES, POLLS_TO_P90, TAIL_QUANTILE, LatencyModel
+from tests.emulators import running
+from tests.emulators.capacity import KEY, CapacityService
+
+FAST = {"timeout_s": 10.0, "poll_initial_s": 0.01, "poll_max_s": 0.05}
+
+
+def fal_on(emulator: CapacityService, monkeypatch: pytest.MonkeyPatch, **settings: Any) -> ImageProvider:
+    monkeypatch.setenv("FAL_KEY", KEY)
+    monkeypatch.setenv("FAL_BASE_URL", emulator.url)
+    provider: ImageProvider = registry.providers.get_class("fal")(
+        {**Settings.from_env().component("providers", "fal"), **FAST, "status_stream": emulator.model == "stream", **settings})
+    return provider
+
+
+def request(i: int) -> GenerationRequest:
+    return GenerationRequest(prompt=f"a lighthouse in a storm, take {i}", width=512, height=512, seed=i, prompt_id=f"p{i}")
+
+
+async def generate_all(provider: ImageProvider, n: int, at_once: int, *, shared: bool = True) -> None:
+    """``n`` generations by ``at_once`` workers taking them in turn, as a run's prompt workers do."""
+    todo = iter(range(n))
+
+    async def worker() -> None:
+        for i in todo:
+            await provider.generate(request(i))
+
+    if shared:
+        async with pools.shared_connections():
+            await asyncio.gather(*(worker() for _ in range(at_once)))
+    else:
+        await asyncio.gather(*(worker() for _ in range(at_once)))
+
+
+@pytest.fixture
+def service(request: pytest.FixtureRequest) -> Iterator[CapacityService]:
+    model, slots, median = request.param
+    with running(CapacityService(model, slots=slots, median=median, sigma=0.5)) as emulator:
+        yield emulator  # type: ignore[misc]
+
+
+# ---- the emulators of the four service models ----------------------------------------------------------
+def submit(emulator: CapacityService, prompt: str) -> httpx.Response:
+    return httpx.post(f"{emulator.url}/fal-ai/flux/schnell", json={"prompt": prompt}, headers={"Authorization": f"Key {KEY}"})
+
+
+@pytest.mark.parametrize("service", [("queue", 2, 30.0)], indirect=True)
+def test_the_queueing_service_queues_beyond_its_slots_with_growing_queue_positions(service: CapacityService) -> None:
+    answers = [submit(service, f"prompt {i}").json() for i in range(5)]
+    assert [a["queue_position"] for a in answers] == [0, 0, 0, 1, 2]  # two run, three wait in order
+    assert all(a["status"] == "IN_QUEUE" for a in answers)
+    status = httpx.get(answers[4]["status_url"], headers={"Authorization": f"Key {KEY}"})
+    assert status.status_code == 202 and status.json() == {"status": "IN_QUEUE", "queue_position": 2, "response_url": answers[4]["response_url"]}
+    running_now = httpx.get(answers[0]["status_url"], headers={"Authorization": f"Key {KEY}"}).json()
+    assert running_now["status"] == "IN_PROGRESS"
+    assert service.served()["rejected"] == 0 and service.served()["polls"] == 2
+    assert httpx.get(f"{answers[0]['status_url']}/stream", headers={"Authorization": f"Key {KEY}"}).status_code == 404  # polling only
+
+
+@pytest.mark.parametrize("service", [("poll429", 2, 30.0)], indirect=True)
+def test_the_429_service_refuses_beyond_its_slots_saying_when_one_frees(service: CapacityService) -> None:
+    assert [submit(service, f"prompt {i}").status_code for i in range(3)] == [200, 200, 429]
+    refused = submit(service, "one more")
+    assert refused.status_code == 429 and int(refused.headers["retry-after-ms"]) > 0
+    assert service.served()["rejected"] == 2 and service.served()["generations"] == 2
+
+
+@pytest.mark.parametrize("service", [("sync", 1, 1.0)], indirect=True)
+def test_the_synchronous_service_answers_the_image_itself_and_429_beyond_its_slots(service: CapacityService) -> None:
+    answers: list[httpx.Response] = []
+    first = threading.Thread(target=lambda: answers.append(httpx.post(f"{service.url}/generate", json={"prompt": "a red square"},
+                                                                        timeout=30)))
+    first.start()
+    while not service.served()["generations"]:  # the first request holds the only slot for its whole generation
+        time.sleep(0.005)
+    refused = httpx.post(f"{service.url}/generate", json={"prompt": "a blue square"})
+    first.join()
+    assert refused.status_code == 429 and int(refused.headers["retry-after-ms"]) > 0
+    assert answers[0].status_code == 200 and answers[0].headers["content-type"] == "image/png" and answers[0].content.startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("service", [("stream", 2, 0.02)], indirect=True)
+def test_the_streaming_service_ends_its_status_stream_with_completed(service: CapacityService) -> None:
+    ticket = submit(service, "a green square").json()
+    stream = httpx.get(f"{ticket['status_url']}/stream", headers={"Authorization": f"Key {KEY}"})
+    assert stream.headers["content-type"] == "text/event-stream" and '"COMPLETED"' in stream.text.splitlines()[-2]
+
+
+def test_the_same_prompt_takes_the_same_time_and_latencies_are_log_normal() -> None:
+    service = CapacityService("queue", median=1.0, sigma=0.5)
+    times = [service.latency(f"prompt {i}") for i in range(2000)]
+    assert service.latency("prompt 7") == times[7]
+    logs = sorted(math.log(t) for t in times)
+    assert abs(logs[1000]) < 0.05  # the median is 1 s
+    assert abs((logs[1682] - logs[1000]) - 0.5) < 0.06  # one sigma above it: 0.5 in log space
+
+
+# ---- polling by expectation ------------------------------------------------------------------------------
+def test_the_schedule_polls_at_the_learnt_quantiles_then_backs_off_past_the_p90() -> None:
+    model = LatencyModel()
+    for i in range(200):
+        model.observe(1.0 + i / 200)  # uniform over 1..2 s
+    times = []
+    for at in model.schedule(initial_s=0.25, max_s=2.0):
+        times.append(at)
+        if at > 60:
+            break
+    before_tail = [t for t in times if t <= model.quantile(TAIL_QUANTILE) + 1e-9]
+    assert len(before_tail) == POLLS_TO_P90 and before_tail[0] >= 1.0  # nothing wasted before the fastest job seen
+    assert all(b - a >= MIN_GAP_S - 1e-9 for a, b in zip(times, times[1:], strict=False))
+    tail_gaps = [b - a for a, b in zip(times[POLLS_TO_P90 - 1:], times[POLLS_TO_P90:], strict=False)]
+    assert tail_gaps[1] == pytest.approx(tail_gaps[0] * BACKOFF) and max(tail_gaps) == pytest.approx(2.0)
+
+
+def test_until_enough_is_learnt_the_schedule_is_the_plain_backoff() -> None:
+    model = LatencyModel()
+    for _ in range(MIN_SAMPLES - 1):
+        model.observe(1.0)
+    schedule = model.schedule(initial_s=0.25, max_s=2.0)
+    assert [round(next(schedule), 4) for _ in range(4)] == [0.0, 0.25, 0.625, 1.1875]
+
+
+@pytest.mark.parametrize("service", [("poll429", 4, 0.15)], indirect=True)
+def test_polls_per_image_are_counted_and_bounded_and_the_latency_is_learnt(service: CapacityService,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    provider = fal_on(service, monkeypatch)
+    asyncio.run(generate_all(provider, 48, at_once=4))
+    served = service.served()
+    counts = provider.poll_counts  # type: ignore[attr-defined]
+    assert counts.jobs == 48 and counts.polls == served["polls"]  # every poll counted, none missed
+    assert counts.most <= POLLS_TO_P90 + 12  # the quantile polls plus the backoff's up to the deadline at most
+    assert served["polls"] / 48 < POLLS_TO_P90  # most jobs are found done inside the quantile polls
+    true_median = sorted(served["latencies"])[len(served["latencies"]) // 2]
+    assert provider.latencies.quantile(0.5) == pytest.approx(true_median, rel=0.5)  # type: ignore[attr-defined]
+
+
+# ---- submitting ahead ------------------------------------------------------------------------------------
+def test_submit_ahead_grows_while_the_queue_runs_dry_up_to_its_setting() -> None:
+    ahead = SubmitAhead("fal", most=3)
+    assert ahead.slots(8) == 1
+    for _ in range(3 * WINDOW):
+        ahead.accepted({"status": "IN_QUEUE", "queue_position": 0})
+    assert ahead.slots(8) == 3  # grew by one per dry window, then held at the setting
+    assert ahead.slots(8) == 3 and not ahead.stopped_because
+
+
+def test_submit_ahead_holds_while_requests_wait_in_the_queue() -> None:
+    ahead = SubmitAhead("fal", most=4)
+    for _ in range(4 * WINDOW):
+        ahead.accepted({"queue_position": 0})
+        ahead.accepted({"queue_position": 1})
+        ahead.accepted({"queue_position": 2})
+    assert ahead.slots(8) == 1 and not ahead.stopped_because  # most not at 0: the queue holds
+
+
+def test_submit_ahead_stops_on_a_429_or_when_the_service_reports_no_queue() -> None:
+    refused = SubmitAhead("fal", most=4)
+    refused.refused(500)
+    assert refused.slots(8) == 1
+    refused.refused(429)
+    assert refused.slots(8) == 0 and "429" in refused.stopped_because
+    refused.accepted({"queue_position": 0})
+    assert refused.slots(8) == 0  # stopped for good
+
+    silent = SubmitAhead("leonardo", most=4)
+    silent.accepted({"request_id": "x"})
+    assert silent.slots(8) == 0 and "queue_position" in silent.stopped_because
+    assert SubmitAhead("comfyui", most=0).slots(8) == 0
+
+
+def test_submit_ahead_stops_when_queue_positions_never_grow_with_the_most_ahead() -> None:
+    ahead = SubmitAhead("fal", most=2)
+    for _ in range(WINDOW):
+        ahead.accepted({"queue_position": 0})
+    assert ahead.slots(8) == 2
+    for _ in range(2 * WINDOW):
+        ahead.accepted({"queue_position": 0})
+    assert ahead.slots(8) == 0 and "queue_position" in ahead.stopped_because
+
+
+def test_the_limiter_grants_the_slots_asked_for_ahead_until_a_429_cuts_the_limit() -> None:
+    async def scenario() -> list[int]:
+        limiter = RateLimiter(LimitSettings(max_concurrency=2, requests_per_minute=0, grow_after=100, quota_reserve=0.0))
+        limiter.ahead = lambda max_concurrency: 1
+        seen: list[int] = []
+        release = asyncio.Event()
+
+        async def call() -> None:
+            async with limiter.slot():
+                seen.append(limiter.in_flight)
+                await release.wait()
+
+        tasks = [asyncio.create_task(call()) for _ in range(5)]
+        await asyncio.sleep(0.05)
+        seen.append(-1)
+        limiter.rate_limited(None)  # a 429: the limit is cut, and nothing more goes ahead
+        release.set()
+        await asyncio.gather(*tasks)
+        return seen
+
+    seen = asyncio.run(scenario())
+    assert seen[:4] == [1, 2, 3, -1]  # the limit of 2, plus 1 ahead
+    assert max(seen[4:]) <= 2
+
+
+@pytest.mark.parametrize("service", [("queue", 2, 0.1)], indirect=True)
+def test_against_a_queueing_service_requests_go_ahead_and_are_queued_not_refused(service: CapacityService,
+                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    provider = fal_on(service, monkeypatch, submit_ahead=3)
+    asyncio.run(generate_all(provider, 3, at_once=3))  # one more than the 2 slots: it waits in fal's queue
+    served = service.served()
+    assert served["rejected"] == 0 and served["max_queue_wait"] > 0
+    assert provider.ahead.slots(2) >= 1 and not provider.ahead.stopped_because  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("service", [("poll429", 2, 0.1)], indirect=True)
+def test_against_a_service_that_refuses_submitting_ahead_stops_at_the_first_429(service: CapacityService,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    provider = fal_on(service, monkeypatch, submit_ahead=3)
+
+    async def three_at_once() -> list[Any]:
+        async with pools.shared_connections():
+            return await asyncio.gather(*(provider.generate(request(i)) for i in range(3)), return_exceptions=True)
+
+    outcomes = asyncio.run(three_at_once())
+    assert sum(getattr(o, "http_status", None) == 429 for o in outcomes) == 1
+    assert provider.ahead.slots(2) == 0 and "429" in provider.ahead.stopped_because  # type: ignore[attr-defined]
+
+
+# ---- connections -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("service", [("poll429", 4, 0.02), ("stream", 4, 0.02)], indirect=True)
+def test_a_run_reuses_one_pool_of_connections_per_service(service: CapacityService, monkeypatch: pytest.MonkeyPatch) -> None:
+    provider = fal_on(service, monkeypatch)
+    opened = pools.connections_opened("fal")
+    asyncio.run(generate_all(provider, 24, at_once=2))
+    served = service.served()
+    assert served["requests"] >= 24 * 3  # submit, result and image at least, per image
+    assert served["connections"] <= 4  # ~2 (two calls at once), whatever the number of calls
+    assert pools.connections_opened("fal") - opened == served["connections"]
+
+
+@pytest.mark.parametrize("service", [("poll429", 4, 0.02)], indirect=True)
+def test_outside_a_run_each_call_has_its_own_connections_closed_after_it(service: CapacityService,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    provider = fal_on(service, monkeypatch)
+    asyncio.run(generate_all(provider, 5, at_once=1, shared=False))
+    assert service.served()["connections"] == 5
+
+
+def test_pools_are_closed_when_the_run_ends_and_never_shared_across_event_loops() -> None:
+    class Pool:
+        closed = False
+
+        async def aclose(self) -> None:
+            self.closed = True
+
+    made: list[Pool] = []
+
+    def make() -> Pool:
+        made.append(Pool())
+        return made[-1]
+
+    async def run_with_pool() -> None:
+        async with pools.shared_connections():
+            first = pools.shared("svc", "httpx", make)
+            assert pools.shared("svc", "httpx", make) is first  # the same pool for every call in the run
+
+    asyncio.run(run_with_pool())
+    asyncio.run(run_with_pool())
+    assert len(made) == 2 and all(p.closed for p in made)  # one per loop, each closed at the end
+    assert pools.shared("svc", "httpx", lambda: object()) is None  # no loop, no pool
+
+
+# ---- start-up --------------------------------------------------------------------------------------------
+def test_the_vendor_sdks_are_imported_only_when_their_service_is_used() -> None:
+    code = ("import sys; import pipeline.services; from pipeline import registry; registry.ensure_loaded(); "
+            "import pipeline.services.openai, pipeline.services.gemini; "
+            "loaded = [m for m in ('openai', 'google.genai', 'httpx2') if m in sys.modules]; assert not loaded, loaded; "
+            "from pipeline.services.openai import openai_error; openai_error('openai', ValueError('x')); "
+            "assert 'openai' in sys.modules")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
