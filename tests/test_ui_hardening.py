@@ -21,7 +21,7 @@ from streamlit.testing.v1 import AppTest
 
 from pipeline.review.ratings import rate
 from pipeline.store.db import open_database, session
-from pipeline.store.models import Evaluation, Iteration, Refinement, Run, RunItem
+from pipeline.store.models import MAX_ROW_ID, Evaluation, Iteration, Refinement, Run, RunItem
 from tests.conftest import ROOT, make_prompts, run_cli, streamlit_server, write_prompt_set
 
 EVIL = "evil.example"
@@ -193,10 +193,10 @@ def test_a_link_with_an_impossible_item_still_opens_the_page(app: AppFactory, ho
 
 
 def test_a_link_to_a_prompt_that_is_gone_names_it(app: AppFactory) -> None:
-    at = app("review", item="9223372036854775807")  # the largest id SQLite has: looked up, not found
+    at = app("review", item=str(MAX_ROW_ID))  # the largest id a row can have (PostgreSQL's integer): looked up, not found
     assert not at.exception
     assert at.error[0].value == "This link does not open a prompt."
-    assert "no prompt 9223372036854775807 in any run" in shown_as_text(at)
+    assert f"no prompt {MAX_ROW_ID} in any run" in shown_as_text(at)
 
 
 # ---- item 15: the zip offered is the zip of the choice on screen ----------------------------------------------------
