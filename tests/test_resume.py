@@ -208,3 +208,19 @@ def test_a_finished_image_deleted_from_disk_is_generated_again_on_resume(tmp_pat
     assert run_cli("resume", str(run_id)).code == 0
     assert [r.prompt_id for r in FakeProvider.history[before:]] == ["p001"]
     assert image.exists()
+
+
+def test_a_run_this_process_owns_is_alive_only_while_this_process_executes_it() -> None:
+    """A run whose end could not be recorded (its last write refused by a full disk) stays "running"
+    under this process's name: the same process may still resume it, since nothing here executes it."""
+    from pipeline.runs.records import EXECUTING_HERE, owner_alive, this_owner
+    from pipeline.store.models import Run, utcnow
+
+    run = Run(id=41, prompt_set_id=1, name="r", status="running", config={}, output_dir="runs/41", owner=this_owner(),
+              heartbeat_at=utcnow())
+    assert not owner_alive(run)
+    EXECUTING_HERE.add(41)
+    try:
+        assert owner_alive(run)
+    finally:
+        EXECUTING_HERE.discard(41)

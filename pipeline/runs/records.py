@@ -111,6 +111,12 @@ def this_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+# Runs this process is executing right now (RunExecutor.execute adds and removes them). A run
+# whose owner is this very process is alive only while it is in here: after a run ended without
+# recording its end (its last write refused by a full disk, say), the same process may resume it.
+EXECUTING_HERE: set[int] = set()
+
+
 def owner_alive(run: Run, now: datetime | None = None) -> bool:
     now = now or utcnow()
     if not run.owner:  # executed by worker processes (pipeline.runs.leases): alive while one of them heart-beats it
@@ -124,7 +130,7 @@ def owner_alive(run: Run, now: datetime | None = None) -> bool:
         except PermissionError:
             pass  # exists, owned by someone else
         if int(pid) == os.getpid():
-            return True
+            return run.id in EXECUTING_HERE
     return run.heartbeat_at is not None and now - run.heartbeat_at < STALE_AFTER
 
 
@@ -432,6 +438,9 @@ def claim_next_queued(s: Session) -> int | None:
     """Take the oldest queued run for this process, or None. Atomic: of several processes
     sharing the database, exactly one gets each run."""
     for run_id in s.exec(select(Run.id).where(Run.status == "queued").order_by(col(Run.id))).all():
+        if run_id is None:
+            continue
+        EXECUTING_HERE.add(run_id)  # before it shows as ours: this process's own recovery never takes it for dead
         taken = s.execute(
             update(Run).where(col(Run.id) == run_id, col(Run.status) == "queued")
             .values(status="running", owner=this_owner(), heartbeat_at=utcnow())
@@ -439,6 +448,7 @@ def claim_next_queued(s: Session) -> int | None:
         s.commit()
         if taken.rowcount == 1:  # type: ignore[attr-defined]
             return run_id
+        EXECUTING_HERE.discard(run_id)
     return None
 
 

@@ -40,6 +40,7 @@ from pipeline.resilience.routing import ServiceChain, member_for
 from pipeline.runs.job import PromptJob, RunContext
 from pipeline.runs.projects import project_of, spent_by_project
 from pipeline.runs.records import (
+    EXECUTING_HERE,
     HEARTBEAT_SECONDS,
     RunConfig,
     RunSummary,
@@ -134,8 +135,12 @@ class RunExecutor:
 
     # ---- execution -----------------------------------------------------------------------------
     async def execute(self) -> RunSummary:
-        async with shared_connections():  # one keep-alive connection pool per service for the whole run
-            return await self._execute()
+        EXECUTING_HERE.add(self.run_id)
+        try:
+            async with shared_connections():  # one keep-alive connection pool per service for the whole run
+                return await self._execute()
+        finally:
+            EXECUTING_HERE.discard(self.run_id)
 
     async def _execute(self) -> RunSummary:
         self._loop = asyncio.get_running_loop()
