@@ -1,30 +1,32 @@
 """Benchmark: what one connection pool per service saves, against a loopback TLS server (issue 17).
 
-    python bench/connections.py [--requests 300]
+    python bench/connections.py [--requests 300] [--concurrent 16]
 
-A loopback emulator behind TLS (a self-signed certificate for 127.0.0.1 made here, trusted by the
-shared TLS context for this process only) answers a small JSON body. The same sequential requests
-go through the pipeline's own clients (``pipeline.services.wire``):
+A loopback TLS server (tests/emulators/tls_json.py: a self-signed certificate for 127.0.0.1 made
+here, trusted by the shared TLS context for this process only; HTTP/2 by ALPN, and HTTP/1.1 with
+keep-alive) answers a small JSON body. The same requests go through the pipeline's own clients
+(``pipeline.services.wire``):
 
-- per call: a client and its connections made for each call and closed after it (the old way, and
-  still the way outside a run): a TCP and a TLS handshake every time;
-- pooled: inside ``pools.shared_connections()`` (what a run holds), every call's client draws on
-  the service's one keep-alive pool.
+- per call: a client and its connections made for each call and closed after it (outside a run):
+  a TCP and a TLS handshake every time;
+- pooled HTTP/1.1: inside ``pools.shared_connections()`` (what a run holds), every call's client
+  draws on the service's keep-alive pool, HTTP/2 not offered;
+- pooled HTTP/2: the same, HTTP/2 offered (``pools.HTTP2``; ``DARKROOM_HTTP2=1`` in a run), when
+  the h2 package is installed: one multiplexed connection per pool shard.
 
-Printed for each, over TLS and plain HTTP: wall ms per request, client CPU ms per request, TCP
-connections the server accepted, requests per connection. The loopback round trip is ~0.1 ms, so
-the difference is the handshakes' CPU; a real service adds one network round trip for TCP and one
-or two for TLS on top, per connection.
+Each is run sequentially (``--requests`` one after another) and ``--concurrent`` at a time (as a
+run's polls are). Printed: wall ms per request, client CPU ms per request, TCP connections the
+server accepted, requests per connection, the protocol spoken. The loopback round trip is ~0.1 ms,
+so the differences are the handshakes' and the protocols' CPU; a real service adds one network
+round trip for TCP and one or two for TLS on top, per connection.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
-import ipaddress
+import importlib.util
 import os
-import ssl
 import sys
 import tempfile
 import time
@@ -33,59 +35,33 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.emulators import Emulator, Reply, Request  # noqa: E402
+from tests.emulators.tls_json import TlsJsonServer, self_signed  # noqa: E402
 
 
-class Tiny(Emulator):
-    def handle(self, req: Request) -> Reply:
-        return Reply.json({"status": "IN_PROGRESS", "queue_position": 0})
-
-
-def self_signed(folder: Path) -> tuple[Path, Path]:
-    """A key and a certificate for 127.0.0.1 (its own CA), as PEM files."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "darkroom bench")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + datetime.timedelta(hours=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    key_path, cert_path = folder / "key.pem", folder / "cert.pem"
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return key_path, cert_path
-
-
-def serve(tls: tuple[Path, Path] | None) -> Tiny:
-    emulator = Tiny()
-    emulator.start()
-    if tls is not None:
-        server = emulator._server
-        assert server is not None
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(str(tls[1]), str(tls[0]))
-        server.socket = context.wrap_socket(server.socket, server_side=True)
-        emulator.url = emulator.url.replace("http://", "https://")
-    return emulator
-
-
-async def calls(url: str, n: int, pooled: bool) -> tuple[float, float]:
+async def calls(url: str, n: int, pooled: bool, concurrent: int) -> tuple[float, float]:
     from pipeline.services import pools, wire
 
     guard = wire.Guard("bench", wire.NetworkSettings().json)
 
+    async def one() -> None:
+        async with wire.client(guard=guard, share=pooled, timeout_s=10) as http:
+            response = await wire.send(http, "bench", "GET", f"{url}/status")
+            response.raise_for_status()
+
     async def run() -> None:
-        for _ in range(n):
-            async with wire.client(guard=guard, share=pooled, timeout_s=10) as http:
-                response = await wire.send(http, "bench", "GET", f"{url}/status")
-                response.raise_for_status()
+        if concurrent <= 1:
+            for _ in range(n):
+                await one()
+            return
+        gate = asyncio.Semaphore(concurrent)
+
+        async def gated() -> None:
+            async with gate:
+                await one()
+
+        async with asyncio.TaskGroup() as group:
+            for _ in range(n):
+                group.create_task(gated())
 
     wall, cpu = time.perf_counter(), time.process_time()
     if pooled:
@@ -99,30 +75,39 @@ async def calls(url: str, n: int, pooled: bool) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--concurrent", type=int, default=16, help="requests at once in the concurrent rows")
     args = parser.parse_args()
-    from pipeline.services import wire
+    from pipeline.services import pools, wire
 
     tmp = Path(tempfile.mkdtemp(prefix="darkroom-connections-", dir=os.environ.get("BENCH_TMP")))
     key, cert = self_signed(tmp)
     wire.tls_context().load_verify_locations(str(cert))  # this process only: the bench's own CA
-    print(f"{args.requests} sequential requests each; load average {os.getloadavg()[0]:.2f}")
-    print(f"{'':7} {'clients':9} {'wall ms/req':>11} {'CPU ms/req':>10} {'connections':>11} {'req/conn':>8}")
+    server = TlsJsonServer(key, cert).start()
+    h2 = importlib.util.find_spec("h2") is not None
+    print(f"{args.requests} requests per row over TLS (loopback); h2 installed: {h2}; load average {os.getloadavg()[0]:.2f}")
+    print(f"{'clients':18} {'at once':>7} {'wall ms/req':>11} {'CPU ms/req':>10} {'connections':>11} {'req/conn':>8}  protocol")
     results = {}
-    for scheme, tls in (("https", (key, cert)), ("http", None)):
-        for pooled in (False, True):
-            emulator = serve(tls)
-            try:
-                asyncio.run(calls(emulator.url, 5, pooled))  # warm up (imports, first handshake)
-                emulator.connections, emulator.requests[:] = 0, []
-                wall, cpu = asyncio.run(calls(emulator.url, args.requests, pooled))
-                conns = emulator.connections
-            finally:
-                emulator.stop()
-            results[(scheme, pooled)] = (wall, cpu)
-            print(f"{scheme:7} {'pooled' if pooled else 'per call':9} {wall:11.2f} {cpu:10.2f} {conns:11d} {args.requests / max(1, conns):8.1f}")
-    for scheme in ("https", "http"):
-        (w0, c0), (w1, c1) = results[(scheme, False)], results[(scheme, True)]
-        print(f"{scheme}: the pool saves {w0 - w1:.2f} ms wall and {c0 - c1:.2f} ms of client CPU per request on loopback")
+    modes = [("per call", False, False), ("pooled HTTP/1.1", True, False)] + ([("pooled HTTP/2", True, True)] if h2 else [])
+    default = pools.HTTP2
+    try:
+        for at_once in (1, args.concurrent):
+            for label, pooled, http2 in modes:
+                pools.HTTP2 = http2
+                asyncio.run(calls(server.url, 5, pooled, 1))  # warm up (imports, first handshake)
+                server.reset()
+                wall, cpu = asyncio.run(calls(server.url, args.requests, pooled, at_once))
+                results[(label, at_once)] = (wall, cpu)
+                spoken = ", ".join(f"{p} x{n}" for p, n in server.protocols.items())
+                print(f"{label:18} {at_once:7d} {wall:11.2f} {cpu:10.2f} {server.connections:11d} "
+                      f"{server.requests / max(1, server.connections):8.1f}  {spoken}", flush=True)
+    finally:
+        pools.HTTP2 = default
+        server.stop()
+    for at_once in (1, args.concurrent):
+        (w0, c0), (w1, c1) = results[("per call", at_once)], results[("pooled HTTP/1.1", at_once)]
+        print(f"{at_once} at once: the pool saves {w0 - w1:.2f} ms wall and {c0 - c1:.2f} ms of client CPU per request"
+              + (f"; HTTP/2 against HTTP/1.1 pooled: {results[('pooled HTTP/2', at_once)][0] - w1:+.2f} ms wall, "
+                 f"{results[('pooled HTTP/2', at_once)][1] - c1:+.2f} ms CPU" if h2 else ""))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
     python bench/throughput.py            # every combination below (hours: 3 s x 1,000 x 2 alone is ~15 min a row)
     python bench/throughput.py --quick    # a short subset: each service model at 0.3 s and 1 s, 100 x 2, plus C = 32
     python bench/throughput.py --models b,c --medians 1 --prompts 200 --high-c ""   # any slice
+    python bench/throughput.py --jobs 4 --large-only-at 1 --baseline-max 0           # the closing table (~25 min)
 
 Service models (tests/emulators/capacity.py, a loopback emulator in its own process; C slots; each
 generation a log-normal time, shape ``--sigma``, drawn from its prompt text so both contenders get
@@ -23,6 +24,18 @@ Utilisation = ideal makespan / actual makespan, the ideal being the least time C
 the latencies the emulator served: max(sum of latencies / C, longest latency). Polls per image,
 429s, TCP connections accepted and requests per connection are the emulator's own counts. The
 load average (1 min) at the end of each row is printed with it: the machine is shared.
+
+Also per row: the run's tail (from the last moment all C slots were busy to the last job's end,
+against the least time C slots need for the work left at that moment: max(work / C, longest
+piece)); start s (the run's start to its first submission: jobs, decompositions and rows, which
+the ideal leaves out); notice ms (polled models: a job's end to its result being fetched); CPU
+ms/img (the pipeline process's CPU, all threads, per image: the figure to compare on a loaded
+machine, and what says where the CPU becomes the limit: C / mean latency x CPU per image against
+the one core a GIL-bound process gets).
+
+``--jobs N`` runs the C = ``--slots`` rows of median >= ``--parallel-min`` (they mostly wait on
+the service) N at a time, each in its own processes; the others (0.3 s, C = 32/64: CPU-bound) then
+run alone. N processes add their load to each other's rows: the load column shows it.
 Targets (issue 17): >= 0.90 at C = 8 for every model, latency and size; >= 0.85 at C = 32 and 64.
 """
 
@@ -66,6 +79,11 @@ class Row:
     completed: str = ""
     baseline: float | None = None
     load: float = 0.0
+    cpu_ms_per_image: float = 0.0  # the pipeline process's CPU (all its threads) per image generated
+    tail_ideal_s: float = 0.0  # the run's tail (tests/emulators/capacity.py ``tail``): the least time the work left needed
+    tail_actual_s: float = 0.0  # and what it took, from the last moment every slot was busy to the end
+    notice_ms: float = 0.0  # polled models: mean time from a job's end to its result being fetched
+    start_s: float = 0.0  # from the run's start to its first submission (jobs, decompositions, rows: not in the ideal)
 
     @property
     def utilisation(self) -> float:
@@ -165,14 +183,20 @@ def pipeline_run(settings: Any, provider_name: str, items: list[dict[str, Any]],
 
         profiler = cProfile.Profile()
         profiler.enable()
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    STARTED[0] = time.monotonic()  # the emulator's clock too (CLOCK_MONOTONIC is one per machine)
     outcome = asyncio.run(RunExecutor(engine, settings, run_id).execute())
     elapsed = time.perf_counter() - t0
+    CPU_USED[0] = time.process_time() - cpu0
     if profiler is not None and profile is not None:
         profiler.disable()
         profiler.dump_stats(str(profile))
     engine.dispose()
     return elapsed, f"{outcome.completed}/{outcome.total}"
+
+
+CPU_USED = [0.0]  # the last pipeline run's process CPU seconds
+STARTED = [0.0]  # and its start, time.monotonic()
 
 
 def run_row(row: Row, iterations: int, sigma: float, with_baseline: bool, profile_dir: Path | None) -> Row:
@@ -192,12 +216,16 @@ def run_row(row: Row, iterations: int, sigma: float, with_baseline: bool, profil
         row.polls_per_image = served["polls"] / max(1, served["generations"])
         row.connections = served["connections"]
         row.requests_per_connection = served["requests"] / max(1, served["connections"])
+        row.cpu_ms_per_image = CPU_USED[0] * 1000 / max(1, served["generations"])
+        row.tail_ideal_s, row.tail_actual_s = served["tail"]["ideal"], served["tail"]["actual"]
+        row.start_s = served["first_submitted"] - STARTED[0]
+        row.notice_ms = served["notice_lag"] * 1000
+        row.load = os.getloadavg()[0]
         if with_baseline:
             urllib.request.urlopen(f"{url}/_reset").read()
             elapsed = asyncio.run(baseline(settings, PROVIDER[row.model], items, iterations))
             base = _get(f"{url}/_served")
             row.baseline = ideal_makespan(base["latencies"], row.slots) / elapsed
-        row.load = os.getloadavg()[0]
     finally:
         parent.send("stop")
         server.join(timeout=5)
@@ -205,20 +233,34 @@ def run_row(row: Row, iterations: int, sigma: float, with_baseline: bool, profil
 
 
 HEADER = (f"{'model':5} {'median':>6} {'prompts':>9} {'C':>3} {'done':>9} {'gens':>5} {'429s':>5} {'polls/img':>9} {'conns':>5} "
-          f"{'req/conn':>8} {'ideal s':>8} {'actual s':>8} {'util':>6} {'baseline':>8} {'load':>5}")
+          f"{'req/conn':>8} {'ideal s':>8} {'actual s':>8} {'util':>6} {'tail ideal/actual s':>19} {'start s':>7} {'notice ms':>9} {'CPU ms/img':>10} {'baseline':>8} "
+          f"{'load':>5}")
 
 
 def line(r: Row, iterations: int) -> str:
     base = f"{r.baseline:8.3f}" if r.baseline is not None else f"{'-':>8}"
     return (f"{r.model:5} {r.median:5g}s {f'{r.prompts}x{iterations}':>9} {r.slots:3d} {r.completed:>9} {r.generations:5d} {r.rejected:5d} "
             f"{r.polls_per_image:9.2f} {r.connections:5d} {r.requests_per_connection:8.1f} {r.ideal_s:8.1f} {r.actual_s:8.1f} "
-            f"{r.utilisation:6.3f} {base} {r.load:5.2f}")
+            f"{r.utilisation:6.3f} {f'{r.tail_ideal_s:.1f} / {r.tail_actual_s:.1f}':>19} {r.start_s:7.2f} {r.notice_ms:9.0f} {r.cpu_ms_per_image:10.1f} {base} {r.load:5.2f}")
+
+
+def _row_job(job: tuple[Row, int, float, bool, Path | None]) -> Row:
+    """One row, in this process (or a pool's)."""
+    import logging
+
+    from pipeline import registry
+
+    logging.getLogger("pipeline").setLevel(logging.ERROR)  # the 429s are counted, not printed one by one
+    registry.ensure_loaded()
+    return run_row(*job)
 
 
 def plan(args: argparse.Namespace) -> list[Row]:
     models = [m for m in args.models.split(",") if m]
-    rows = [Row(m, float(median), int(n), args.slots) for m in models for median in args.medians.split(",") if median
-            for n in args.prompts.split(",") if n]
+    counts = [int(n) for n in args.prompts.split(",") if n]
+    large_at = {float(m) for m in args.large_only_at.split(",") if m}
+    rows = [Row(m, float(median), n, args.slots) for m in models for median in args.medians.split(",") if median
+            for n in counts if not large_at or n == min(counts) or float(median) in large_at]
     for c in (int(c) for c in args.high_c.split(",") if c):
         rows += [Row(m, args.high_c_median, args.high_c_prompts, c) for m in models]
     return rows
@@ -230,6 +272,8 @@ def main() -> None:
     parser.add_argument("--models", default="a,b,c,d", help="service models, comma-separated (a b c d, see above)")
     parser.add_argument("--medians", default="0.3,1,3", help="median latencies, seconds, comma-separated")
     parser.add_argument("--prompts", default="200,1000", help="prompt counts, comma-separated")
+    parser.add_argument("--large-only-at", default="", help="medians at which the prompt counts above the smallest run "
+                        "(e.g. \"1\": 1,000 x 2 only at 1 s); default every median")
     parser.add_argument("--iterations", type=int, default=2)
     parser.add_argument("--slots", type=int, default=8, help="C for the main grid")
     parser.add_argument("--sigma", type=float, default=0.5, help="log-normal shape")
@@ -238,27 +282,39 @@ def main() -> None:
     parser.add_argument("--high-c-prompts", type=int, default=1000)
     parser.add_argument("--baseline-max", type=int, default=200, help="run the batches-of-3 baseline on C = 8 rows with at most this "
                         "many prompts (0: never)")
+    parser.add_argument("--jobs", type=int, default=1, help="rows run at once, each in its own processes (C = 8 rows mostly "
+                        "wait on the service; the load this adds is in each row's load column); see --parallel-min")
+    parser.add_argument("--parallel-min", type=float, default=1.0, help="with --jobs, only C = --slots rows of at least this median "
+                        "run side by side")
     parser.add_argument("--profile", type=Path, help="write a cProfile of each pipeline run into this folder")
     args = parser.parse_args()
     if args.quick:
         args.medians, args.prompts, args.high_c, args.high_c_prompts, args.baseline_max = "0.3,1", "100", "32", 400, 100
 
-    import logging
-
-    from pipeline import registry
-
-    logging.getLogger("pipeline").setLevel(logging.ERROR)  # the 429s are counted, not printed one by one
-    registry.ensure_loaded()
     rows = plan(args)
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
     print(f"{len(rows)} rows; iterations {args.iterations}; latency log-normal, sigma {args.sigma:g}; {os.cpu_count()} CPU(s)", flush=True)
     print(HEADER, flush=True)
     done = []
-    for row in rows:
-        with_baseline = row.slots == args.slots and row.prompts <= args.baseline_max
-        done.append(run_row(row, args.iterations, args.sigma, with_baseline, args.profile))
-        print(line(row, args.iterations), flush=True)
+    jobs = [(row, args.iterations, args.sigma, row.slots == args.slots and row.prompts <= args.baseline_max, args.profile) for row in rows]
+    # Rows that mostly wait on the service (C = --slots, median >= --parallel-min) may run side by side; the
+    # others need the CPU (0.3 s medians, C = 32/64) and run alone, after them.
+    together = [j for j in jobs if args.jobs > 1 and j[0].slots == args.slots and j[0].median >= args.parallel_min]
+    if together:  # in parallel processes (a fresh one per row: the pipeline's settings live in its environment)
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=1) as pool:
+            for future in as_completed([pool.submit(_row_job, job) for job in together]):
+                done.append(future.result())
+                print(line(done[-1], args.iterations), flush=True)
+    for job in jobs:
+        if not any(job is j for j in together):
+            done.append(_row_job(job))
+            print(line(done[-1], args.iterations), flush=True)
+    if together:
+        order = {(r.model, r.median, r.prompts, r.slots): i for i, r in enumerate(rows)}
+        done.sort(key=lambda r: order[(r.model, r.median, r.prompts, r.slots)])
     print("\nall rows:")
     print(HEADER)
     for row in done:

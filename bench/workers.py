@@ -13,31 +13,20 @@ once. Printed per N:
 
 - throughput (images/s) and provider utilisation: the ideal makespan for the slots and the
   latencies served, max(sum / slots, longest), over the actual first-submission-to-last-result time;
-- CPU seconds the workers used per image and as a share of the machine's cores (near 100%:
-  the cores, not the provider, are the limit);
-- the database per image: transactions, rows written and read, bytes the database grew.
+- CPU seconds per image: of each worker process (from wait4, so a loaded machine does not
+  inflate it), of the PostgreSQL backends serving them (from /proc) and of the emulator; the
+  throughput 2 cores would allow for Darkroom alone (workers + database) is 2 / that;
+- the database per image: transactions, rows written and read, bytes the database grew;
+- the load average before and after (the machine may be shared).
 
 ``--kill N`` runs the N-worker case again and kill -9s one worker a third of the way in: every
-prompt must complete, and the emulator's submissions must equal the stored iterations plus at
-most the killed worker's calls in flight (submitted, not yet recorded: paid once, lost).
+prompt must complete; the stored request ids must be unique and among the emulator's
+submissions, and the successful provider calls must equal their distinct steps (no finished step
+paid twice); submissions beyond the stored images are the killed worker's calls in flight.
 ``--count P`` runs P prompts through one in-process worker with a statement counter on its engine:
-the exact SQL statements per image.
+the exact SQL statements per image. One table is printed at the end.
 
-Past this machine, on paper (from the figures measured here: workers' CPU 40–65 ms per image with
-the offline judge; per image 28.6 statements, ~22 transactions, ~15 rows written, 5–7 KB):
-
-- 64 workers on 8 machines of 8 cores: CPU allows ≈ 8 × 8 / 0.05 s ≈ 1,000 images/s, so the
-  providers decide. One provider of 64 slots at 1.13 s mean latency gives ≈ 57 images/s, however
-  many workers; 64 workers pay off only with ≈ 64 × 16 = 1,000 slots across the providers
-  (≈ 900 images/s at 1.13 s), or with slower, remote judges whose time is not CPU.
-- The database at 900 images/s: ≈ 26,000 statements/s, ≈ 20,000 commits/s, ≈ 13,500 rows written/s
-  and ≈ 5 MB/s of table growth (≈ 19 GB/hour, thumbnails most of it; WAL about twice that). That
-  is past what one PostgreSQL primary commits comfortably with synchronous_commit on (~10,000 small
-  commits/s on NVMe): batch a step's rows into fewer commits, move thumbnails to object storage,
-  and put PgBouncer (transaction pooling) in front of 64 workers × their pools.
-- The claim is two statements per prompt (a partial index keeps it off finished rows); a shared
-  provider slot is two short transactions per call plus polling while all are taken, which at
-  1,000 waiting calls is the next cost to cut (LISTEN/NOTIFY on release instead of polling).
+Past this machine, on paper: see the README (Benchmarks, ``bench/workers.py``).
 """
 
 from __future__ import annotations
@@ -47,7 +36,6 @@ import json
 import math
 import multiprocessing
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -150,16 +138,48 @@ def finished(db_url: str, run_id: int) -> tuple[str, int, int]:
     return str(status), int(done), int(images)
 
 
-def measure(args: argparse.Namespace, fal_url: str, n: int, *, kill: bool = False) -> dict[str, Any]:
+def paid_steps(db_url: str) -> dict[str, Any]:
+    """What the database says was paid for: the request ids of the stored images, and the successful
+    provider calls per step (a step paid twice would show two calls with one step key)."""
+    engine = sa.create_engine(db_url, poolclass=sa.pool.NullPool)
+    with engine.connect() as c:
+        stored = [str(r) for r in c.execute(sa.text("SELECT request_id FROM iteration WHERE status = 'ok'")).scalars()]
+        calls = c.execute(sa.text("SELECT count(*), count(DISTINCT step_key) FROM provider_call "
+                                  "WHERE provider = 'fal' AND outcome = 'ok'")).one()
+    engine.dispose()
+    return {"stored": stored, "ok_calls": int(calls[0]), "ok_steps": int(calls[1])}
+
+
+def _ticks(pid: int) -> float:
+    """A live process's CPU seconds (user + system) from /proc; 0 when it is gone or unreadable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def backend_pids(admin: sa.Engine, name: str) -> list[int]:
+    with admin.connect() as c:
+        return [int(p) for p in c.execute(sa.text("SELECT pid FROM pg_stat_activity WHERE datname = :n"), {"n": name}).scalars()]
+
+
+def load() -> str:
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def measure(args: argparse.Namespace, fal_url: str, emulator_pid: int, n: int, *, kill: bool = False) -> dict[str, Any]:
     _get(f"{fal_url}/_reset")
     db = Database(f"{n}{'k' if kill else ''}")
+    load_before = load()
+    backends: dict[int, float] = {}  # the PostgreSQL backends serving the workers -> their CPU seconds, last seen
     try:
         with tempfile.TemporaryDirectory() as tmpdir:
             tmp = Path(tmpdir)
             env = environment(tmp, db.url, fal_url, args.slots)
             run_id = queue(env, prompts(args.prompts), args.iterations, tmp)
             before = db.stats()
-            cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            emulator0 = _ticks(emulator_pid)
             per_worker = max(1, math.ceil(2 * args.slots / n))
             t0 = time.monotonic()
             procs = [subprocess.Popen([sys.executable, "-m", "pipeline", "worker", "--id", f"bench-{i}", "--concurrency", str(per_worker),
@@ -167,27 +187,48 @@ def measure(args: argparse.Namespace, fal_url: str, n: int, *, kill: bool = Fals
                      for i in range(n)]
             killed = False
             target = args.prompts * args.iterations
-            while any(p.poll() is None for p in procs):
+            alive = {p.pid: p for p in procs}
+            per_process: list[float] = []  # each worker's CPU seconds (user + system), from wait4
+            while alive:
+                for pid, proc in list(alive.items()):
+                    got, status_code, usage = os.wait4(pid, os.WNOHANG)
+                    if got == pid:
+                        proc.returncode = status_code
+                        per_process.append(usage.ru_utime + usage.ru_stime)
+                        del alive[pid]
+                for pid in backend_pids(db.admin, db.name):
+                    backends[pid] = max(backends.get(pid, 0.0), _ticks(pid))
                 if kill and not killed and finished(db.url, run_id)[2] >= target // 3:
                     os.kill(procs[0].pid, signal.SIGKILL)
                     killed = True
                 time.sleep(0.5)
             wall = time.monotonic() - t0
-            cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            emulator_cpu = _ticks(emulator_pid) - emulator0
             after = db.stats()
             status, done, images = finished(db.url, run_id)
+            paid = paid_steps(db.url)
     finally:
         db.drop()
+    load_after = load()
     served = _get(f"{fal_url}/_summary")
     makespan = served["last"] - served["first"]
     ideal = max(sum(served["latencies"]) / args.slots, max(served["latencies"], default=0.0))
-    cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
+    cpu = sum(per_process)
+    pg_cpu = sum(backends.values())
     delta = {k: after[k] - before[k] for k in after}
+    per = max(1, images)
+    submitted = set(served["request_ids"])
     return {"workers": n, "status": status, "completed": done, "images": images, "submitted": served["submitted"],
             "rejected": served["rejected"], "peak": served["peak"], "wall_s": wall, "makespan_s": makespan,
             "throughput": images / makespan if makespan else 0.0, "utilisation": ideal / makespan if makespan else 0.0,
-            "cpu_s_per_image": cpu / max(1, images), "cpu_share": cpu / wall / (os.cpu_count() or 1),
-            "db_per_image": {k: v / max(1, images) for k, v in delta.items()}, "killed": killed}
+            "mean_latency_s": sum(served["latencies"]) / max(1, len(served["latencies"])),
+            "cpu_s_per_image": cpu / per, "cpu_per_process_s": sorted(per_process),
+            "pg_cpu_s_per_image": pg_cpu / per, "emulator_cpu_s_per_image": emulator_cpu / per,
+            "cpu_share": (cpu + pg_cpu + emulator_cpu) / wall / (os.cpu_count() or 1),
+            "db_per_image": {k: v / per for k, v in delta.items()}, "killed": killed,
+            "load": f"{load_before} -> {load_after}",
+            "stored_unique": len(set(paid["stored"])) == len(paid["stored"]), "stored_submitted": set(paid["stored"]) <= submitted,
+            "ok_calls": paid["ok_calls"], "ok_steps": paid["ok_steps"]}
 
 
 def count_statements(args: argparse.Namespace, fal_url: str) -> dict[str, float]:
@@ -245,21 +286,39 @@ def main() -> None:
     fal_url = parent.recv()
     print(f"{args.prompts} prompts x {args.iterations} iterations; provider capacity {args.slots}, median {args.median:g} s, "
           f"sigma {args.sigma:g}; {os.cpu_count()} CPU(s); PostgreSQL at {make_url(SERVER).render_as_string(hide_password=True)}")
+    header = ("| workers | images | prompts done | images/s | provider utilisation | peak in flight | 429s | wall s "
+              "| workers' CPU ms/image (sum) | CPU s per worker process | PostgreSQL CPU ms/image | emulator CPU ms/image "
+              "| all CPU / 2 cores | cores-bound images/s | DB per image: xact / ins / upd / read / bytes | load 1/5/15 before -> after |")
+    rows: list[str] = []
     try:
         if args.count:
-            print("SQL statements per image (one in-process worker, counted on its engine):", json.dumps(count_statements(args, fal_url)))
-        for n in [int(x) for x in args.workers.split(",") if x.strip()]:
-            r = measure(args, fal_url, n)
-            print(f"workers {n}: {r['images']} images, {r['completed']}/{args.prompts} prompts, status {r['status']}; "
-                  f"{r['throughput']:.1f} images/s, utilisation {r['utilisation']:.2f}, peak in flight {r['peak']}/{args.slots}, "
-                  f"429s {r['rejected']}; wall {r['wall_s']:.0f} s; workers' CPU {r['cpu_s_per_image'] * 1000:.0f} ms/image = {r['cpu_share']:.0%} of the cores; "
-                  f"DB per image: {json.dumps({k: round(v, 1) for k, v in r['db_per_image'].items()})}")
-        if args.kill:
-            r = measure(args, fal_url, args.kill, kill=True)
-            stored = r["images"]
-            print(f"kill -9 of 1 of {args.kill} workers at 1/3: status {r['status']}, {r['completed']}/{args.prompts} prompts completed, "
-                  f"{stored} images stored, {r['submitted']} submissions to the provider "
-                  f"({r['submitted'] - stored} paid and lost: in flight in the killed worker, never a finished step)")
+            print("SQL statements per image (one in-process worker, counted on its engine):", json.dumps(count_statements(args, fal_url)), flush=True)
+        cases = [(int(x), False) for x in args.workers.split(",") if x.strip()] + ([(args.kill, True)] if args.kill else [])
+        for n, kill in cases:
+            r = measure(args, fal_url, server.pid or 0, n, kill=kill)
+            darkroom_cpu = r["cpu_s_per_image"] + r["pg_cpu_s_per_image"]  # what one image costs the cores, the provider's emulator excluded
+            cores_bound = (os.cpu_count() or 1) / darkroom_cpu if darkroom_cpu else 0.0
+            db = r["db_per_image"]
+            rows.append(
+                f"| {n}{' (kill -9 of one)' if kill else ''} | {r['images']} | {r['completed']}/{args.prompts} | {r['throughput']:.1f} "
+                f"| {r['utilisation']:.2f} | {r['peak']}/{args.slots} | {r['rejected']} | {r['wall_s']:.0f} "
+                f"| {r['cpu_s_per_image'] * 1000:.0f} | {', '.join(f'{c:.0f}' for c in r['cpu_per_process_s'])} "
+                f"| {r['pg_cpu_s_per_image'] * 1000:.0f} | {r['emulator_cpu_s_per_image'] * 1000:.0f} | {r['cpu_share']:.0%} "
+                f"| {cores_bound:.0f} | {db['transactions']:.1f} / {db['inserted']:.1f} / {db['updated']:.1f} / {db['read']:.0f} / "
+                f"{db['bytes'] / 1024:.1f} KB | {r['load']} |")
+            print(rows[-1], flush=True)
+            if kill:
+                stored = r["images"]
+                print(f"kill -9 of 1 of {n} workers at 1/3: status {r['status']}, {r['completed']}/{args.prompts} prompts completed, "
+                      f"{stored} images stored, {r['submitted']} submissions to the provider ({r['submitted'] - stored} paid and lost: "
+                      f"in flight in the killed worker, never recorded); stored request ids unique: {r['stored_unique']}, "
+                      f"all among the submissions: {r['stored_submitted']}; successful provider calls {r['ok_calls']} "
+                      f"for {r['ok_steps']} distinct steps (equal: no finished step paid twice)", flush=True)
+        mean = r["mean_latency_s"] if cases else 0.0
+        print(f"\nprovider bound: {args.slots} slots / {mean:.2f} s mean latency = {args.slots / mean if mean else 0:.0f} images/s")
+        print(header)
+        print("|" + "---|" * header.count(" | ") + "---|")
+        print("\n".join(rows))
     finally:
         parent.send("stop")
         server.join(5)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import html
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +19,7 @@ from pages.components import Actions, apply_exclusively, apply_pending, card_gri
 from pages.components.urlstate import PAGES, compact, config, follow, go, read_view, reviewer, stage_view, write_view
 from pipeline import display
 from pipeline.errors import InputError
+from pipeline.review.changes import LatestChange, latest_change
 from pipeline.review.decisions import THUMB_SIZES
 from pipeline.review.events import act, last_undoable, undo_last
 from pipeline.review.export import build_selection_zip, selection_export_path
@@ -25,13 +27,14 @@ from pipeline.review.gallery import SORTS, UNRATED, Card, GalleryFilter, Sort, f
 from pipeline.review.ratings import BulkScope, bulk_apply, bulk_scope, summaries
 from pipeline.review.view import ViewState
 from pipeline.runs.projects import list_projects
-from pipeline.runs.records import run_summaries
 from pipeline.store.db import session
 from pipeline.store.models import ITEM_STATUSES, row_id
 
 settings, engine = st.session_state["settings"], st.session_state["engine"]
 GRID = "gallery_grid"
-POLL_SECONDS = 2.0
+IDLE_POLL_SECONDS = 1.0  # nothing runs: is there new work (a launch from another tab, a worker, the CLI)?
+ACTIVE_POLL_SECONDS = 0.5  # a run is active: new images as they come
+FIRST_IMAGE_WAIT_SECONDS = 1.0  # a launch noticed before its first image: wait up to this long for it, to draw both at once
 ACTIONS = {"stars": "star", "clear_stars": "clear_stars", "approve": "approve", "reject": "reject", "clear_decision": "clear_decision"}
 BULK_ACTIONS = {"approve": "Approve", "reject": "Reject", "clear_decision": "Clear the decision", "star:5": "5 stars",
                 "star:4": "4 stars", "star:3": "3 stars", "star:2": "2 stars", "star:1": "1 star", "clear_stars": "Clear the stars"}
@@ -271,24 +274,40 @@ def undo_button() -> None:
               help=f"Undo {info.label} (Z)" if info else "Nothing of yours to undo", on_click=apply, args=([{"a": "undo"}],))
 
 
-# ---- new images while a run is active ---------------------------------------------------------------------
-def _run_token() -> tuple[Any, ...]:
+# ---- new work, noticed without a click ---------------------------------------------------------------------
+def latest() -> LatestChange:
     with session(engine) as s:
-        active = [r for r in run_summaries(s, limit=20) if r.active]
-        return tuple((r.id, r.status, r.done, r.running, round(r.cost_usd, 6)) for r in active)
+        return latest_change(s)
 
 
-def live_updates() -> None:
-    """While a run is active, redraw the grid when it adds images; the timer stops once nothing runs."""
-    token = _run_token()
-    st.session_state["_g_token"] = token
-    if not token:
-        return
+def wait_for_an_image(last_image: int) -> None:
+    """A run has just started: its first image is usually a fraction of a second away. Waiting for
+    it here (a few indexed queries, bounded) draws the page once with that image, instead of once
+    for the launch and again at the next tick."""
+    deadline = time.monotonic() + FIRST_IMAGE_WAIT_SECONDS
+    while time.monotonic() < deadline and latest().last_image == last_image:
+        time.sleep(0.05)
 
-    @st.fragment(run_every=POLL_SECONDS)
+
+def live_updates(drawn: LatestChange) -> None:
+    """Redraw the page when there is new work: a launch, an image, a score, a run's end.
+
+    ``drawn`` is what the page was drawn from (read before its queries, so nothing slips between).
+    A small timer compares it with :func:`latest_change`, one statement over indexes, and reruns
+    the page only when it differs: every ``ACTIVE_POLL_SECONDS`` while a run is active, else
+    every ``IDLE_POLL_SECONDS``, so a Gallery opened before a launch (in another tab, by a worker
+    or the CLI) shows the run's first image by itself. The interval is set by each full run.
+    """
+    st.session_state["_g_drawn"] = drawn
+
+    @st.fragment(run_every=ACTIVE_POLL_SECONDS if drawn.running else IDLE_POLL_SECONDS)
     def poll() -> None:
-        if _run_token() != st.session_state.get("_g_token"):
-            st.rerun(scope="app")
+        now, drawn = latest(), st.session_state.get("_g_drawn")
+        if now == drawn:
+            return
+        if drawn is not None and now.running and not drawn.running and now.last_image == drawn.last_image:
+            wait_for_an_image(drawn.last_image)
+        st.rerun(scope="app")
 
     poll()
 
@@ -334,11 +353,13 @@ def grid() -> None:
     for message in st.session_state.pop("gallery_notices", []):
         st.toast(message)
     cfg, me = config(), reviewer()
+    drawn = latest()
     with session(engine) as s:
         options = filter_options(s)
     if not options.runs:
         st.title("Gallery")
-        st.info("Nothing to review yet: launch a run on the **New run** page.")
+        st.info("Nothing to review yet: launch a run on the **New run** page. Its images appear here as they are made.")
+        live_updates(drawn)
         return
     runs = dict(options.runs)
     seed_widgets(view, runs, options.providers, options.tags)
@@ -351,6 +372,7 @@ def grid() -> None:
     except InputError as e:
         st.error("These filters cannot be applied:")
         st.text(str(e))
+        live_updates(drawn)
         return
     chosen = selected(GRID)
     toolbar(view, page.total, page.page, page.pages, chosen)
@@ -368,7 +390,7 @@ def grid() -> None:
         st.pagination(page.pages, default=page.page, key=f"g_page_{page.page}", on_change=page_changed, args=(f"g_page_{page.page}",))
     if not me:
         st.caption("Enter your name in the sidebar to rate and decide; your name is kept in this browser.")
-    live_updates()
+    live_updates(drawn)
 
 
 grid()

@@ -59,7 +59,8 @@ if st.button("Check now", icon=":material/health_and_safety:"):
 findings = st.session_state.get("storage_findings")
 if findings is not None:
     if not findings:
-        st.success("Clean: every image a row names is on disk, no file is unknown, no temporary file is left.")
+        place = "in the bucket" if settings.storage_url else "on disk"
+        st.success(f"Clean: every image a row names is {place}, no file is unknown, no temporary file is left.")
     else:
         st.warning(f"{len(findings)} problem(s):")
         st.dataframe([{"kind": f.kind, "where": f.path, "what": f.detail, "repairable": f.repairable} for f in findings],
@@ -67,9 +68,13 @@ if findings is not None:
         if st.button("Repair what can be repaired", disabled=not admin,
                      help="Finishes interrupted deletes and prunes, removes temporary files, moves unknown files to data/orphans/, "
                           "and makes rows forget missing images" if admin else "Only an admin may repair"):
-            done = doctor.repair(engine, settings, findings)
-            st.session_state["storage_findings"] = doctor.examine(engine, settings, hashes=hashes)
-            st.session_state["storage_repaired"] = done
-            st.rerun()
+            try:
+                done = doctor.repair(engine, settings, findings)
+                st.session_state["storage_findings"] = doctor.examine(engine, settings, hashes=hashes)
+            except DarkroomError as e:  # e.g. the bucket refused a move or a delete: nothing is lost, say what
+                st.text(str(e))
+            else:
+                st.session_state["storage_repaired"] = done
+                st.rerun()
 for line in st.session_state.pop("storage_repaired", []):
     st.text(f"repaired: {line}")

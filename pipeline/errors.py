@@ -13,6 +13,7 @@
     │   ├── DiskFull               no space left where Darkroom writes: the run pauses, resumable
     │   ├── StorageUnwritable      a folder is read-only or not permitted (also an InputError: exit 2)
     │   ├── ObjectMissing          an image or sidecar is not in the folder or bucket it was written to
+    │   ├── PurgeFailed            deleting several objects stopped part-way (removed: how many went)
     │   └── DatabaseDamaged        the SQLite file is not whole: what is wrong and how to recover
     ├── ProviderError              a provider, judge or refiner call failed (kind says how;
     │   │                          skipped: the services passed over before it, and why)
@@ -206,6 +207,14 @@ class StorageUnwritable(StorageError, InputError):
 
 class ObjectMissing(StorageError):
     """An image or sidecar recorded as written is not in the storage (folder or bucket) any more."""
+
+
+class PurgeFailed(StorageError):
+    """Deleting several objects stopped part-way: ``removed`` of them were gone by then."""
+
+    def __init__(self, message: str, removed: int) -> None:
+        super().__init__(message)
+        self.removed = removed
 
 
 class DatabaseDamaged(StorageError):

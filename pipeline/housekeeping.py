@@ -57,7 +57,7 @@ def add_parsers(sub: Any) -> None:
     prune.add_argument("--run", type=int, action="append", default=[], help="only this run (repeatable)")
     prune.add_argument("--dry-run", action="store_true", help="list what would go and the space freed; change nothing")
 
-    check = sub.add_parser("doctor", help="check the database and the disk agree (missing, unknown, changed and temporary files)")
+    check = sub.add_parser("doctor", help="check the database and the disk (or bucket) agree (missing, unknown, changed and temporary files)")
     check.add_argument("--repair", action="store_true", help="fix what can be fixed")
     check.add_argument("--no-hashes", action="store_true", help="skip re-reading every image to check its SHA-256 (faster)")
 
@@ -163,7 +163,8 @@ def cmd_prune(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
         for d in result.images:
             print(f"would remove  run {d.run_id}  {d.prompt_key}  iteration {d.number}  {_mb(d.image_bytes)}  ({d.why})  {d.path}", file=out)
     verb = "Would free" if args.dry_run else "Freed"
-    print(f"{verb} {_mb(result.image_bytes)} on disk and {_mb(result.thumbnail_bytes)} of thumbnails in the database: "
+    place = "in the bucket" if settings.storage_url else "on disk"
+    print(f"{verb} {_mb(result.image_bytes)} {place} and {_mb(result.thumbnail_bytes)} of thumbnails in the database: "
           f"{len(result.images):,} image(s) ({policy.describe()}).", file=out)
     return EXIT_OK
 
@@ -172,8 +173,12 @@ def cmd_doctor(args: argparse.Namespace, settings: Settings, out: TextIO) -> int
     engine = open_database(settings)
     findings = doctor.examine(engine, settings, hashes=not args.no_hashes)
     if not findings:
-        print("Clean: every image a row names is on disk with its recorded SHA-256, no file is unknown, no temporary file is left.",
-              file=out)
+        if settings.storage_url:
+            print(f"Clean: every image a row names is in {settings.storage_url} with its recorded SHA-256, "
+                  "no object there is unknown, no temporary file is left.", file=out)
+        else:
+            print("Clean: every image a row names is on disk with its recorded SHA-256, no file is unknown, no temporary file is left.",
+                  file=out)
         return EXIT_OK
     for f in findings:
         print(f"{f.kind:<10}  {f.path}  {f.detail}", file=out)

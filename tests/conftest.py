@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import json
 import os
@@ -11,6 +12,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -44,6 +46,39 @@ SERVICE_ENV_VARS = _service_env_vars()
 # emptied before each test (tests/pg.py). .ci/run runs the tests marked ``db`` both ways.
 TEST_DATABASE = os.environ.get("DARKROOM_TEST_DATABASE", "sqlite")
 DB_FIXTURES = {"engine", "settings", "pg_url"}
+# A test touches the database when it, a fixture it uses or a helper of its module (followed through the
+# helpers it calls) names one of these: each opens the database, in the test's process or in a subprocess
+# (CLI, streamlit, API server, workers), which subprocess_env points at the test's database.
+DB_HELPERS = {"run_cli", "subprocess_env", "streamlit_server", "create_run", "open_database", "AppTest", "database_rows"}
+
+
+def _names_a_db_helper(func: object, seen: set[int]) -> bool:
+    func = inspect.unwrap(func)  # type: ignore[arg-type]
+    code, module = getattr(func, "__code__", None), getattr(func, "__module__", None)
+    if code is None or id(code) in seen:
+        return False
+    seen.add(id(code))
+    scope = getattr(func, "__globals__", {})
+    codes = [code]
+    while codes:
+        current = codes.pop()
+        for name in current.co_names:
+            helper = scope.get(name)
+            if name in DB_HELPERS or (inspect.isfunction(helper) and helper.__module__ == module and _names_a_db_helper(helper, seen)):
+                return True
+        codes.extend(c for c in current.co_consts if inspect.iscode(c))
+    return False
+
+
+def touches_database(item: pytest.Item) -> bool:
+    """Whether ``item`` uses the database (marked ``db``: .ci/run runs these again on PostgreSQL)."""
+    if DB_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker("empty_database"):
+        return True
+    seen: set[int] = set()
+    if _names_a_db_helper(getattr(item, "function", None), seen):
+        return True
+    fixtures = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+    return any(_names_a_db_helper(defs[-1].func, seen) for defs in fixtures.values() if defs)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -54,7 +89,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if DB_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker("empty_database"):
+        if not item.get_closest_marker("db") and touches_database(item):
             item.add_marker(pytest.mark.db)
         if TEST_DATABASE == "postgresql" and item.get_closest_marker("sqlite_only"):
             item.add_marker(pytest.mark.skip(reason="SQLite-file behaviour; this session runs on PostgreSQL"))
@@ -70,6 +105,21 @@ def pg_session_url() -> Iterator[str | None]:
 
     with session_database() as url:
         yield url
+
+
+def runners_started_here(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Every BackgroundRunner started during this test, to stop at its end."""
+    from pipeline.runs.background import BackgroundRunner
+
+    started: list[Any] = []
+    start = BackgroundRunner.start
+
+    def recording_start(self: BackgroundRunner, **kwargs: Any) -> list[int]:
+        started.append(self)
+        return start(self, **kwargs)
+
+    monkeypatch.setattr(BackgroundRunner, "start", recording_start)
+    return started
 
 
 @pytest.fixture(autouse=True)
@@ -98,7 +148,16 @@ def isolated_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: 
     registry.ensure_loaded()
     for var in SERVICE_ENV_VARS:  # a developer's real keys never reach a test
         monkeypatch.delenv(var, raising=False)
+    started = runners_started_here(monkeypatch)
     yield data
+    # A runner thread a test left behind (an AppTest page's, say) would claim the next test's prompts:
+    # on PostgreSQL every test shares one database, and run ids start again at 1.
+    if "streamlit" in sys.modules:
+        import streamlit as st
+
+        st.cache_resource.clear()  # the dashboard's runner is released (stopped) with it
+    for runner in started:
+        runner.stop()
     if pg_session_url is not None:
         from tests.pg import close_test_connections
 
@@ -157,6 +216,31 @@ def subprocess_env(data_dir: Path, **extra: str) -> dict[str, str]:
 
 
 PYTHON = sys.executable
+
+
+def database_rows(data_dir: Path, sql: str) -> list[tuple]:  # type: ignore[type-arg]
+    """The rows of ``sql`` in the database a subprocess given ``subprocess_env(data_dir)`` writes: the test's
+    PostgreSQL database (``DARKROOM_DATABASE_URL``) or the SQLite file in ``data_dir``. ``[]`` while the
+    database or the queried table does not exist yet (the subprocess is still creating it)."""
+    import sqlalchemy as sa
+    from sqlalchemy.pool import NullPool
+
+    url = os.environ.get("DARKROOM_DATABASE_URL")
+    if not url:
+        db = data_dir / "darkroom.db"
+        if not db.exists():
+            return []
+        url = f"sqlite:///{db}"
+    engine = sa.create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(sa.text(sql))]
+    except sa.exc.DBAPIError as e:
+        if "no such table" in str(e) or "UndefinedTable" in type(e.orig).__name__:
+            return []
+        raise
+    finally:
+        engine.dispose()
 
 
 def create_run(engine, settings: Settings, prompts: list[dict], tmp_path: Path, **config) -> int:  # type: ignore[no-untyped-def]

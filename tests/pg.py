@@ -2,7 +2,7 @@
 
 The server is ``DARKROOM_TEST_PG_URL`` (default: trust auth on 127.0.0.1:5432, database ``test``,
 as on this project's machines and as ``.ci/run`` sets one up). Each session creates
-``darkroom_test_<pid>`` and drops it at the end. Before a test its tables are truncated (fast:
+``darkroom_test_<pid>_<random>`` and drops it at the end. Before a test its tables are truncated (fast:
 the schema stays migrated), or, for a test marked ``empty_database``, the schema is dropped.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,7 +31,8 @@ def _admin(url: str) -> Engine:
 
 @contextlib.contextmanager
 def session_database() -> Iterator[str]:
-    name = f"darkroom_test_{os.getpid()}"
+    # the pid and a random part: sessions in other containers (their own pid numbering) share the server
+    name = f"darkroom_test_{os.getpid()}_{secrets.token_hex(4)}"
     server = _admin(SERVER_URL)
     with server.connect() as conn:
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

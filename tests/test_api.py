@@ -25,7 +25,9 @@ import pytest
 from sqlalchemy import text
 from sqlmodel import select
 
+from pipeline.api.reads import ACTIVE_FRESH_S
 from pipeline.api.settings import ApiSettings
+from pipeline.api.tokens import REMEMBER_S
 from pipeline.review.export import manifest_rows
 from pipeline.review.ratings import rate
 from pipeline.runs import control
@@ -157,6 +159,33 @@ def test_a_review_made_in_the_gallery_is_returned_by_the_api(settings, engine) -
         assert reviews["decision"] == "rejected" and reviews["mean_stars"] == 2
 
 
+def test_an_active_runs_page_shows_new_reviews_at_once_and_changes_in_place_within_a_second(settings, engine) -> None:
+    with serving(settings, engine) as base, client(base, engine, "ops", "operator") as ops:
+        run_id = ops.post("/v1/runs", json={"prompt_set": prompt_set(1), "iterations": 1}).json()["id"]
+        wait_for(ops, run_id, "completed")
+    with session(engine) as s:  # as if a runner in another process were still at work on it
+        s.execute(text("UPDATE run SET status = 'running' WHERE id = :id"), {"id": run_id})
+        s.commit()
+    with serving(settings, engine, runner=False) as base, client(base, engine, "rita", "reviewer") as rita:
+        first = rita.get(f"/v1/runs/{run_id}/items")
+        assert first.json()["run"]["status"] == "running" and first.json()["data"][0]["cost_usd"] == 0
+        plain = rita.get(f"/v1/runs/{run_id}/items", headers={"Accept-Encoding": "identity"})  # gzip only for clients that take it
+        assert first.headers["content-encoding"] == "gzip" and "content-encoding" not in plain.headers
+        assert plain.json() == first.json() and int(first.headers["content-length"]) < len(plain.content)
+        with session(engine) as s:
+            image = s.exec(select(Iteration.id).where(Iteration.status == "ok")).one()
+            rate(s, image, "gina", stars=4)  # a new review: seen by the next request
+            s.commit()
+        reviewed = rita.get(f"/v1/runs/{run_id}/items")
+        assert reviewed.headers["etag"] != first.headers["etag"]
+        assert reviewed.json()["data"][0]["iterations"][0]["reviews"]["others"][0]["stars"] == 4
+        with session(engine) as s:  # a value changed in place (no new row): seen within a second
+            s.execute(text("UPDATE run_item SET cost_usd = 0.25 WHERE run_id = :id"), {"id": run_id})
+            s.commit()
+        time.sleep(ACTIVE_FRESH_S + 0.1)
+        assert rita.get(f"/v1/runs/{run_id}/items").json()["data"][0]["cost_usd"] == 0.25
+
+
 # ---- cancel and resume -------------------------------------------------------------------------------
 def test_cancel_then_resume_and_a_completed_run_cannot_be_resumed(settings, engine) -> None:
     # No runner in the API process: the run waits queued, as when only the dashboard executes runs.
@@ -256,8 +285,8 @@ def test_each_error_class_is_a_problem_with_its_status(settings, engine, monkeyp
         is_problem(ops.get("/v1/images/999"), 404, "image-not-found")
         is_problem(ops.get("/v1/nowhere"), 404)
         is_problem(ops.post("/v1/runs", json={"prompt_set": {"prompts": make_prompts(40)}}), 413, "too-large")
-        is_problem(ops.post("/v1/runs", content=b"x" * 5000, headers={"content-type": "application/json",
-                                                                        "transfer-encoding": "chunked"}), 413)
+        is_problem(ops.post("/v1/runs", content=(b"x" * 1000 for _ in range(5)),  # chunked, no Content-Length
+                            headers={"content-type": "application/json"}), 413)
         chunks = (b'{"prompt_set": {"prompts": []}, "name": "' + b"x" * 1000 + b'"}' if i == 0 else b" " * 1000 for i in range(5))
         is_problem(ops.post("/v1/prompts/validate", content=chunks, headers={"content-type": "application/json"}), 413, "too-large")
         is_problem(ops.post("/v1/runs", content=b"prompts", headers={"content-type": "text/plain"}), 415)
@@ -310,7 +339,8 @@ def test_roles_limit_what_a_token_may_do_and_tokens_are_stored_hashed(settings, 
             assert ops.post(f"/v1/runs/{run_id}/cancel").status_code == 200
         assert admin.delete("/v1/tokens/rita").json()["revoked_at"]
         is_problem(rita.get(f"/v1/runs/{run_id}"), 401)  # revoked: refused at once
-        assert run_cli("token", "revoke", "root").code == 0
+        assert run_cli("token", "revoke", "root").code == 0  # by another process: refused within the second a token is remembered
+        time.sleep(REMEMBER_S + 0.1)
         is_problem(admin.get("/v1/tokens"), 401)
     assert run_cli("token", "create", "--name", "x", "--role", "boss").code == 2
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PYTHON, ROOT, SAMPLES, chromium, make_prompts, require_chromium, subprocess_env, write_prompt_set
+from tests.conftest import PYTHON, ROOT, SAMPLES, TEST_DATABASE, chromium, make_prompts, require_chromium, subprocess_env, write_prompt_set
 from tests.emulators.imagehost import ImageHostEmulator
 from tests.test_ui_hardening import streamlit_server
 
@@ -179,9 +179,14 @@ def seed(data_dir: Path, tmp_path: Path, prompt_set: Path | None = None, *extra:
     assert done.returncode == 0, done.stderr
 
 
-@pytest.fixture(scope="module")
+def _seeded_scope(fixture_name: str, config: pytest.Config) -> str:
+    return "function" if TEST_DATABASE == "postgresql" else "module"  # PostgreSQL: emptied before each test
+
+
+@pytest.fixture(scope=_seeded_scope)
 def seeded_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One finished run, shared by the deep-link tests (each still starts its own server)."""
+    """One finished run, shared by the deep-link tests (each still starts its own server); on PostgreSQL,
+    whose database is emptied before each test, one per test."""
     folder = tmp_path_factory.mktemp("deep_links")
     seed(folder / "data", folder)
     return folder / "data"

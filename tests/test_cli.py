@@ -6,7 +6,6 @@ import json
 import os
 import re
 import signal
-import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 
 from pipeline import __version__
 from pipeline.errors import ProviderError
-from tests.conftest import PYTHON, ROOT, make_prompts, run_cli, subprocess_env, write_prompt_set
+from tests.conftest import PYTHON, ROOT, database_rows, make_prompts, run_cli, subprocess_env, write_prompt_set
 from tests.fakes import FakeProvider
 
 
@@ -234,11 +233,7 @@ def _start_stuck_run(tmp_path: Path, grace_s: float) -> tuple[subprocess.Popen, 
 
 
 def _rows(db: Path, sql: str) -> list[tuple]:
-    con = sqlite3.connect(db)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
+    return database_rows(db.parent, sql)  # the SQLite file's folder, or the test's PostgreSQL database
 
 
 def test_ctrl_c_cancels_stuck_calls_after_the_grace_period_and_records_them(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from sqlmodel import select
 
 from pipeline import registry
@@ -313,8 +314,15 @@ def test_a_truncated_jpeg_sends_the_prompt_to_the_fallback_provider(tmp_path: Pa
 def everything_written(settings: Settings) -> str:
     """The database as SQL text, and every file under the data folder (sidecars, summaries, logs)."""
     db = settings.data_dir / "darkroom.db"
-    with sqlite3.connect(db) as conn:
-        text = "\n".join(conn.iterdump())
+    if db.exists():
+        with sqlite3.connect(db) as conn:
+            text = "\n".join(conn.iterdump())
+    else:  # PostgreSQL (DARKROOM_DATABASE_URL): every row of every table
+        engine = open_database(settings)
+        with engine.connect() as conn:
+            text = "\n".join(str(tuple(row)) for table in sa.inspect(conn).get_table_names()
+                              for row in conn.execute(sa.text(f'SELECT * FROM "{table}"')))
+        engine.dispose()
     for path in settings.data_dir.rglob("*"):
         if path.is_file() and path != db and not path.name.startswith("darkroom.db"):
             text += path.read_bytes().decode("utf-8", "replace")

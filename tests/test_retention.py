@@ -331,19 +331,3 @@ def test_a_whole_projects_images_export_in_one_zip(settings: Settings, tmp_path:
     assert run_cli("projects", "add", "2027").code == 2  # the name is taken
     du = json.loads(run_cli("du", "--project", "2027", "--json").out)
     assert [r["name"] for r in du["runs"]] == ["run 1 · p", "run 2 · p"] and du["total"]["images"] == 4
-
-
-def test_with_images_in_a_bucket_delete_prune_and_doctor_refuse_and_change_nothing(engine, settings: Settings,  # type: ignore[no-untyped-def]
-                                                                                   tmp_path: Path) -> None:
-    import dataclasses
-
-    from pipeline.errors import ConfigError
-
-    run_id = launch_and_run(engine, settings, tmp_path, prompts=1, iterations=2)
-    bucket = dataclasses.replace(settings, storage_url="s3://studio-images/darkroom")
-    for attempt in (lambda: retention.delete_run(engine, bucket, run_id),
-                    lambda: retention.prune(engine, bucket, retention.PrunePolicy(keep_best=True)),
-                    lambda: doctor.examine(engine, bucket)):
-        with pytest.raises(ConfigError, match="DARKROOM_STORAGE_URL"):
-            attempt()
-    assert len([it for it in iterations_of(engine, run_id) if it.image_path]) == 2 and problems(engine, settings) == []

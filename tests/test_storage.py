@@ -28,6 +28,9 @@ from pipeline.store.check import integrity_problems
 from pipeline.store.check import main as check_main
 from tests.conftest import ROOT, make_prompts, run_cli, write_prompt_set
 
+# The database file and the folder holding it: SQLite's storage (a server's is its operator's).
+pytestmark = pytest.mark.sqlite_only
+
 
 # ---- helpers ---------------------------------------------------------------------------------------
 @dataclass

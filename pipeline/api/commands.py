@@ -7,6 +7,7 @@ uvicorn are imported only when the server starts, so other commands start as fas
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import ipaddress
 import json
 import logging
@@ -30,6 +31,10 @@ def add_parsers(sub: Any, settings: Settings) -> None:
     serve = sub.add_parser("serve", help="serve the REST API (and execute queued runs) on this machine")
     serve.add_argument("--host", default=api.host, help="address to listen on (default: %(default)s, this machine only)")
     serve.add_argument("--port", type=int, default=api.port, help="port (default: %(default)s)")
+    serve.add_argument("--http", choices=("auto", "httptools", "h11"), default="auto",
+                       help="HTTP parser (default: %(default)s, httptools when installed: less CPU per request)")
+    serve.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto",
+                       help="event loop (default: %(default)s, uvloop when installed; the run executor keeps its own asyncio loop)")
 
     token = sub.add_parser("token", help="create, list or revoke REST API tokens")
     verbs = token.add_subparsers(dest="token_command", required=True, parser_class=type(token))
@@ -60,6 +65,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
 
     if not 0 < args.port < 65536:
         raise InputError(f"{args.port} is not a port number (1–65535)", field="port")
+    for option, module in (("http", "httptools"), ("loop", "uvloop")):
+        if getattr(args, option) == module and importlib.util.find_spec(module) is None:
+            raise InputError(f"--{option} {module}: {module} is not installed (pip install -r requirements.txt)", field=option)
     control.check_data_dir(settings)
     log_path = setup_logging(LogFiles.from_settings(settings), console_level=logging.WARNING if sys.stderr.isatty() else logging.INFO)
     engine = open_database(settings)
@@ -72,7 +80,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
         print("No API token yet: make one with  python -m pipeline token create --name NAME --role operator", file=out)
     print(f"Darkroom API on http://{args.host}:{args.port}  (docs: http://{args.host}:{args.port}/docs); log file {log_path}",
           file=out, flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", proxy_headers=False, server_header=False)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False, proxy_headers=False, server_header=False,
+                http=args.http, loop=args.loop)
     return 0
 
 

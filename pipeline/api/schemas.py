@@ -27,6 +27,7 @@ class RunOptions(Strict):
     block_rewrites: int | None = Field(None, description="times the refiner may rewrite a blocked prompt, 0–3")
     budget_usd: float | None = Field(None, description="spending cap in USD; the run pauses before a call would pass it")
     enhance: bool = Field(False, description="rewrite each prompt before its first image (a prompt with \"enhance\": false is left)")
+    grid: bool = Field(False, description="ask for 2x2 grids and split each into four images (a prompt's \"grid\" field overrides it)")
     name: str = Field("", description="a name for the run (default: the prompt set's name)")
     project: str | None = Field(None, description="the project the run belongs to (made when new; default: default)")
 
@@ -140,5 +141,5 @@ def config_from(options: RunOptions, defaults: RunConfig) -> RunConfig:
         iterations=options.iterations if options.iterations is not None else defaults.iterations,
         target_score=options.target_score, concurrency=options.concurrency if options.concurrency is not None else defaults.concurrency,
         block_rewrites=options.block_rewrites if options.block_rewrites is not None else defaults.block_rewrites,
-        budget_usd=options.budget_usd, enhance=options.enhance,
+        budget_usd=options.budget_usd, enhance=options.enhance, grid=options.grid,
     )

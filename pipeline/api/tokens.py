@@ -28,6 +28,8 @@ ROLES = ("reviewer", "operator", "admin")
 TOKEN_PREFIX = "drk_"
 SHOWN_PREFIX_CHARS = 10  # "drk_" and 6 more: enough to tell tokens apart in a list, far too few to guess one
 LAST_USED_EVERY_S = 60.0  # last_used_at is written at most this often per token (not on every request)
+REMEMBER_S = 1.0  # a token found is not looked up again for this long: revoked elsewhere, it works at most this much longer
+REMEMBERED_TOKENS = 1024
 
 
 def rank(role: str) -> int:
@@ -110,22 +112,46 @@ def revoke_token(engine: Engine, which: str) -> TokenInfo:
 
 
 class Authenticator:
-    """Finds the active token a bearer value belongs to: one indexed read per request, no write
-    (``last_used_at`` is written by :meth:`touch`, at most every minute per token)."""
+    """Finds the active token a bearer value belongs to, without a write (``last_used_at`` is
+    written by :meth:`touch`, at most every minute per token).
 
-    def __init__(self, engine: Engine) -> None:
+    A token found is remembered for :data:`REMEMBER_S` (one prepared indexed read, then none for
+    that second): a token revoked through this server stops working at once (:meth:`forget`), one
+    revoked by another process (``python -m pipeline token revoke``) within that second. An
+    unknown token is never remembered, so guessing costs a read each time and fills no memory.
+    """
+
+    def __init__(self, engine: Engine, remember_s: float = REMEMBER_S) -> None:
         self.engine = engine
+        self.remember_s = remember_s
         self._written: dict[int, float] = {}
+        self._known: dict[str, tuple[float, TokenInfo]] = {}  # token hash -> (until, token)
 
     def __call__(self, token: str) -> TokenInfo | None:
         if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
             return None
-        with session(self.engine) as s:  # columns, not a mapped row: a third of the cost
-            row = s.execute(sqlalchemy.select(
-                col(ApiToken.id), col(ApiToken.name), col(ApiToken.role), col(ApiToken.prefix), col(ApiToken.created_at),
-                col(ApiToken.last_used_at), col(ApiToken.revoked_at),
-            ).where(col(ApiToken.token_hash) == hash_token(token), col(ApiToken.revoked_at).is_(None))).first()
-            return TokenInfo(*row) if row is not None else None
+        digest = hash_token(token)
+        now = time.monotonic()
+        known = self._known.get(digest)
+        if known is not None and known[0] > now:
+            return known[1]
+        with self.engine.connect() as conn:  # columns, not a mapped row; the statement is built once
+            row = conn.execute(_ACTIVE_TOKEN, {"token_hash": digest}).first()
+        if row is None:
+            self._known.pop(digest, None)
+            return None
+        token_id, name, role, prefix, created_at, last_used_at, revoked_at = row
+        info = TokenInfo(int(token_id or 0), name, role, prefix, created_at, last_used_at, revoked_at)
+        if len(self._known) >= REMEMBERED_TOKENS:
+            self._known = {k: v for k, v in self._known.items() if v[0] > now}
+            if len(self._known) >= REMEMBERED_TOKENS:
+                self._known.clear()
+        self._known[digest] = (now + self.remember_s, info)
+        return info
+
+    def forget(self) -> None:
+        """Drop every remembered token (a token was revoked here: it stops working at once)."""
+        self._known = {}
 
     def due(self, token_id: int) -> bool:
         """Whether ``last_used_at`` of this token should be written now (claims the write)."""
@@ -141,3 +167,9 @@ class Authenticator:
             if row is not None:
                 row.last_used_at = utcnow()
                 s.commit()
+
+
+_ACTIVE_TOKEN = sqlalchemy.select(
+    col(ApiToken.id), col(ApiToken.name), col(ApiToken.role), col(ApiToken.prefix), col(ApiToken.created_at),
+    col(ApiToken.last_used_at), col(ApiToken.revoked_at),
+).where(col(ApiToken.token_hash) == sqlalchemy.bindparam("token_hash"), col(ApiToken.revoked_at).is_(None))

@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import sqlalchemy
 from sqlalchemy import or_
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col
 
 from pipeline.config import Settings
 from pipeline.errors import ExportError, StorageError
@@ -40,6 +41,8 @@ MANIFEST_FIELDS = [
     "image_id", "operation", "parent_ids", "cell_index",  # lineage: what made the image, from which images (their image_id)
 ]  # then, per reviewer, "<name>: stars", "<name>: decision", "<name>: note" (manifest.json: "ratings" by name)
 RATING_PARTS = ("stars", "decision", "note")
+RATING_COLUMNS = [col(Rating.id), col(Rating.iteration_id), col(Rating.reviewer), col(Rating.stars), col(Rating.decision),
+                  col(Rating.note), col(Rating.rated_at), col(Rating.decided_at)]
 
 
 SELECTIONS = {
@@ -95,7 +98,7 @@ def _fmt_stars(mean: Any) -> float | int | None:
     return int(value) if value.is_integer() else value
 
 
-def _in_force_by(ratings: list[Rating], decision: str, rule: str) -> list[Rating]:
+def _in_force_by(ratings: list[Any], decision: str, rule: str) -> list[Any]:
     """Whose decision the one in force is: the latest decider, or every reviewer on the winning side."""
     side = [r for r in ratings if r.decision == decision and decision != "none"]
     if rule == "latest" and side:
@@ -116,8 +119,8 @@ def _collect(s: Session, settings: Settings, f: GalleryFilter, *, sort: Sort, re
     found = s.exec(q.order_by(*sort_order(sort, p))).all()
     ids_q, _ = filtered_query(f, lambda p: [Iteration.id], delta=False, ratings=False, **opts)
     said = or_(col(Rating.stars).is_not(None), col(Rating.decision) != "none", col(Rating.note) != "")
-    ratings: dict[int, list[Rating]] = {}
-    for r in s.exec(select(Rating).where(col(Rating.iteration_id).in_(ids_q), said).order_by(Rating.reviewer)):
+    ratings: dict[int, list[Any]] = {}  # rows of the columns read: no mapped objects to build
+    for r in s.execute(sqlalchemy.select(*RATING_COLUMNS).where(col(Rating.iteration_id).in_(ids_q), said).order_by(col(Rating.reviewer))):
         ratings.setdefault(r.iteration_id, []).append(r)
     run_ids = sorted({row[0] for row in found})
     folders = {rid: output_dir_of(settings, get_run(s, rid)) for rid in run_ids}
@@ -217,7 +220,8 @@ def manifest_csv(images: list[dict[str, Any]], fields: list[str] | None = None) 
     text = io.StringIO()
     writer = csv.writer(text)
     writer.writerow([csv_safe(name) for name in columns])
-    writer.writerows([csv_safe(row.get(name)) for name in columns] for row in images)
+    starts = FORMULA_STARTS  # csv_safe, inlined: it runs for every cell of every row
+    writer.writerows([("'" + v) if isinstance(v, str) and v.startswith(starts) else v for v in map(row.get, columns)] for row in images)
     return text.getvalue()
 
 

@@ -372,7 +372,8 @@ class FilterOptions:
 def filter_options(s: Session) -> FilterOptions:
     runs = [(row_id(r), r.name) for r in s.exec(select(Run).order_by(col(Run.id).desc()))]
     providers = sorted(p for p in s.exec(select(Iteration.provider).distinct()).all() if p)
-    tag_lists = s.exec(select(Prompt.tags).where(col(Prompt.id).in_(select(RunItem.prompt_id))).distinct()).all()
+    # no DISTINCT: PostgreSQL has no equality for a json column; the set below removes the repeats
+    tag_lists = s.exec(select(Prompt.tags).where(col(Prompt.id).in_(select(RunItem.prompt_id)))).all()
     tags = sorted({t for tags in tag_lists for t in (tags or [])})
     return FilterOptions(runs, providers, tags)
 

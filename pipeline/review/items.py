@@ -1,24 +1,22 @@
 """A run's prompts with all their iterations, scores, prompt diffs and reviews, a page at a time.
 
 What the Review page shows for one prompt (:func:`pipeline.review.gallery.prompt_detail`), for
-many prompts at once in a fixed number of queries whatever the page size (the API's
-``GET /v1/runs/{id}/items``). Thumbnails are not read: a client fetches the images it shows.
+many prompts at once in a fixed number of queries whatever the page size, as typed rows. The
+API's ``GET /v1/runs/{id}/items`` builds the same answer straight from Core SQL
+(:mod:`pipeline.api.itemspage`, four times cheaper); ``tests/test_items_page.py`` holds the two
+equal. Thumbnails are not read: a client fetches the images it shows.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import sqlalchemy
-from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from pipeline.review.ratings import ImageSummary, summaries
 from pipeline.review.steps import step_before
 from pipeline.review.textdiff import Part
-from pipeline.store.models import Evaluation, Iteration, Prompt, Rating, Refinement, ReviewEvent, Run, RunItem, row_id
-
-ACTIVE = ("queued", "running")
+from pipeline.store.models import Evaluation, Iteration, Prompt, Refinement, RunItem, row_id
 
 
 @dataclass(frozen=True)
@@ -75,15 +73,3 @@ def run_items(s: Session, run_id: int, *, after_position: int = -1, limit: int =
         out.append(ItemReview(item, prompt, views))
     return out
 
-
-def items_version(s: Session, run_id: int) -> tuple[bool, tuple[object, ...] | None]:
-    """(whether run ``run_id`` exists, what :func:`run_items` of it depends on) in one indexed query,
-    for a cache. The version is None while the run is active (its prompts change); once it has
-    stopped only reviews change them, and each review appends an event and stamps its rating."""
-    row = s.execute(sqlalchemy.select(
-        col(Run.status), col(Run.started_at), col(Run.finished_at),
-        sqlalchemy.select(func.max(ReviewEvent.id)).scalar_subquery(), sqlalchemy.select(func.max(Rating.rated_at)).scalar_subquery(),
-    ).where(col(Run.id) == run_id)).first()
-    if row is None:
-        return False, None
-    return True, (None if row[0] in ACTIVE else tuple(row))

@@ -38,7 +38,10 @@ log = logging.getLogger("pipeline.runs.background")
 
 
 class BackgroundRunner:
-    def __init__(self, engine: Engine, settings: Settings, *, poll_seconds: float = 1.0, parallel_runs: int | None = None) -> None:
+    def __init__(self, engine: Engine, settings: Settings, *, poll_seconds: float = 0.25, parallel_runs: int | None = None) -> None:
+        """``poll_seconds``: how often the idle thread looks for runs queued by another process (the API
+        server, ``python -m pipeline`` with ``DARKROOM_WORKERS=0``); one indexed query. A launch from
+        this process calls :meth:`wake` and is picked up at once."""
         self.engine = engine
         self.settings = settings
         self.poll_seconds = poll_seconds

@@ -8,11 +8,19 @@ Delete (``python -m pipeline delete run N | project NAME``; the Runs and Project
 3. its rows go in one transaction (iterations, thumbnails, evaluations, ratings, review events,
    refinements, the call log), then the project's row and folder.
 
+With images in a bucket (``DARKROOM_STORAGE_URL``) step 2 starts with the run's objects (images,
+sidecars, ``summary.json``: everything under its prefix, in ``DeleteObjects``
+batches of 1,000), before anything local. When the bucket refuses (403, 5xx after the retries,
+a timeout) before any object went, the run is put back as it was and nothing was deleted; when it
+stops part-way, the run stays marked ``deleting`` with its rows, so nothing points at a deleted
+object without saying so, and the message says to run the command again.
+
 Prune (``python -m pipeline prune``; the Projects page) removes image files and their
 thumbnails and keeps the iteration's record (prompt, score, cost) with no image. Each batch is
 written to ``data/prune-journal.json`` first, then the rows are updated, then the files removed,
 then the journal; a crash anywhere leaves a journal that the next ``prune`` (or
-``doctor --repair``) finishes. Nothing a queued or running run, an unfinished prompt, or an
+``doctor --repair``) finishes. In a bucket the files are objects, deleted in ``DeleteObjects``
+batches; a refusal leaves the journal (the rows already forget those images) for the next run. Nothing a queued or running run, an unfinished prompt, or an
 approval needs is ever pruned.
 
 ``checkpoint`` is called after every step (the tests make it fail at each one in turn).
@@ -39,7 +47,7 @@ from sqlmodel import Session, col, select
 
 from pipeline.config import Settings
 from pipeline.display import size
-from pipeline.errors import ConfigError, InputError, RunStateError
+from pipeline.errors import InputError, PurgeFailed, RunStateError, StorageError
 from pipeline.files import atomic_write_json
 from pipeline.runs.projects import PROJECT_FILE, RUN_FILE, get_project, project_folder
 from pipeline.runs.purge import purge, table
@@ -58,6 +66,7 @@ from pipeline.store.models import (
     row_id,
     utcnow,
 )
+from pipeline.store.objects import delete_urls, in_bucket, run_store
 
 log = logging.getLogger("pipeline.runs.retention")
 Checkpoint = Callable[[str], None]
@@ -71,14 +80,6 @@ def _nothing(_: str) -> None:
     pass
 
 
-def check_local_storage(settings: Settings, what: str) -> None:
-    """Delete, prune and the doctor work on the data folder's files; with images in a bucket they refuse
-    (removing rows while the objects stay, or forgetting images the disk never held, would do harm)."""
-    if settings.storage_url:
-        raise ConfigError(f"{what} works on images kept in the data folder; these are kept in {settings.storage_url} "
-                          "(DARKROOM_STORAGE_URL), which it does not cover yet. Nothing was changed.")
-
-
 # ---- What a delete covers ----------------------------------------------------------------------
 @dataclass
 class Footprint:
@@ -90,10 +91,11 @@ class Footprint:
     bytes_on_disk: int = 0
     exports: list[Path] = field(default_factory=list)
     export_bytes: int = 0
+    place: str = "on disk"  # or "in the bucket"
 
     def describe(self) -> str:
         return (f"{len(self.runs)} run(s), {self.images:,} image(s), {self.files:,} file(s) "
-                f"({size(self.bytes_on_disk)} on disk), {len(self.exports)} export(s) ({size(self.export_bytes)})")
+                f"({size(self.bytes_on_disk)} {self.place}), {len(self.exports)} export(s) ({size(self.export_bytes)})")
 
 
 def walk_files(folder: Path) -> Iterator[os.DirEntry[str]]:
@@ -153,8 +155,16 @@ def footprint(s: Session, settings: Settings, run_ids: list[int]) -> Footprint:
             select(sa.func.count()).select_from(Iteration).join(RunItem, col(RunItem.id) == Iteration.run_item_id)
             .where(col(RunItem.run_id).in_(run_ids), Iteration.image_path != "")
         ).one())
+    bucket = in_bucket(settings)
+    if bucket:
+        fp.place = "in the bucket"
     for run_id in run_ids:
-        files, size = tree_size(output_dir_of(settings, get_run(s, run_id)))
+        run = get_run(s, run_id)
+        if bucket:  # one listing request per 1,000 objects
+            listed = list(run_store(settings, run).listing(""))
+            files, size = len(listed), sum(o.size for o in listed)
+        else:
+            files, size = tree_size(output_dir_of(settings, run))
         fp.files += files
         fp.bytes_on_disk += size
     fp.exports = exports_naming(settings, run_ids)
@@ -208,6 +218,10 @@ def _remove_run_files(settings: Settings, run: Run, checkpoint: Checkpoint) -> N
 
 def _delete_marked_run(engine: Engine, settings: Settings, run: Run, checkpoint: Checkpoint) -> None:
     run_id = row_id(run)
+    if in_bucket(settings):  # first: a refusal here leaves everything else as it was
+        removed, _ = run_store(settings, run).purge("")
+        checkpoint("objects")
+        log.info("run %s: %d object(s) deleted from the bucket", run_id, removed)
     for zip_path in exports_naming(settings, [run_id]):
         zip_path.unlink(missing_ok=True)
     checkpoint("exports")
@@ -221,22 +235,44 @@ def _delete_marked_run(engine: Engine, settings: Settings, run: Run, checkpoint:
 def delete_run(engine: Engine, settings: Settings, run_id: int, checkpoint: Checkpoint = _nothing) -> Footprint:
     """Delete the run with its rows, images, thumbnails, sidecars and exports; return what went.
     Run it again after an interruption to finish (a run marked ``deleting`` goes on from there)."""
-    check_local_storage(settings, "delete")
     with session(engine) as s:
         run = get_run(s, run_id)
         if run.status != "deleting":
             _check_deletable(run)
         gone = footprint(s, settings, [run_id])
+        before = {run_id: run.status}
         run.status = "deleting"
         s.commit()
     checkpoint("marked")
-    _delete_marked_run(engine, settings, run, checkpoint)
+    try:
+        _delete_marked_run(engine, settings, run, checkpoint)
+    except PurgeFailed as e:
+        raise _delete_failed(engine, e, f"run {run_id}", before, deleted_runs=0) from None
     return gone
+
+
+def _delete_failed(engine: Engine, e: PurgeFailed, what: str, before: dict[int, str], deleted_runs: int,
+                   project: tuple[int, str] | None = None) -> StorageError:
+    """The bucket refused a delete. Nothing gone yet: put the runs (and project) back as they were.
+    Part-way: they stay marked ``deleting`` with their rows, and the message says so."""
+    again = f"python -m pipeline delete {what}"
+    if e.removed == 0 and deleted_runs == 0:
+        with session(engine) as s:
+            for run_id, status in before.items():
+                s.execute(sa.update(Run).where(col(Run.id) == run_id, col(Run.status) == "deleting").values(status=status))
+            if project is not None:
+                s.execute(sa.update(Project).where(col(Project.id) == project[0], col(Project.status) == "deleting")
+                          .values(status=project[1]))
+            s.commit()
+        return StorageError(f"{e}. Nothing was deleted: {what} is as it was.")
+    return StorageError(f"{e}. {e.removed:,} object(s) were deleted before that"
+                        + (f" (and {deleted_runs} run(s) entirely)" if deleted_runs else "")
+                        + f"; {what} stays marked 'deleting' with its rows (`python -m pipeline doctor` reports it). "
+                        f"Run `{again}` again once the bucket accepts deletes.")
 
 
 def delete_project(engine: Engine, settings: Settings, name: str, checkpoint: Checkpoint = _nothing) -> Footprint:
     """Delete the project, every one of its runs (as :func:`delete_run`), and its folder."""
-    check_local_storage(settings, "delete")
     with session(engine) as s:
         project = get_project(s, name)
         if project.name == DEFAULT_PROJECT:
@@ -246,13 +282,18 @@ def delete_project(engine: Engine, settings: Settings, name: str, checkpoint: Ch
             if run.status != "deleting":
                 _check_deletable(run)
         gone = footprint(s, settings, [row_id(r) for r in runs])
+        before = {row_id(r): r.status for r in runs}
+        project_before = (row_id(project), project.status)
         project.status = "deleting"
         for run in runs:
             run.status = "deleting"
         s.commit()
     checkpoint("marked")
-    for run in runs:
-        _delete_marked_run(engine, settings, run, checkpoint)
+    for done, run in enumerate(runs):
+        try:
+            _delete_marked_run(engine, settings, run, checkpoint)
+        except PurgeFailed as e:
+            raise _delete_failed(engine, e, f"project {name!r}", before, deleted_runs=done, project=project_before) from None
     folder = project_folder(settings, project)
     (folder / PROJECT_FILE).unlink(missing_ok=True)
     if folder.is_dir() and not any(folder.iterdir()):
@@ -325,7 +366,7 @@ class Doomed:
     run_id: int
     prompt_key: str
     number: int
-    path: str  # absolute
+    path: str  # absolute, or the object's s3:// URL
     image_bytes: int
     why: str
 
@@ -356,9 +397,11 @@ def prune_candidates(s: Session, settings: Settings, policy: PrunePolicy, now: d
         runs = runs.where(Run.project_id == get_project(s, policy.project).id)
     if policy.run_ids:
         runs = runs.where(col(Run.id).in_(policy.run_ids))
-    folders = {row_id(r): output_dir_of(settings, r) for r in s.exec(runs)}
+    chosen = list(s.exec(runs))
+    folders = {row_id(r): output_dir_of(settings, r) for r in chosen}
     if not folders:
         return []
+    stores = {row_id(r): run_store(settings, r) for r in chosen} if in_bucket(settings) else {}
     base = (sa.select(col(Iteration.id), col(RunItem.run_id), col(Prompt.key), col(Iteration.number), col(Iteration.image_path),
                       col(Iteration.byte_size), col(Iteration.finished_at), col(Iteration.started_at), col(RunItem.final_iteration))
             .join(RunItem, col(RunItem.id) == Iteration.run_item_id).join(Prompt, col(Prompt.id) == RunItem.prompt_id)
@@ -378,7 +421,8 @@ def prune_candidates(s: Session, settings: Settings, policy: PrunePolicy, now: d
                else f"older than {policy.older_than_days:g} days" if cutoff is not None and when is not None and when < cutoff
                else "")
         if why:
-            doomed.append(Doomed(it_id, run_id, key, number, str(folders[run_id] / image_path), int(byte_size or 0), why))
+            path = stores[run_id].where(image_path) if stores else str(folders[run_id] / image_path)
+            doomed.append(Doomed(it_id, run_id, key, number, path, int(byte_size or 0), why))
     return doomed
 
 
@@ -386,8 +430,9 @@ def _journal(settings: Settings) -> Path:
     return settings.data_dir / JOURNAL
 
 
-def _apply_batch(engine: Engine, entries: list[tuple[int, str]], checkpoint: Checkpoint) -> int:
-    """Rows first (image forgotten, thumbnail gone), then the files; returns the thumbnail bytes freed."""
+def _apply_batch(engine: Engine, settings: Settings, entries: list[tuple[int, str]], checkpoint: Checkpoint) -> int:
+    """Rows first (image forgotten, thumbnail gone), then the files or objects; returns the thumbnail bytes freed.
+    A bucket's refusal raises with the journal kept: the rows no longer point at the objects it still holds."""
     ids = [i for i, _ in entries]
     with session(engine) as s:
         thumb_bytes = int(s.exec(select(sa.func.coalesce(sa.func.sum(sa.func.length(Thumbnail.data)), 0))
@@ -396,6 +441,17 @@ def _apply_batch(engine: Engine, entries: list[tuple[int, str]], checkpoint: Che
         s.execute(sa.update(Iteration).where(col(Iteration.id).in_(ids)).values(image_path=""))
         s.commit()
     checkpoint("rows")
+    objects = [path for _, path in entries if path.startswith("s3://")]
+    if objects:
+        try:
+            delete_urls(settings, objects)
+        except PurgeFailed as e:
+            raise StorageError(f"prune: {e}. {len(entries):,} image row(s) no longer point at their images; "
+                               f"{len(objects) - e.removed:,} of their objects are still in the bucket, listed in "
+                               f"{_journal(settings)}; `python -m pipeline prune` or `doctor --repair` deletes them "
+                               "once the bucket accepts deletes") from None
+        checkpoint("files")
+        entries = [(i, path) for i, path in entries if not path.startswith("s3://")]
     # Unlinking waits on the disk (an inode read per file once they are out of the cache): several at once.
     with ThreadPoolExecutor(max_workers=UNLINK_THREADS) as pool:
         for start in range(0, len(entries), 500):
@@ -423,7 +479,7 @@ def finish_prune(engine: Engine, settings: Settings, checkpoint: Checkpoint = _n
     """Finish an interrupted prune batch; the number of images it covered."""
     entries = pending_prune(settings)
     if entries:
-        _apply_batch(engine, entries, checkpoint)
+        _apply_batch(engine, settings, entries, checkpoint)
     _journal(settings).unlink(missing_ok=True)
     return len(entries)
 
@@ -431,7 +487,6 @@ def finish_prune(engine: Engine, settings: Settings, checkpoint: Checkpoint = _n
 def prune(engine: Engine, settings: Settings, policy: PrunePolicy, *, dry_run: bool = False,
           checkpoint: Checkpoint = _nothing, now: datetime | None = None) -> PruneResult:
     """Remove the images ``policy`` selects (``dry_run``: only list them)."""
-    check_local_storage(settings, "prune")
     finished = 0 if dry_run else finish_prune(engine, settings, checkpoint)
     with session(engine) as s:
         doomed = prune_candidates(s, settings, policy, now)
@@ -447,7 +502,7 @@ def prune(engine: Engine, settings: Settings, policy: PrunePolicy, *, dry_run: b
         atomic_write_json(_journal(settings), {"started_at": utcnow().isoformat(), "policy": policy.describe(), "images": entries},
                           durable=True)
         checkpoint("journal")
-        result.thumbnail_bytes += _apply_batch(engine, entries, checkpoint)
+        result.thumbnail_bytes += _apply_batch(engine, settings, entries, checkpoint)
         _journal(settings).unlink()
         checkpoint("done")
     if doomed:

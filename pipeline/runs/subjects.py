@@ -3,7 +3,8 @@
 For a prompt with such references the judge gets one more element per subject, "is this the same
 character / subject as in the reference image?", and the reference images themselves
 (``EvaluationRequest.reference_images``); a "no" is a failed check, which the refiner receives
-like any other.
+like any other. The offline judge compares colours with them; the vision judges (Gemini, OpenAI,
+Ollama) are shown them after the generated image (``pipeline.services.judge_images``).
 """
 
 from __future__ import annotations
@@ -31,4 +32,6 @@ def subject_elements(engine: Engine, prompt: Prompt, after: int) -> list[Element
 
 
 def subject_images(references: tuple[ReferenceImage, ...]) -> tuple[ReferenceImage, ...]:
+    """The references the judge compares the image with (in the prompt set's order: the judges'
+    ``max_reference_images`` keeps the first ones)."""
     return tuple(r for r in references if r.role in SUBJECT_ROLES)

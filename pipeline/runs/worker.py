@@ -13,7 +13,9 @@ Why SKIP LOCKED on our own tables rather than a PostgreSQL task queue (procrasti
 the work items already are rows (``run_item``) with the state the resume rules need (status,
 iterations, request ids); a queue library would add its own job table mirroring them, a second
 source of truth to keep consistent on every crash, and it still could not express "a prompt's
-lease" plus "the run's remaining prompts" without reading ours. The claim is two statements.
+lease" plus "the run's remaining prompts" without reading ours. A claim is three short statements
+(the open runs; the first claimable prompt of the oldest, in id order by a partial index; the
+update), and costs the same at the first prompt of a run as at its 20,000th.
 
 A run's budget is checked by each worker against what the run has cost so far, all workers
 included, as of its last heartbeat (``heartbeat_s``): the cap can be passed by what the other

@@ -13,11 +13,15 @@ or a safety finish reason and no image, is a content block; a 200 with no image 
 malformed answer. Cost comes from the usage metadata's tokens at the configured rates. Reference
 images go as inline image parts (``inline_data``) before the prompt, each after a text part
 naming its role; together they stay under ``inline_max_bytes``.
+
+Vision judge: the generated image and then the prompt's subject references as ``inline_data``
+parts, before the text that says which image is which (:mod:`pipeline.services.judge_images`).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import httpx
@@ -26,6 +30,7 @@ from pipeline.components import GeneratedImage, GenerationRequest, ImageProvider
 from pipeline.errors import ContentBlocked, ProviderError, human_bytes
 from pipeline.services import references, wire
 from pipeline.services.chat import Answer, ChatJudge, ChatRefiner, ChatService
+from pipeline.services.judge_images import Picture
 from pipeline.services.lazy import lazy_module
 from pipeline.services.remote import Remote
 
@@ -115,8 +120,9 @@ class GeminiService(Remote):
 
 
 class GeminiChat(GeminiService, ChatService):
-    async def ask(self, system: str, text: str, schema: dict[str, Any], *, image: bytes | None = None, mime_type: str = "") -> Answer:
-        contents: list[Any] = [types.Part.from_bytes(data=image, mime_type=mime_type or "image/png")] if image else []
+    async def ask(self, system: str, text: str, schema: dict[str, Any], *, images: Sequence[Picture] = ()) -> Answer:
+        # the images as inline_data parts in order (the judge's candidate first, then its references), then the text
+        contents: list[Any] = [types.Part.from_bytes(data=p.data, mime_type=p.mime_type) for p in images]
         contents.append(text)
         response = await self._generate(contents, types.GenerateContentConfig(
             system_instruction=system, temperature=0.0, response_mime_type="application/json", response_json_schema=schema))

@@ -1,14 +1,19 @@
-"""Ollama: a local server's ``/api/chat`` as a vision judge and prompt refiner (``format`` = the JSON schema)."""
+"""Ollama: a local server's ``/api/chat`` as a vision judge and prompt refiner (``format`` = the JSON schema).
+
+The judge's images (the generated one, then the prompt's subject references) go in the user
+message's ``images`` array as raw base64; the text says which image is which."""
 
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import httpx
 
 from pipeline.services import wire
 from pipeline.services.chat import Answer, ChatJudge, ChatRefiner, ChatService
+from pipeline.services.judge_images import Picture
 
 
 class OllamaChat(ChatService):
@@ -38,10 +43,10 @@ class OllamaChat(ChatService):
         pulled = ", ".join(sorted(n for n in names if n)) or "none"
         return f"the model {self.model!r} is not pulled on this server (it has: {pulled}); run `ollama pull {self.model}`"
 
-    async def ask(self, system: str, text: str, schema: dict[str, Any], *, image: bytes | None = None, mime_type: str = "") -> Answer:
+    async def ask(self, system: str, text: str, schema: dict[str, Any], *, images: Sequence[Picture] = ()) -> Answer:
         user: dict[str, Any] = {"role": "user", "content": text}
-        if image:
-            user["images"] = [base64.b64encode(image).decode()]
+        if images:  # raw base64, no data: prefix (the judge's candidate first, then its references)
+            user["images"] = [base64.b64encode(p.data).decode() for p in images]
         payload = {"model": self.model, "messages": [{"role": "system", "content": system}, user], "format": schema,
                    "stream": False, "options": {"temperature": 0}, "keep_alive": str(self.settings.get("keep_alive", "5m"))}
         token = wire.setting("OLLAMA_API_KEY", {}, "")

@@ -9,7 +9,8 @@ alpha, the first image's size); ``n`` images per call come back as the first ima
 
 Vision judge and refiner: OpenAI vision judge and refiner: Chat Completions with a JSON-schema response format, temperature 0.
 
-The image goes as a ``data:`` URL in an ``image_url`` part. A refusal (``message.refusal``) or
+The image goes as a ``data:`` URL in an ``image_url`` part, followed by the prompt's subject
+references the same way (the text says which image is which). A refusal (``message.refusal``) or
 a moderation error is a content block. Cost comes from ``usage`` tokens at the configured
 rates. The SDK client is built per call with ``max_retries=0``.
 """
@@ -17,6 +18,7 @@ rates. The SDK client is built per call with ``max_retries=0``.
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pipeline import quotas
@@ -24,6 +26,7 @@ from pipeline.components import GeneratedImage, GenerationRequest, ImageProvider
 from pipeline.errors import ContentBlocked, ProviderError
 from pipeline.services import references, wire
 from pipeline.services.chat import Answer, ChatJudge, ChatRefiner, ChatService
+from pipeline.services.judge_images import Picture
 from pipeline.services.lazy import lazy_module
 from pipeline.services.remote import Remote
 
@@ -158,11 +161,11 @@ class OpenAIImagesProvider(OpenAIService, ImageProvider):
 
 
 class OpenAIChat(OpenAIService, ChatService):
-    async def ask(self, system: str, text: str, schema: dict[str, Any], *, image: bytes | None = None, mime_type: str = "") -> Answer:
-        content: list[ChatCompletionContentPartParam] = [{"type": "text", "text": text}]
-        if image:
-            url = f"data:{mime_type or 'image/png'};base64,{base64.b64encode(image).decode()}"
-            content.insert(0, {"type": "image_url", "image_url": {"url": url}})
+    async def ask(self, system: str, text: str, schema: dict[str, Any], *, images: Sequence[Picture] = ()) -> Answer:
+        # one image_url part per image, a data: URL each (the judge's candidate first, then its references), then the text
+        content: list[ChatCompletionContentPartParam] = [
+            {"type": "image_url", "image_url": {"url": f"data:{p.mime_type};base64,{base64.b64encode(p.data).decode()}"}} for p in images]
+        content.append({"type": "text", "text": text})
         try:
             async with sdk_client(self) as client:
                 response = await client.chat.completions.create(

@@ -10,13 +10,21 @@ Pools are never shared across event loops (an asyncio connection belongs to its 
 counts of connections opened are kept per service for the benches and tests. A service's pool is
 split in :data:`POOL_SHARDS`, each prompt worker keeping to one, because httpcore's pool costs
 CPU in proportion to its connections times its waiting requests.
+
+HTTP/2 is offered (ALPN) on every TLS connection when ``DARKROOM_HTTP2=1`` and the ``h2`` package
+is installed (:data:`HTTP2`): a service that speaks it carries a shard's concurrent calls on one
+multiplexed connection; one that does not answers HTTP/1.1 on the same pool. It is off by default
+because it did not pay (bench/connections.py, loopback TLS): once connections are pooled there are
+no handshakes left to save, and h2's framing cost +0.2–0.4 ms of client CPU per request over h11's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib
+import importlib.util
 import itertools
+import os
 import threading
 import weakref
 from collections import Counter
@@ -31,6 +39,7 @@ _shard_of: weakref.WeakKeyDictionary[asyncio.Task[Any], int] = weakref.WeakKeyDi
 _turns = itertools.count()
 _opened: Counter[str] = Counter()
 _lock = threading.Lock()  # runs on several threads' loops may open connections at once
+HTTP2 = os.environ.get("DARKROOM_HTTP2", "") == "1" and importlib.util.find_spec("h2") is not None  # offer HTTP/2 by ALPN
 
 
 def connections_opened(service: str | None = None) -> int:
@@ -77,9 +86,11 @@ class _CountingBackend:
 
 
 def counted(transport: Any, service: str) -> Any:
-    """``transport`` (an httpx or httpx2 ``AsyncHTTPTransport``) with its connections counted.
-    (httpx has no public hook for the network backend: its pool's attribute is wrapped.)"""
+    """``transport`` (an httpx or httpx2 ``AsyncHTTPTransport``) with its connections counted, and
+    HTTP/2 offered when :data:`HTTP2`. (httpx has no public hook for the network backend: its pool's
+    attribute is wrapped; its connections are made lazily, so the pool's ``_http2`` still applies.)"""
     pool = transport._pool
+    pool._http2 = pool._http2 or HTTP2
     readable = importlib.import_module(f"{type(pool).__module__.split('.')[0]}._utils").is_socket_readable  # httpcore's or httpcore2's
     pool._network_backend = _CountingBackend(pool._network_backend, service, readable)
     return transport

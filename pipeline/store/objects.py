@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from pipeline.config import Settings, defaults_from, from_table
-from pipeline.errors import ConfigError, ObjectMissing, StorageError
+from pipeline.errors import ConfigError, ObjectMissing, PurgeFailed, StorageError
 from pipeline.files import TEMP_PREFIX, atomic_write_bytes, json_bytes, storage_error
 from pipeline.store.models import Run
 
@@ -99,7 +99,16 @@ class ObjectStore(Protocol):
         ...
 
     def purge(self, prefix: str = "") -> tuple[int, int]:
-        """Delete every object whose key starts with ``prefix``; (objects, bytes) removed."""
+        """Delete every object whose key starts with ``prefix``; (objects, bytes) removed.
+        :class:`PurgeFailed` (saying how many were removed) when it stops part-way."""
+        ...
+
+    def delete_many(self, keys: list[str]) -> int:
+        """Delete these objects (in batches where the store has them); how many. :class:`PurgeFailed` part-way."""
+        ...
+
+    def move(self, key: str, new_key: str) -> None:
+        """Put the object under ``new_key`` and remove it from ``key`` (the doctor's orphans)."""
         ...
 
     def local_path(self, key: str) -> Path | None:
@@ -187,9 +196,25 @@ class LocalStore:
     def purge(self, prefix: str = "") -> tuple[int, int]:
         count = size = 0
         for found in list(self.listing(prefix)):
-            self.delete(found.key)
+            try:
+                self.delete(found.key)
+            except OSError as e:
+                raise PurgeFailed(f"cannot delete {self.where(found.key)}: {e.strerror or e}", count) from None
             count, size = count + 1, size + found.size
         return count, size
+
+    def delete_many(self, keys: list[str]) -> int:
+        for done, key in enumerate(keys):
+            try:
+                self.delete(key)
+            except OSError as e:
+                raise PurgeFailed(f"cannot delete {self.where(key)}: {e.strerror or e}", done) from None
+        return len(keys)
+
+    def move(self, key: str, new_key: str) -> None:
+        target = self._path(new_key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self._path(key), target)
 
 
 def put_json(store: ObjectStore, key: str, payload: Any) -> None:
@@ -240,6 +265,26 @@ def endpoint_from_env() -> dict[str, str]:
 
 def in_bucket(settings: Settings) -> bool:
     return bool(settings.storage_url)
+
+
+def storage_root(settings: Settings) -> ObjectStore:
+    """The whole of ``DARKROOM_STORAGE_URL``'s place (every run's folder below it): for the doctor."""
+    return bucket_store(parse_bucket_url(settings.storage_url), StorageOptions.of(settings))
+
+
+def delete_urls(settings: Settings, urls: list[str]) -> int:
+    """Delete objects named by their ``s3://bucket/key`` URLs, grouped per bucket into batched requests."""
+    per_bucket: dict[str, list[str]] = {}
+    for url in urls:
+        place = parse_bucket_url(url, what="an object to delete")
+        per_bucket.setdefault(place.bucket, []).append(place.prefix)
+    options, done = StorageOptions.of(settings), 0
+    for bucket, keys in per_bucket.items():
+        try:
+            done += bucket_store(BucketPlace(bucket, ""), options).delete_many(keys)
+        except PurgeFailed as e:
+            raise PurgeFailed(str(e), done + e.removed) from None
+    return done
 
 
 def run_key_root(run: Run) -> str:

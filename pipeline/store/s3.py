@@ -38,7 +38,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from pipeline.errors import ObjectMissing, StorageError
+from pipeline.errors import ObjectMissing, PurgeFailed, StorageError
 from pipeline.store.objects import CHUNK, ObjectInfo, StorageOptions, clean_key
 
 T = TypeVar("T")
@@ -74,6 +74,8 @@ class S3Store:
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def where(self, key: str) -> str:
+        if clean_key(key) == ".":  # the store's whole prefix (a listing, a purge)
+            return f"s3://{self.bucket}/{self.prefix}/" if self.prefix else f"s3://{self.bucket}/"
         return f"s3://{self.bucket}/{self._key(key)}"
 
     def local_path(self, key: str) -> Path | None:
@@ -187,23 +189,53 @@ class S3Store:
     def delete(self, key: str) -> None:
         self._call("delete", key, lambda: self.client.delete_object(Bucket=self.bucket, Key=self._key(key)))
 
+    def _delete_batch(self, keys: list[str], where: str) -> None:
+        """One ``DeleteObjects`` request of at most :data:`DELETE_BATCH` keys (relative to the store)."""
+        objects = [{"Key": self._key(k)} for k in keys]
+        answer = self._call("delete", where, lambda: self.client.delete_objects(
+            Bucket=self.bucket, Delete={"Objects": objects, "Quiet": True}))
+        if errors := answer.get("Errors"):  # S3 answers 200 and names the keys it refused (AccessDenied per key)
+            code = str(errors[0].get("Code", ""))
+            hint = (" (permission denied: the keys need s3:DeleteObject on this prefix)"
+                    if code in DENIED_CODES else "")
+            raise StorageError(f"cannot delete {len(errors)} of {len(keys)} object(s) under {self.where(where)}: "
+                               f"{code} {errors[0].get('Message', '')}".strip() + hint)
+
     def purge(self, prefix: str = "") -> tuple[int, int]:
         """Delete in batches of up to 1,000 keys per request (``DeleteObjects``), as listed."""
         count = size = 0
         batch: list[ObjectInfo] = []
-        for found in [*self.listing(prefix), None]:
-            if found is not None:
-                batch.append(found)
-            if batch and (found is None or len(batch) == DELETE_BATCH):
-                keys = [{"Key": self._key(o.key)} for o in batch]
-                answer = self._call("delete", prefix or ".", lambda keys=keys: self.client.delete_objects(  # type: ignore[misc]
-                    Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True}))
-                if errors := answer.get("Errors"):
-                    raise StorageError(f"cannot delete {len(errors)} object(s) under {self.where(prefix or '.')}: "
-                                       f"{errors[0].get('Code', '')} {errors[0].get('Message', '')}".strip())
-                count, size = count + len(batch), size + sum(o.size for o in batch)
-                batch = []
+        try:
+            for found in [*self.listing(prefix), None]:
+                if found is not None:
+                    batch.append(found)
+                if batch and (found is None or len(batch) == DELETE_BATCH):
+                    self._delete_batch([o.key for o in batch], prefix or ".")
+                    count, size = count + len(batch), size + sum(o.size for o in batch)
+                    batch = []
+        except PurgeFailed:
+            raise
+        except StorageError as e:
+            raise PurgeFailed(str(e), count) from None
         return count, size
+
+    def delete_many(self, keys: list[str]) -> int:
+        done = 0
+        try:
+            for start in range(0, len(keys), DELETE_BATCH):
+                batch = keys[start:start + DELETE_BATCH]
+                self._delete_batch(batch, (os.path.commonpath(batch) or ".") if len(batch) > 1 else batch[0])
+                done += len(batch)
+        except StorageError as e:
+            raise PurgeFailed(str(e), done) from None
+        return done
+
+    def move(self, key: str, new_key: str) -> None:
+        """A server-side copy (metadata and all), then the delete: the object is never in neither place."""
+        self._call("copy", key, lambda: self.client.copy_object(
+            Bucket=self.bucket, Key=self._key(new_key), CopySource={"Bucket": self.bucket, "Key": self._key(key)},
+            MetadataDirective="COPY"))
+        self.delete(key)
 
     def listing(self, prefix: str = "") -> Iterator[ObjectInfo]:
         clean_key(prefix.rstrip("/") or ".")  # a prefix may not leave the store either

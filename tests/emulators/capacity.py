@@ -63,6 +63,24 @@ def _busy_time(spans: list[tuple[float, float]], slots: int) -> float:
     return total
 
 
+def tail(spans: list[tuple[float, float]], slots: int) -> dict[str, float]:
+    """The run's tail: from the last moment all ``slots`` were busy to the last job's end
+    (``actual`` s), against the least time ``slots`` need for the work left at that moment
+    (``ideal`` s: the rest of each running job and every job not yet started, as one bin-packing
+    bound, max(work / slots, longest piece)). ``jobs`` is how many jobs ran in the tail."""
+    if not spans:
+        return {"actual": 0.0, "ideal": 0.0, "jobs": 0}
+    events = sorted([(start, 1) for start, _ in spans] + [(done, -1) for _, done in spans])
+    running, since = 0, events[0][0]
+    for at, change in events:
+        if running >= slots and running + change < slots:
+            since = at
+        running += change
+    pieces = [done - max(start, since) for start, done in spans if done > since]
+    end = max(done for _, done in spans)
+    return {"actual": end - since, "ideal": max(sum(pieces) / slots, max(pieces, default=0.0)), "jobs": len(pieces)}
+
+
 class CapacityService(Emulator):
     def __init__(self, model: str, slots: int = 8, median: float = 1.0, sigma: float = 0.5, key: str = KEY) -> None:
         if model not in MODELS:
@@ -92,7 +110,8 @@ class CapacityService(Emulator):
                     "notice_lag": _mean([j.fetched - j.done for j in self.jobs.values() if j.fetched is not None]),
                     "first_submitted": min((j.submitted for j in self.jobs.values()), default=0.0),
                     "last_done": max((j.done for j in self.jobs.values()), default=0.0),
-                    "busy": _busy_time([(j.start, j.done) for j in self.jobs.values()], self.slots)}
+                    "busy": _busy_time([(j.start, j.done) for j in self.jobs.values()], self.slots),
+                    "tail": tail([(j.start, j.done) for j in self.jobs.values()], self.slots)}
 
     # ---- the service ---------------------------------------------------------------------------------------
     def handle(self, req: Request) -> Reply:

@@ -3,6 +3,8 @@
 Answers image requests (``responseModalities`` with IMAGE) with an ``inlineData`` part, and JSON
 requests by the schema's title: elements for a prompt, answers for a judgement, a new prompt
 for a refinement. Errors use the google.rpc shape; a 429 carries ``RetryInfo.retryDelay``.
+A judging request's ``inlineData`` parts are checked and recorded in ``judged_images``
+(:mod:`tests.emulators.judging`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from PIL import Image
 
 from . import RETRY_AFTER_S, SLOW_S, Emulator, Reply, Request
 from .answers import answer_for
+from .judging import with_reference_verdict
 
 KEY = "gemini-test-key-0000"
 class GeminiEmulator(Emulator):
@@ -23,10 +26,13 @@ class GeminiEmulator(Emulator):
         super().__init__()
         self.usage = {"promptTokenCount": 1200, "candidatesTokenCount": 300, "totalTokenCount": 1500}
         self.received_images: list[list[tuple[str, bytes]]] = []  # the (MIME type, bytes) image parts of each image request
+        self.judged_images: list[list[tuple[str, bytes]]] = []  # the same for each JSON (judging) request: candidate, then references
+        self.reference_verdict = "yes"  # tests.emulators.judging: how "the same character as the reference?" is answered
 
-    def check_inline_images(self, body: dict) -> Reply | None:
+    def check_inline_images(self, body: dict, into: list[list[tuple[str, bytes]]] | None = None) -> Reply | None:
         """Image parts (``inlineData`` with ``mimeType`` and base64 ``data``) as the API reads them:
-        a supported type whose bytes are that image, and the whole request under 20 MB."""
+        a supported type whose bytes are that image, and the whole request under 20 MB. Recorded in
+        ``into`` (default: ``received_images``)."""
         if len(json.dumps(body)) > 20 * 1024 * 1024:
             return self.error(400, "INVALID_ARGUMENT", "Request payload size exceeds the limit: 20971520 bytes.")
         received = []
@@ -48,7 +54,7 @@ class GeminiEmulator(Emulator):
                     return self.error(400, "INVALID_ARGUMENT", "Unable to process input image. Please retry or report in "
                                       "https://developers.generativeai.google/guide/troubleshooting")
                 received.append((mime, data))
-        self.received_images.append(received)
+        (self.received_images if into is None else into).append(received)
         return None
 
     def error(self, code: int, status: str, message: str, details: list | None = None) -> Reply:
@@ -105,8 +111,11 @@ class GeminiEmulator(Emulator):
             return Reply.json({"candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": "STOP", "index": 0}],
                                "usageMetadata": {**self.usage, "candidatesTokensDetails": [{"modality": "IMAGE", "tokenCount": 1290}]},
                                "modelVersion": m["model"]})
+        refused = self.check_inline_images(body, self.judged_images)
+        if refused is not None:
+            return refused
         schema = config.get("responseJsonSchema") or config.get("responseSchema") or {}
-        answer = answer_for(schema.get("title", ""), text)
+        answer = with_reference_verdict(answer_for(schema.get("title", ""), text), text, self.reference_verdict, len(self.judged_images[-1]))
         if answer is None:
             return self.error(400, "INVALID_ARGUMENT", f"emulator: unknown schema {schema.get('title')!r}")
         return Reply.json({"candidates": [{"content": {"role": "model", "parts": [{"text": json.dumps(answer)}]}, "finishReason": "STOP",

@@ -1,15 +1,40 @@
-"""Ollama emulator: POST /api/chat (images as raw base64, ``format`` = JSON schema, stream false or NDJSON)."""
+"""Ollama emulator: POST /api/chat (images as raw base64, ``format`` = JSON schema, stream false or NDJSON).
+
+A chat request's ``images`` are checked and recorded in ``judged_images`` (:mod:`tests.emulators.judging`)."""
 
 from __future__ import annotations
 
+import base64
 import json
 
 from . import RETRY_AFTER_S, SLOW_S, Emulator, Reply, Request
 from .answers import answer_for
+from .judging import image_format, with_reference_verdict
 
 
 class OllamaEmulator(Emulator):
     models: tuple[str, ...] = ("qwen2.5vl",)  # what `ollama list` shows; a test may set it per instance
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.judged_images: list[list[tuple[str, bytes]]] = []  # the (format, bytes) of each chat request's ``images``
+        self.reference_verdict = "yes"  # tests.emulators.judging: how "the same character as the reference?" is answered
+
+    def chat_images(self, user: dict) -> Reply | None:
+        """The message's ``images`` as Ollama reads them: raw base64 (a ``data:`` prefix is illegal
+        base64), each an image the model's projector can decode."""
+        received = []
+        for item in user.get("images") or []:
+            try:
+                data = base64.b64decode(str(item), validate=True)
+            except ValueError:
+                return Reply.json({"error": "illegal base64 data at input byte 4"}, 400)
+            fmt = image_format(data)
+            if not fmt:
+                return Reply.json({"error": "failed to process inputs: image: unknown format"}, 500)
+            received.append((f"image/{fmt.lower()}", data))
+        self.judged_images.append(received)
+        return None
 
     def handle(self, req: Request) -> Reply:
         if self.fault == "echo_key":
@@ -36,8 +61,12 @@ class OllamaEmulator(Emulator):
         if fault == "malformed":
             return Reply(200, "Ollama is running", {"Content-Type": "text/plain"})
         user = body["messages"][-1]
+        refused = self.chat_images(user)
+        if refused is not None:
+            return refused
         schema = body.get("format") if isinstance(body.get("format"), dict) else {}
-        answer = answer_for(schema.get("title", ""), user.get("content", ""))
+        text = user.get("content", "")
+        answer = with_reference_verdict(answer_for(schema.get("title", ""), text), text, self.reference_verdict, len(self.judged_images[-1]))
         if fault == "blocked":  # local models have no filter: a refusal in words, not the schema
             content = "I'm sorry, but I can't help with that."
         else:

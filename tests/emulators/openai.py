@@ -1,16 +1,19 @@
 """OpenAI emulator: POST /v1/images/generations (JSON), /v1/images/edits (multipart, image or image[]) and
-/v1/chat/completions (vision input, json_schema response format) for the judge and refiner."""
+/v1/chat/completions (vision input, json_schema response format) for the judge and refiner; a chat request's
+``image_url`` data URLs are checked and recorded in ``judged_images`` (:mod:`tests.emulators.judging`)."""
 
 from __future__ import annotations
 
 import base64
 import io
 import json
+import re
 
 from PIL import Image
 
 from . import RETRY_AFTER_S, SLOW_S, Emulator, Reply, Request, multipart
 from .answers import answer_for
+from .judging import image_format, with_reference_verdict
 
 KEY = "test-openai-key-0000"
 
@@ -20,6 +23,8 @@ class OpenAIEmulator(Emulator):
         super().__init__()
         self.edit_images: list[int] = []  # number of image parts per edit request
         self.edits: list[list[multipart.Part]] = []  # the form parts of each edit request
+        self.judged_images: list[list[tuple[str, bytes]]] = []  # the (MIME type, bytes) image_url parts of each chat request
+        self.reference_verdict = "yes"  # tests.emulators.judging: how "the same character as the reference?" is answered
         # What OpenAI reports with each answer (x-ratelimit-*): a window of requests and tokens, counted down.
         self.limit_requests, self.remaining_requests, self.reset_requests = 500, 500, "12s"
         self.limit_tokens, self.remaining_tokens = 200_000, 200_000
@@ -123,12 +128,39 @@ class OpenAIEmulator(Emulator):
         except OSError:
             return ""
 
+    def chat_images(self, content: list) -> Reply | None:
+        """``image_url`` parts as Chat Completions reads them: a ``data:`` URL with base64 of a PNG,
+        JPEG, WEBP or GIF whose bytes are that type; at most 500 images and 50 MB a request."""
+        received = []
+        for part in content:
+            if part.get("type") != "image_url":
+                continue
+            url = str((part.get("image_url") or {}).get("url", ""))
+            m = re.fullmatch(r"data:(image/[a-z]+);base64,([A-Za-z0-9+/=]*)", url)
+            if not m:
+                return self.error(400, "Invalid image_url: expected a URL or a base64 data URL ('data:image/png;base64,...').",
+                                  "invalid_request_error", "invalid_image_url")
+            data = base64.b64decode(m[2])
+            fmt = image_format(data)
+            if fmt not in ("PNG", "JPEG", "WEBP", "GIF") or m[1] != f"image/{fmt.lower()}":
+                return self.error(400, "You uploaded an unsupported image. Please make sure your image has of one the following formats: "
+                                  "['png', 'jpeg', 'gif', 'webp'].", "invalid_request_error", "invalid_image_format")
+            received.append((m[1], data))
+        if len(received) > 500 or sum(len(d) for _, d in received) > 50 * 1024 * 1024:
+            return self.error(400, "Too many images or image bytes in one request (at most 500 images, 50 MB).", "invalid_request_error",
+                              "invalid_value")
+        self.judged_images.append(received)
+        return None
+
     def chat(self, body: dict) -> Reply:
         messages = body.get("messages", [])
         user = messages[-1]["content"] if messages else ""
         text = user if isinstance(user, str) else " ".join(p.get("text", "") for p in user if p.get("type") == "text")
+        refused = self.chat_images(user if isinstance(user, list) else [])
+        if refused is not None:
+            return refused
         schema = (body.get("response_format") or {}).get("json_schema", {}).get("schema", {})
-        answer = answer_for(schema.get("title", ""), text)
+        answer = with_reference_verdict(answer_for(schema.get("title", ""), text), text, self.reference_verdict, len(self.judged_images[-1]))
         if answer is None:
             return self.error(400, "response_format json_schema is required", "invalid_request_error")
         return Reply.json({"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": body.get("model", ""),

@@ -10,9 +10,9 @@ from fastapi.responses import StreamingResponse
 from pipeline.api.auth import Reviewer
 from pipeline.api.context import ctx_of
 from pipeline.api.lookups import run_or_404
-from pipeline.api.streaming import zip_stream
+from pipeline.api.streaming import sources, zip_stream
 from pipeline.review.decisions import review_config
-from pipeline.review.export import check_sources, export_rows
+from pipeline.review.export import export_rows
 from pipeline.store.db import session
 
 router = APIRouter(prefix="/v1/runs", tags=["export"])
@@ -28,7 +28,7 @@ def export_zip(request: Request, run_id: int, token: Reviewer,
     with session(ctx.engine) as s:
         run_or_404(s, run_id)
         rows = export_rows(s, ctx.settings, [run_id], selection=selection, rule=rule)
-    check_sources(rows)
+    members = sources(rows)  # every image there before a byte is sent
     name = f"darkroom_run-{run_id}_{selection}.zip"
-    return StreamingResponse(zip_stream(rows, [run_id], selection, decision_rule=rule), media_type="application/zip",
+    return StreamingResponse(zip_stream(rows, members, [run_id], selection, decision_rule=rule), media_type="application/zip",
                              headers={"Content-Disposition": f'attachment; filename="{name}"'})

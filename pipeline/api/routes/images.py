@@ -6,9 +6,8 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
-from sqlmodel import col, select
 
-from pipeline.api import serialize
+from pipeline.api import reads, serialize
 from pipeline.api.auth import Reviewer
 from pipeline.api.context import ctx_of
 from pipeline.api.lookups import image_or_404
@@ -18,7 +17,7 @@ from pipeline.review.decisions import review_config
 from pipeline.review.gallery import image_object
 from pipeline.review.ratings import rate, summaries
 from pipeline.store.db import session
-from pipeline.store.models import MAX_ROW_ID, Iteration, Thumbnail
+from pipeline.store.models import MAX_ROW_ID
 
 router = APIRouter(prefix="/v1/images", tags=["images"])
 CACHE = "private, max-age=31536000, immutable"  # an iteration's image never changes once made
@@ -88,14 +87,13 @@ def _byte_range(header: str, size: int) -> tuple[int, int] | None:
     200: {"content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}, "description": "the thumbnail"},
     304: {"description": "not modified (If-None-Match)"}}, summary="The gallery's small copy of the image")
 async def get_thumbnail(request: Request, image_id: int, token: Reviewer) -> Response:
-    """On the event loop: one primary-key read of a small blob (the gallery's hottest request)."""
+    """On the event loop: one prepared primary-key read of a small blob (the gallery's hottest request)."""
     ctx = ctx_of(request)
-    with session(ctx.engine) as s:
-        row = s.exec(select(Thumbnail.data, Thumbnail.mime_type, Iteration.sha256).join(Iteration, col(Iteration.id) == Thumbnail.iteration_id)
-                     .where(Thumbnail.iteration_id == image_id)).first() if 0 < image_id <= MAX_ROW_ID else None
-        if row is None:
+    row = reads.thumbnail(ctx.engine, image_id) if 0 < image_id <= MAX_ROW_ID else None
+    if row is None:
+        with session(ctx.engine) as s:
             image_or_404(s, image_id)  # says why: no such image, or one that made no image
-            raise ApiProblem(404, f"image {image_id} has no thumbnail", slug="image-not-found", title="Image not found")
+        raise ApiProblem(404, f"image {image_id} has no thumbnail", slug="image-not-found", title="Image not found")
     data, mime, sha = row
     etag = f'"{sha}-thumb"' if sha else ""
     headers = {"Cache-Control": CACHE, **({"ETag": etag} if etag else {})}

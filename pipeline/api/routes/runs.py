@@ -11,10 +11,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
 
-from pipeline.api import idempotency, serialize
+from pipeline.api import idempotency, itemspage, reads
 from pipeline.api.auth import Operator, Reviewer
 from pipeline.api.bodies import media_type, parse_json, validated
-from pipeline.api.cache import etag
+from pipeline.api.cache import Page, accepts_gzip
 from pipeline.api.context import ApiContext, ctx_of
 from pipeline.api.launching import launch, spec_from_document, spec_from_upload
 from pipeline.api.lookups import decode_cursor, encode_cursor, run_not_found, run_or_404
@@ -22,7 +22,6 @@ from pipeline.api.problems import ApiProblem
 from pipeline.api.schemas import CreateRun, ItemPage, Resume, RunOptions, RunOut, RunPage
 from pipeline.prompts.promptset import PromptSetSpec
 from pipeline.review.decisions import review_config
-from pipeline.review.items import items_version, run_items
 from pipeline.runs import control
 from pipeline.runs.records import run_ids_page, run_summaries
 from pipeline.store.db import session
@@ -132,41 +131,45 @@ def resume_run(request: Request, run_id: int, token: Operator, body: Resume | No
     return RunOut.of(control.summary(ctx.engine, run_id))
 
 
-def _items_page(ctx: ApiContext, run_id: int, after: int | None, size: int, reviewer: str, rule: str) -> bytes:
+def _items_page(ctx: ApiContext, run_id: int, after: int | None, size: int, reviewer: str, rule: str) -> Page:
+    """Core reads straight to JSON values (:mod:`pipeline.api.itemspage`); not validated again."""
+    with ctx.engine.connect() as conn:
+        data = itemspage.items(conn, run_id, after_position=-1 if after is None else after, limit=size + 1, reviewer=reviewer, rule=rule)
     with session(ctx.engine) as s:
-        views = run_items(s, run_id, after_position=-1 if after is None else after, limit=size + 1, reviewer=reviewer, rule=rule)
-        nxt = encode_cursor("item", views[size - 1].prompt.position) if len(views) > size else None
-        page = ItemPage(run=RunOut.of(run_summaries(s, run_ids=[run_id])[0]), data=[serialize.item(v) for v in views[:size]],
-                        next_cursor=nxt)
-    return page.model_dump_json().encode()
+        run = RunOut.of(run_summaries(s, run_ids=[run_id])[0])
+    nxt = encode_cursor("item", data[size - 1]["position"]) if len(data) > size else None
+    return Page.of(ItemPage.model_construct(run=run, data=data[:size], next_cursor=nxt).model_dump_json().encode())
 
 
 @router.get("/{run_id}/items", response_model=ItemPage, responses={304: {"description": "not modified (If-None-Match)"}},
             summary="Each prompt with its iterations, scores, prompts and diffs, and reviews")
 async def list_items(request: Request, run_id: int, token: Reviewer, limit: Annotated[int | None, Query(ge=1)] = None,
                      cursor: str | None = None) -> Response:
-    """A stopped run's page is kept until a review changes it: the version is read on the event
-    loop (two indexed reads), a page is built on a worker thread only when it is not kept."""
+    """A page is kept while the run's version is the same (:func:`pipeline.api.reads.items_version`:
+    until a review for a stopped run; at most a second, or until a new step, for an active one).
+    The version is one prepared read on the event loop; a page is built on a worker thread only
+    when it is not kept, once for all the requests that ask for it meanwhile, with its gzipped
+    copy (sent to a client whose ``Accept-Encoding`` allows it, as httpx, requests and browsers do)."""
     ctx = ctx_of(request)
     size = min(limit or ctx.api.items_page_size, ctx.api.items_max_page_size)
     after = decode_cursor("item", cursor)
     rule = review_config(ctx.settings).decision_rule
     key = (run_id, token.name, after, size, rule)
-    with session(ctx.engine) as s:
-        exists, version = items_version(s, run_id) if 0 < run_id <= MAX_ROW_ID else (False, None)
+    exists, version = reads.items_version(ctx.engine, run_id) if 0 < run_id <= MAX_ROW_ID else (False, ())
     if not exists:
         raise run_not_found(run_id)
-    if version is None:  # an active run: built every time
-        body = await run_in_threadpool(_items_page, ctx, run_id, after, size, token.name, rule)
-        tag = etag(body)
-    else:
+    page = ctx.pages.get(key, version)
+    if page is None:
         async with ctx.pages.building(key):  # requests arriving together wait for one build, not sixteen
-            kept = ctx.pages.get(key, version)
-            if kept is None:
-                body = await run_in_threadpool(_items_page, ctx, run_id, after, size, token.name, rule)
-                kept = (body, etag(body))
-                ctx.pages.put(key, version, kept)
-        body, tag = kept
-    if request.headers.get("if-none-match") == tag:
-        return Response(status_code=304, headers={"ETag": tag})
-    return Response(body, media_type="application/json", headers={"ETag": tag, "Cache-Control": "private, no-cache"})
+            page = ctx.pages.get(key, version)
+            if page is None:
+                page = await run_in_threadpool(_items_page, ctx, run_id, after, size, token.name, rule)
+                ctx.pages.put(key, version, page)
+    zipped = accepts_gzip(request.headers.get("accept-encoding", ""))
+    tag = page.gzip_tag if zipped else page.tag
+    headers = {"ETag": tag, "Cache-Control": "private, no-cache", "Vary": "Accept-Encoding"}
+    if request.headers.get("if-none-match") in (page.tag, page.gzip_tag):
+        return Response(status_code=304, headers=headers)
+    if zipped:
+        return Response(page.gzipped, media_type="application/json", headers={**headers, "Content-Encoding": "gzip"})
+    return Response(page.body, media_type="application/json", headers=headers)

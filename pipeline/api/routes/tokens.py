@@ -27,4 +27,7 @@ def post_token(request: Request, body: NewToken, token: Admin) -> dict[str, Any]
 
 @router.delete("/{name}", summary="Revoke the active token with this name; it stops working at once")
 def delete_token(request: Request, name: str, token: Admin) -> dict[str, Any]:
-    return revoke_token(ctx_of(request).engine, name).as_dict()
+    ctx = ctx_of(request)
+    revoked = revoke_token(ctx.engine, name)
+    ctx.authenticate.forget()
+    return revoked.as_dict()
