@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from pipeline import registry
+from pipeline import quotas, registry
 from pipeline.cli import main
 from pipeline.config import Settings
 from pipeline.resilience import breaker
@@ -145,6 +145,7 @@ def isolated_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: 
         monkeypatch.delenv(var, raising=False)
     FakeProvider.reset()
     breaker.board.reset()  # breakers are per process: no test inherits another's open breaker
+    quotas.board.reset()  # so are the quota readings services sent (the Providers page lists them)
     registry.ensure_loaded()
     for var in SERVICE_ENV_VARS:  # a developer's real keys never reach a test
         monkeypatch.delenv(var, raising=False)
