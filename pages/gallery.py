@@ -32,7 +32,7 @@ from pipeline.store.models import ITEM_STATUSES, row_id
 
 settings, engine = st.session_state["settings"], st.session_state["engine"]
 GRID = "gallery_grid"
-IDLE_POLL_SECONDS = 0.5  # nothing runs: is there new work (a launch from another tab, a worker, the CLI)?
+IDLE_POLL_SECONDS = 1.0  # nothing runs: is there new work (a launch from another tab, a worker, the CLI)?
 ACTIVE_POLL_SECONDS = 0.5  # a run is active: new images as they come
 FIRST_IMAGE_WAIT_SECONDS = 1.0  # a launch noticed before its first image: wait up to this long for it, to draw both at once
 ACTIONS = {"stars": "star", "clear_stars": "clear_stars", "approve": "approve", "reject": "reject", "clear_decision": "clear_decision"}
