@@ -41,7 +41,7 @@ from typing import Any, TextIO
 
 from sqlalchemy import update
 from sqlalchemy.engine import Engine
-from sqlmodel import col
+from sqlmodel import col, select
 
 from pipeline import registry
 from pipeline.config import Settings, defaults_from, from_table
@@ -430,7 +430,10 @@ class Worker:
             cancelled: set[int] = set()
             costs: dict[int, float] = {}
             for run_id in run_ids:
-                run = s.get(Run, run_id)
+                # Locked and read afresh: a run another worker has just ended (its final counts in the same
+                # commit) is seen ended here, and never gets this beat's older counts written over them.
+                run = s.exec(select(Run).where(col(Run.id) == run_id).with_for_update()
+                             .execution_options(populate_existing=True)).first()
                 if run is None:
                     continue
                 if run.cancel_requested:
