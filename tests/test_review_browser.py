@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -97,6 +98,16 @@ def ratings(data: Path) -> dict[tuple[str, int], tuple[int | None, str, str]]:
         return {(r.reviewer, r.iteration_id): (r.stars, r.decision, r.note) for r in s.exec(select(Rating))}
 
 
+def ratings_when(data: Path, ready, timeout: float = 20.0) -> dict[tuple[str, int], tuple[int | None, str, str]]:  # type: ignore[no-untyped-def]
+    """The ratings once ``ready(ratings)`` holds (the app answers keys asynchronously), or as they are at the deadline."""
+    deadline = time.monotonic() + timeout
+    kept = ratings(data)
+    while not ready(kept) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        kept = ratings(data)
+    return kept
+
+
 def test_keyboard_review_end_to_end_with_two_reviewers(server: str, browser, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     ana = new_page(browser, server, "Ana")
     ana.goto(f"{server}/gallery?sort=prompt&dir=asc&size=s")
@@ -177,7 +188,7 @@ def test_keyboard_review_end_to_end_with_two_reviewers(server: str, browser, tmp
     assert "Ana 5★ approved" in caption and "⌀ 3.5 · 2" in caption  # the other reviewer, by name; mean and count
     shoot(bo, "review_two_reviewers")
 
-    kept = ratings(tmp_path / "data")
+    kept = ratings_when(tmp_path / "data", lambda k: any(note == "keep p x" for (who, _), (_, _, note) in k.items() if who == "Ana"))
     for iteration_id, stars in zip(ids, (5, 4, 3), strict=True):
         assert kept[("Ana", iteration_id)][:2] == (stars, "approved")
         assert kept[("Bo", iteration_id)][:2] == (2, "rejected")
@@ -195,15 +206,18 @@ def test_grid_select_with_clicks_and_keys_then_rate_the_selection(server: str, b
     settle(page)
     press(page, "p")
     press(page, "Shift+ArrowRight", "4")
-    page.wait_for_timeout(300)
     settle(page)
-    kept = ratings(tmp_path / "data")
-    decided = sorted(i for (who, i), (_, decision, _) in kept.items() if who == "Cy" and decision == "approved")
-    starred = sorted(i for (who, i), (stars, _, _) in kept.items() if who == "Cy" and stars == 4)
+
+    def cy(kept, decision: str = "approved", stars: int = 4) -> tuple[list[int], list[int]]:  # type: ignore[no-untyped-def]
+        return (sorted(i for (who, i), (_, d, _) in kept.items() if who == "Cy" and d == decision),
+                sorted(i for (who, i), (st, _, _) in kept.items() if who == "Cy" and st == stars))
+
+    kept = ratings_when(tmp_path / "data", lambda k: len(cy(k)[0]) == 4 and len(cy(k)[1]) == 5)
+    decided, starred = cy(kept)
     assert len(decided) == 4 and len(starred) == 5  # the selection grew by one card with Shift+→
     shoot(page, "review_grid_selection")
     press(page, "z")  # one undo: the whole batch of stars
-    kept = ratings(tmp_path / "data")
+    kept = ratings_when(tmp_path / "data", lambda k: not any(st for (who, _), (st, _, _) in k.items() if who == "Cy"))
     assert not any(stars for (who, _), (stars, _, _) in kept.items() if who == "Cy")
     assert page.get_by_test_id("stDialog").count() == 0
 
