@@ -140,6 +140,7 @@ def test_storm_every_prompt_recorded_99_percent_completed_and_the_log_matches_th
     w, cf = two_providers
     settings = fast_settings(tmp_path, monkeypatch, cooldown=0.5)
     w.retry_after = {"retry-after-ms": "50", "Retry-After": "1"}  # retry-after-ms is the precise one and wins
+    w.slow_s = 6.0  # a 'timeout' answer comes long after the 1 s client timeout, even on a loaded machine
     rng = random.Random(20261121)
 
     def storm(_req) -> str:  # type: ignore[no-untyped-def]

@@ -139,6 +139,7 @@ class Emulator:
         self.plan: Callable[[Request], str] | None = None
         self.served_faults: list[str] = []
         self.latency_s = 0.0  # added to every answer (a slow service)
+        self.slow_s = SLOW_S  # how long a "timeout" answer is held back
         self.trickle_s = 0.5  # the gap between bytes under the "trickle" fault
         self.huge_bytes = 8 * CHUNK  # the body size under "huge" and "huge_json"
         self.declare_length = False  # "huge" images say their Content-Length up front (else chunked, no length)
@@ -188,8 +189,9 @@ class Emulator:
                     reply = Reply(599, f"emulator error: {e!r}")
                 finally:
                     emulator._current.fault = None
-                if reply.delay:
-                    time.sleep(reply.delay)
+                if reply.delay and emulator._stopping.wait(reply.delay):
+                    self.close_connection = True  # stopped while holding a 'timeout' answer back
+                    return
                 body = reply.body
                 if isinstance(body, (dict, list)):
                     body = json.dumps(body).encode()

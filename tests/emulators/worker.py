@@ -7,7 +7,7 @@ import io
 
 from PIL import Image
 
-from . import RETRY_AFTER_S, SLOW_S, Emulator, Reply, Request
+from . import RETRY_AFTER_S, Emulator, Reply, Request
 
 TOKEN = "worker-test-token-0000"
 
@@ -68,7 +68,7 @@ class WorkerEmulator(Emulator):
         if fault == "500":
             return Reply(500, "Traceback (most recent call last): …", {"Content-Type": "text/plain"})
         if fault == "timeout":
-            return Reply(200, b"", {"Content-Type": "image/png"}, delay=SLOW_S)
+            return Reply(200, b"", {"Content-Type": "image/png"}, delay=self.slow_s)
         if fault == "malformed":
             return Reply(200, "<html>cold start</html>", {"Content-Type": "text/html"})
         if fault == "blocked":
