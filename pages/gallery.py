@@ -32,6 +32,7 @@ from pipeline.store.models import ITEM_STATUSES, row_id
 
 settings, engine = st.session_state["settings"], st.session_state["engine"]
 GRID = "gallery_grid"
+IDLE_POLL_SECONDS = 0.5  # nothing runs: is there new work (a launch from another tab, a worker, the CLI)?
 ACTIVE_POLL_SECONDS = 0.5  # a run is active: new images as they come
 FIRST_IMAGE_WAIT_SECONDS = 1.0  # a launch noticed before its first image: wait up to this long for it, to draw both at once
 ACTIONS = {"stars": "star", "clear_stars": "clear_stars", "approve": "approve", "reject": "reject", "clear_decision": "clear_decision"}
@@ -293,16 +294,13 @@ def live_updates(drawn: LatestChange) -> None:
 
     ``drawn`` is what the page was drawn from (read before its queries, so nothing slips between).
     A small timer compares it with :func:`latest_change`, one statement over indexes, and reruns
-    the page only when it differs, every ``ACTIVE_POLL_SECONDS`` while a run is active. Idle, no
-    timer runs: a timed fragment run that meets a key or a click in the grid (its component's
-    trigger) loses it, which the keyboard-review browser tests caught, so a Gallery opened before a
-    launch in another tab shows it at its next rerun (any click, key or reload).
+    the page only when it differs: every ``ACTIVE_POLL_SECONDS`` while a run is active, else
+    every ``IDLE_POLL_SECONDS``, so a Gallery opened before a launch (in another tab, by a worker
+    or the CLI) shows the run's first image by itself. The interval is set by each full run.
     """
     st.session_state["_g_drawn"] = drawn
-    if not drawn.running:
-        return
 
-    @st.fragment(run_every=ACTIVE_POLL_SECONDS)
+    @st.fragment(run_every=ACTIVE_POLL_SECONDS if drawn.running else IDLE_POLL_SECONDS)
     def poll() -> None:
         now, drawn = latest(), st.session_state.get("_g_drawn")
         if now == drawn:

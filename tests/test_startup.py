@@ -16,7 +16,9 @@ import json
 import subprocess
 from pathlib import Path
 
-from tests.conftest import PYTHON, ROOT, create_run, make_prompts, subprocess_env
+import pytest
+
+from tests.conftest import PYTHON, ROOT, chromium, create_run, make_prompts, require_chromium, streamlit_server, subprocess_env
 
 VENDOR_SDKS = ("openai", "google.genai", "boto3", "fastapi", "pandas")
 
@@ -57,3 +59,32 @@ def test_the_latest_change_moves_on_a_launch_an_image_and_an_end_only(engine, se
         done = latest_change(s)
         assert latest_change(s) == done  # nothing happened since: an idle Gallery does not redraw
     assert done.last_image > queued.last_image and done.last_score > queued.last_score and not done.running
+
+
+@pytest.fixture
+def browser():  # type: ignore[no-untyped-def]
+    require_chromium()
+    pytest.importorskip("playwright.sync_api")
+    with chromium() as b:
+        yield b
+
+
+def test_a_gallery_opened_before_a_run_shows_its_first_image_without_a_click(browser, engine, settings, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                                              isolated_data_dir: Path) -> None:
+    with streamlit_server(isolated_data_dir, tmp_path / "streamlit.log") as url:
+        page = browser.new_page()
+        page.set_default_timeout(60_000)
+        page.goto(f"{url}/gallery")
+        page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']")
+        page.get_by_text("Nothing to review yet").wait_for()
+        assert page.locator("[data-testid=drCard]").count() == 0
+
+        # queued from outside the page: the dashboard's runner executes it, the open Gallery notices
+        create_run(engine, settings, make_prompts(3), tmp_path, providers=["offline"], judge="offline", iterations=1)
+
+        thumb = page.locator("[data-testid=drCard] img.dr-thumb").first
+        thumb.wait_for(state="visible")
+        page.wait_for_function("t => t.complete && t.naturalWidth > 0", arg=thumb.element_handle())
+        assert page.get_by_test_id("stException").count() == 0
+        page.close()
+    assert "Traceback" not in (tmp_path / "streamlit.log").read_text()
