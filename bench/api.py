@@ -16,10 +16,14 @@ at once, prints requests per second and p50/p99 latency of
 
 and the throughput of ``GET /v1/runs/2/export.zip?selection=all`` against reading the same files
 three ways: in this process (Python, into memory), ``cat`` to /dev/null, and ``cat`` through a
-pipe to a reader (bytes handed to another process, as the export hands them to curl); all from
-the page cache (each is run once before it is timed). The clients are ``ab`` (apache2-utils) and
-``curl`` when installed (C programs, so the figures are the server's), else httpx; requests say
-``Accept-Encoding: gzip``, as httpx, requests and browsers do (the items page is sent gzipped).
+pipe to a reader (bytes handed to another process, as the export hands them to curl). Cold first,
+as an export usually is (a run's images exported hours after they were made are mostly not in
+the page cache): the files are evicted from it (``posix_fadvise(POSIX_FADV_DONTNEED)``, no root
+needed) before every timed repetition of every test, so the server and the readers all read the
+disk; then warm, from the page cache (each test run once before it is timed). The clients are
+``ab`` (apache2-utils) and ``curl`` when installed (C programs, so the figures are the server's),
+else httpx; requests say ``Accept-Encoding: gzip``, as httpx, requests and browsers do (the items
+page is sent gzipped).
 
 The machine is shared, so wall-clock latency depends on what else runs: each figure is printed
 with the load average, and with the server process's CPU time per request (its CPU time over
@@ -28,7 +32,7 @@ the test / requests), which does not.
 Targets (issue 15): p99 <= 50 ms for both with SQLite; the export >= 0.8x reading the files.
 Set BENCH_TMP to choose where the data goes (default: the system temp folder). ``--server-args``
 are added to ``serve`` (``--http h11 --loop asyncio``: without httptools and uvloop, to compare);
-``--export-images 0`` skips the export.
+``--export-images 0`` skips the export; ``--only export`` (or ``--only api``) runs one part.
 """
 
 from __future__ import annotations
@@ -191,7 +195,10 @@ def main() -> None:
     parser.add_argument("--image-kb", type=int, default=60)
     parser.add_argument("--review-every-ms", type=float, default=100.0)
     parser.add_argument("--server-args", default="", help='added to "python -m pipeline serve"')
+    parser.add_argument("--only", choices=("api", "export"), help="run only the API requests or only the export")
     args = parser.parse_args()
+    if args.only == "api":
+        args.export_images = 0
 
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
         data = Path(tmp) / "data"
@@ -231,10 +238,11 @@ def main() -> None:
                     raise SystemExit(f"the server did not start: {server.stderr.read().decode() if server.stderr else ''}")
                 time.sleep(0.2)
             client = "ab (ApacheBench, keep-alive)" if shutil.which("ab") else "httpx (install apache2-utils for ab: a C client)"
-            print(f"python -m pipeline serve {args.server_args} (one process, SQLite); {args.clients} concurrent clients, {args.requests} requests "
-                  f"each test; client: {client}; load average {load_average()}")
+            requests = "" if args.only == "export" else (f"; {args.clients} concurrent clients, {args.requests} requests each test; "
+                                                            f"client: {client}")
+            print(f"python -m pipeline serve {args.server_args} (one process, SQLite){requests}; load average {load_average()}")
             every = f"items, a review every {args.review_every_ms:g} ms"
-            for label, paths in (("GET /v1/runs/1/items (100 items)", ["/v1/runs/1/items"] * args.requests),
+            for label, paths in () if args.only == "export" else (("GET /v1/runs/1/items (100 items)", ["/v1/runs/1/items"] * args.requests),
                                  ("GET /v1/images/{id}/thumbnail", [f"/v1/images/{1 + i % 200}/thumbnail" for i in range(args.requests)]),
                                  (every, ["/v1/runs/1/items"] * args.requests)):
                 reviews = Reviewer(base, writer, args.review_every_ms) if label == every else None
@@ -306,30 +314,51 @@ def export(base: str, token: str, folder: Path, pid: int) -> None:
     runs = 5
     tests = (("read the files (Python)", read_all), ("cat > /dev/null", lambda: cat(False)), ("cat | cat > /dev/null", lambda: cat(True)),
              ("streamed export.zip", stream), ("CLI export to a file", build_file))
-    for _, fn in tests[:4]:  # warm the page cache and the server
-        fn()
-    results, server_cpu = {}, 0.0
-    for name, fn in tests:
-        times = []
-        cpu = cpu_seconds(pid)
-        for _ in range(runs):
-            t = time.perf_counter()
-            size = fn()
-            times.append(time.perf_counter() - t)
-        results[name] = (size, statistics.median(times))
-        if name.startswith("streamed"):
-            server_cpu = (cpu_seconds(pid) - cpu) / runs
-    print(f"export of {len(files):,} images (median of {runs}; load average {load_average()}):")
-    for name, (size, seconds) in results.items():
-        print(f"  {name:<24} {size / 1e6:8.1f} MB in {seconds:6.3f} s = {size / 1e6 / seconds:7.1f} MB/s")
-    streamed = results["streamed export.zip"][0] / results["streamed export.zip"][1]
-    for name in ("read the files (Python)", "cat > /dev/null", "cat | cat > /dev/null"):
-        print(f"  streamed / {name:<24} = {streamed / (results[name][0] / results[name][1]):.2f}x")
-    print(f"  the server spent {server_cpu * 1000:.0f} ms CPU per export ({results['streamed export.zip'][0] / 1e6 / server_cpu:.0f} MB "
-          f"per CPU-second; reading the files alone: {read_cpu(read_all) * 1000:.0f} ms CPU in Python)")
+    total = sum(f.stat().st_size for f in files)
+    print(f"export of {len(files):,} images ({total / 1e6:.1f} MB), median of {runs} runs of each test:")
+    stream()  # the server's first export (its code and database warm), not timed
+    for cold in (True, False):
+        if not cold:
+            for _, fn in tests[:4]:  # warm the page cache and the server
+                fn()
+        results, server_cpu = {}, 0.0
+        for name, fn in tests:
+            times = []
+            cpu = cpu_seconds(pid)
+            for _ in range(runs):
+                if cold:
+                    evict(files)
+                t = time.perf_counter()
+                size = fn()
+                times.append(time.perf_counter() - t)
+            results[name] = (size, statistics.median(times))
+            if name.startswith("streamed"):
+                server_cpu = (cpu_seconds(pid) - cpu) / runs
+        print(f"  {'COLD: the files evicted from the page cache before every run' if cold else 'WARM: the files in the page cache'}"
+              f" (load average {load_average()}):")
+        for name, (size, seconds) in results.items():
+            print(f"    {name:<24} {size / 1e6:8.1f} MB in {seconds:6.3f} s = {size / 1e6 / seconds:7.1f} MB/s")
+        streamed = results["streamed export.zip"][0] / results["streamed export.zip"][1]
+        for name in ("read the files (Python)", "cat > /dev/null", "cat | cat > /dev/null"):
+            print(f"    streamed / {name:<24} = {streamed / (results[name][0] / results[name][1]):.2f}x")
+        print(f"    the server spent {server_cpu * 1000:.0f} ms CPU per export ({results['streamed export.zip'][0] / 1e6 / server_cpu:.0f} MB "
+              f"per CPU-second; reading the files alone: {read_cpu(read_all, files if cold else None) * 1000:.0f} ms CPU in Python)")
 
 
-def read_cpu(fn) -> float:  # type: ignore[no-untyped-def]
+def evict(files: list[Path]) -> None:
+    """Drop the files from the page cache (written back first: a dirty page is not dropped), so the next read is from the disk."""
+    for f in files:
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.fdatasync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def read_cpu(fn, cold: list[Path] | None) -> float:  # type: ignore[no-untyped-def]
+    if cold is not None:
+        evict(cold)
     t = time.process_time()
     fn()
     return time.process_time() - t

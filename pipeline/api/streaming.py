@@ -5,16 +5,25 @@ already; ``manifest.csv`` and ``manifest.json`` deflated), written here by hand 
 :mod:`zipfile` costs more per member than reading a typical image does: each image is read
 whole (up to :data:`WHOLE_BYTES`), so its CRC and size go in its local header; a larger file, or
 an object of a bucket, is copied in pieces and followed by a data descriptor. The bytes are
-handed to the response :data:`FLUSH_BYTES` at a time (few, large writes to the socket). ZIP64
-records are written for what passes the classic format's limits (4 GiB, 65,535 entries).
+handed to the response :data:`FLUSH_BYTES` at a time. ZIP64 records are written for what passes
+the classic format's limits (4 GiB, 65,535 entries).
+
+An export is usually of images made hours before, no longer in the page cache: the files are
+opened :data:`READ_AHEAD_FILES` ahead of their turn and announced to the kernel
+(``POSIX_FADV_WILLNEED``), so the disk reads the next ones while this one is checked and sent
+(about twice the throughput of reading them one after another from a cold cache; the kernel's
+page cache holds them, never this process). The CRC-32 is zlib-ng's when installed (a quarter of
+zlib's CPU time, the same checksum).
 """
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 import time
 import zlib
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,9 +31,14 @@ from typing import Any
 
 from pipeline.errors import ExportError, StorageError
 from pipeline.review.export import check_sources, manifest_files
-from pipeline.store.objects import ObjectStore
+from pipeline.store.objects import LocalStore, ObjectStore
 
-FLUSH_BYTES = 4 << 20  # hand over at least this much at a time
+try:  # the same CRC-32 in a quarter of the time (SIMD); zlib's when zlib-ng is not installed
+    from zlib_ng.zlib_ng import crc32
+except ImportError:  # pragma: no cover - zlib-ng is in requirements.txt
+    from zlib import crc32
+
+FLUSH_BYTES = 1 << 20  # hand over at least this much at a time: few socket writes, in memory the allocator reuses
 WHOLE_BYTES = 16 << 20  # a file up to this size is read at once; a larger one is copied in pieces
 PIECE_BYTES = 1 << 20
 DEFLATE_LEVEL = 1  # the manifests: a tenth of their size at level 1 (a fifteenth at 6), in under half the time
@@ -33,6 +47,10 @@ UTF8 = 0x0800  # general purpose flag: the name is UTF-8
 DESCRIPTOR = 0x0008  # general purpose flag: CRC and sizes follow the data
 MADE_BY = (3 << 8) | 45  # Unix, spec 4.5 (as zipfile writes)
 FILE_MODE = 0o100644 << 16  # a regular file, rw-r--r--
+READ_AHEAD_FILES = 32  # files opened and announced to the kernel before their turn
+READ_AHEAD_BYTES = 16 << 20  # and at most this much of them ahead
+OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0)  # O_BINARY: Windows only
+PLAIN_STOPS = frozenset(("", ".", ".."))  # key parts that store.local_path would rewrite or refuse
 
 
 @dataclass(frozen=True)
@@ -49,16 +67,36 @@ def sources(rows: list[dict[str, Any]]) -> list[Source]:
     """What to write for ``rows``, checked before a byte is sent (a missing image is an
     :class:`ExportError` naming it, as for the dashboard's export)."""
     out, ask = [], False
+    roots: dict[int, str | None] = {}
     for row in rows:
         store: ObjectStore = row["_store"]
-        path = store.local_path(row["_key"])
-        text = os.fspath(path) if path is not None else None
+        key = row["_key"]
+        if id(store) not in roots:
+            roots[id(store)] = _plain_root(store)
+        root = roots[id(store)]
+        if root is not None and _plain(key):
+            text: str | None = root + key  # what store.local_path(key) says, without two Path objects per image
+        else:
+            path = store.local_path(key)
+            text = os.fspath(path) if path is not None else None
         if text is None or not os.path.isfile(text):
             ask = True  # a bucket's object, or a missing file: the dashboard's check lists and names them
-        out.append(Source(row["file"], text, None if text else store, row["_key"]))
+        out.append(Source(row["file"], text, None if text else store, key))
     if ask:
         check_sources(rows)
     return out
+
+
+def _plain_root(store: ObjectStore) -> str | None:
+    """A folder store's absolute root with a ``/`` after it, when its paths are that and the key (POSIX)."""
+    if isinstance(store, LocalStore) and os.sep == "/" and store.root.is_absolute():
+        return os.fspath(store.root).rstrip("/") + "/"
+    return None
+
+
+def _plain(key: str) -> bool:
+    """A key that :func:`clean_key` keeps as it is: relative, no ``\\``, no empty, ``.`` or ``..`` part."""
+    return bool(key) and key[0] != "/" and "\\" not in key and not PLAIN_STOPS.intersection(key.split("/"))
 
 
 def _dos_time(at: float | datetime) -> tuple[int, int]:
@@ -106,7 +144,7 @@ class ZipWriter:
 
     def add_bytes(self, name: str, data: bytes, *, at: float | datetime, deflate: bool = False) -> None:
         """A whole member: its CRC and sizes in its local header."""
-        crc = zlib.crc32(data)
+        crc = crc32(data)
         body = data
         if deflate:
             packer = zlib.compressobj(DEFLATE_LEVEL, zlib.DEFLATED, -15)
@@ -127,7 +165,7 @@ class ZipWriter:
         self._put(self._local_header(entry, extra, sizes=(LIMIT32, LIMIT32)) + extra)
         crc = size = 0
         for piece in pieces:
-            crc = zlib.crc32(piece, crc)
+            crc = crc32(piece, crc)
             size += len(piece)
             self._put(piece)
             if self.pending >= FLUSH_BYTES:
@@ -160,17 +198,63 @@ class ZipWriter:
                               min(start, LIMIT32), 0))
 
 
-def _read_whole(path: str) -> tuple[bytes, float] | None:
-    """The file's bytes and time when it is at most :data:`WHOLE_BYTES`, else None."""
-    with open(path, "rb", buffering=0) as f:
-        st = os.fstat(f.fileno())
-        if st.st_size > WHOLE_BYTES:
-            return None
-        return f.readall(), st.st_mtime
+class _ReadAhead:
+    """The members' files opened in order, up to :data:`READ_AHEAD_FILES` (and
+    :data:`READ_AHEAD_BYTES`) ahead of the one being written, each announced to the kernel as
+    soon as it is open, so a cold file is on its way from the disk before its turn."""
+
+    def __init__(self, members: list[Source]) -> None:
+        self._members = members
+        self._next = 0  # the next member to open
+        self._open: deque[tuple[int, int, os.stat_result]] = deque()  # (member index, descriptor, its stat)
+        self._bytes = 0
+
+    def take(self, index: int) -> tuple[int, os.stat_result]:
+        """Member ``index``'s file, open (the caller closes the descriptor), and its stat."""
+        while self._next <= index or (self._next < len(self._members) and len(self._open) < READ_AHEAD_FILES
+                                      and self._bytes < READ_AHEAD_BYTES):
+            self._open_next()
+        at, fd, st = self._open.popleft()
+        assert at == index, (at, index)
+        self._bytes -= min(st.st_size, WHOLE_BYTES)
+        return fd, st
+
+    def _open_next(self) -> None:
+        index, self._next = self._next, self._next + 1
+        path = self._members[index].path
+        if path is None:  # an object of a bucket: not a file
+            return
+        fd = os.open(path, OPEN_FLAGS)
+        try:
+            st = os.fstat(fd)
+            _announce(fd, min(st.st_size, WHOLE_BYTES))
+        except BaseException:
+            os.close(fd)
+            raise
+        self._open.append((index, fd, st))
+        self._bytes += min(st.st_size, WHOLE_BYTES)
+
+    def close(self) -> None:
+        while self._open:
+            os.close(self._open.popleft()[1])
+
+
+def _announce(fd: int, size: int) -> None:
+    """Ask the kernel to read ``size`` bytes of the file into the page cache now (a hint: where
+    there is no ``posix_fadvise``, or the file system refuses it, the file is read in its turn)."""
+    if hasattr(os, "posix_fadvise"):
+        try:
+            os.posix_fadvise(fd, 0, size, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass
 
 
 def _file_pieces(path: str) -> Iterator[bytes]:
-    with open(path, "rb", buffering=0) as f:
+    yield from _pieces(open(path, "rb", buffering=0))
+
+
+def _pieces(f: io.FileIO) -> Iterator[bytes]:
+    with f:
         while piece := f.read(PIECE_BYTES):
             yield piece
 
@@ -179,18 +263,24 @@ def zip_stream(rows: list[dict[str, Any]], members: list[Source], run_ids: list[
                **header: Any) -> Iterator[bytes]:
     """The export's zip in pieces of about :data:`FLUSH_BYTES`: ``members`` (from :func:`sources`), then the manifests."""
     z = ZipWriter()
-    for m in members:
-        if m.path is not None:
-            whole = _read_whole(m.path)
-            if whole is not None:
-                z.add_bytes(m.name, whole[0], at=whole[1])
+    ahead = _ReadAhead(members)
+    try:
+        for index, m in enumerate(members):
+            if m.path is not None:
+                fd, st = ahead.take(index)
+                f = open(fd, "rb", buffering=0)
+                if st.st_size <= WHOLE_BYTES:
+                    with f:
+                        z.add_bytes(m.name, f.readall(), at=st.st_mtime)
+                else:
+                    yield from _drain(z, z.add_pieces(m.name, _pieces(f), at=st.st_mtime))
             else:
-                yield from _drain(z, z.add_pieces(m.name, _file_pieces(m.path), at=os.stat(m.path).st_mtime))
-        else:
-            assert m.store is not None
-            yield from _drain(z, _object(z, m))
-        if z.pending >= FLUSH_BYTES:
-            yield z.take()
+                assert m.store is not None
+                yield from _drain(z, _object(z, m))
+            if z.pending >= FLUSH_BYTES:
+                yield z.take()
+    finally:
+        ahead.close()
     now = time.time()
     for name, text in manifest_files(rows, run_ids, selection, **header).items():
         z.add_bytes(name, text.encode(), at=now, deflate=True)

@@ -18,7 +18,10 @@ import io
 import json
 import shutil
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import repeat
+from json import encoder as json_encoder
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -116,11 +119,12 @@ def _collect(s: Session, settings: Settings, f: GalleryFilter, *, sort: Sort, re
         p.consensus.c.mean_stars, p.consensus.c.star_count, p.decision, p.consensus.c.needs_tiebreak,
         Iteration.cost_usd, Iteration.sha256, Iteration.id, Iteration.operation, Iteration.parent_ids, Iteration.cell_index,
     ], delta=sort.key == "delta", **opts)
-    found = s.exec(q.order_by(*sort_order(sort, p))).all()
+    conn = s.connection()  # Core rows of the columns read: no ORM loading step for rows that are only read
+    found = conn.execute(q.order_by(*sort_order(sort, p))).all()
     ids_q, _ = filtered_query(f, lambda p: [Iteration.id], delta=False, ratings=False, **opts)
     said = or_(col(Rating.stars).is_not(None), col(Rating.decision) != "none", col(Rating.note) != "")
-    ratings: dict[int, list[Any]] = {}  # rows of the columns read: no mapped objects to build
-    for r in s.execute(sqlalchemy.select(*RATING_COLUMNS).where(col(Rating.iteration_id).in_(ids_q), said).order_by(col(Rating.reviewer))):
+    ratings: dict[int, list[Any]] = {}
+    for r in conn.execute(sqlalchemy.select(*RATING_COLUMNS).where(col(Rating.iteration_id).in_(ids_q), said).order_by(col(Rating.reviewer))).all():
         ratings.setdefault(r.iteration_id, []).append(r)
     run_ids = sorted({row[0] for row in found})
     folders = {rid: output_dir_of(settings, get_run(s, rid)) for rid in run_ids}
@@ -135,16 +139,22 @@ def _collect(s: Session, settings: Settings, f: GalleryFilter, *, sort: Sort, re
         by = _in_force_by(mine, decision, rule)
         out.append({
             "run_id": run_id, "prompt_id": key, "title": title, "scene": scene, "mood": mood, "final_prompt": text,
-            "iteration": number, "file": f"{folder}/{PurePosixPath(image_path).name}", "provider": provider, "model": model,
+            "iteration": number, "file": f"{folder}/{_file_name(image_path)}", "provider": provider, "model": model,
             "seed": seed, "judge_score": score, "stars": _fmt_stars(mean), "star_count": count or 0, "decision": decision,
             "decision_rule": rule, "needs_tiebreak": bool(tie), "reviewer": "; ".join(r.reviewer for r in by),
             "note": "; ".join(r.note for r in by if r.note), "cost_usd": cost, "sha256": sha,
             "image_id": iteration_id, "operation": operation, "parent_ids": list(parent_ids or []), "cell_index": cell_index,
             "ratings": {r.reviewer: {"stars": r.stars, "decision": r.decision, "note": r.note, "rated_at": r.rated_at.isoformat()}
                         for r in mine},
-            "_source": folders[run_id] / image_path, "_store": stores[run_id], "_key": image_path,
+            "_store": stores[run_id], "_key": image_path,
         })
     return out
+
+
+def _file_name(key: str) -> str:
+    """``PurePosixPath(key).name``, without building a path for the common key (``results/p001/iteration_1.jpg``)."""
+    name = key.rpartition("/")[2]
+    return name if name not in ("", ".") else PurePosixPath(key).name
 
 
 def manifest_rows(s: Session, settings: Settings, run_ids: list[int], *, selection: str = "approved",
@@ -177,20 +187,38 @@ def manifest_json(run_ids: list[int], selection: str, images: list[dict[str, Any
 
     ``header`` adds top-level keys (the decision rule, the filter of a Gallery selection).
     """
-    lines = ",\n".join("    " + json.dumps(row, ensure_ascii=False) for row in images)
+    encode = _row_encoder()
+    lines = ",\n".join("    " + encode(row) for row in images)
     extra = "".join(f" {json.dumps(k)}: {json.dumps(v, ensure_ascii=False)}," for k, v in header.items())
     return f'{{"runs": {json.dumps(run_ids)}, "selection": {json.dumps(selection)},{extra}\n "images": [\n{lines}\n]}}\n'
+
+
+def _row_encoder() -> Callable[[Any], str]:
+    """``json.dumps(value, ensure_ascii=False)``, its C encoder made once for every row of a manifest
+    rather than once a row (where the interpreter has no C encoder, ``json.dumps`` itself)."""
+    make = getattr(json_encoder, "c_make_encoder", None)
+    if make is None:  # pragma: no cover - CPython has it
+        return lambda value: json.dumps(value, ensure_ascii=False)
+    plain = json.JSONEncoder(ensure_ascii=False)  # the arguments json.dumps gives its encoder
+    encode = make({}, plain.default, json_encoder.encode_basestring, plain.indent, plain.key_separator, plain.item_separator,
+                  plain.sort_keys, plain.skipkeys, plain.allow_nan)
+    return lambda value: "".join(encode(value, 0)) if isinstance(value, dict) else plain.encode(value)
 
 
 def manifest_table(images: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
     """CSV rows and columns: every reviewer's rating in its own ``<name>: stars|decision|note`` columns."""
     reviewers = sorted({name for row in images for name in (row.get("ratings") or {})}, key=lambda n: (n.casefold(), n))
+    named: dict[str, list[str]] = {}  # a reviewer's three column names, made once
     flat = []
     for row in images:
-        cells = {k: v for k, v in row.items() if k != "ratings"}
-        cells["parent_ids"] = ";".join(str(i) for i in row.get("parent_ids") or [])  # one cell: "12;13"
-        for name, rating in (row.get("ratings") or {}).items():
-            cells.update({f"{name}: {part}": rating.get(part) for part in RATING_PARTS})
+        cells = dict(row)
+        ratings = cells.pop("ratings", None)
+        parents = row.get("parent_ids")
+        cells["parent_ids"] = ";".join(str(i) for i in parents) if parents else ""  # one cell: "12;13"
+        for name, rating in (ratings or {}).items():
+            columns = named.get(name) or named.setdefault(name, [f"{name}: {part}" for part in RATING_PARTS])
+            for column, part in zip(columns, RATING_PARTS, strict=True):
+                cells[column] = rating.get(part)
         flat.append(cells)
     return flat, MANIFEST_FIELDS + [f"{name}: {part}" for name in reviewers for part in RATING_PARTS]
 
@@ -220,9 +248,23 @@ def manifest_csv(images: list[dict[str, Any]], fields: list[str] | None = None) 
     text = io.StringIO()
     writer = csv.writer(text)
     writer.writerow([csv_safe(name) for name in columns])
-    starts = FORMULA_STARTS  # csv_safe, inlined: it runs for every cell of every row
-    writer.writerows([("'" + v) if isinstance(v, str) and v.startswith(starts) else v for v in map(row.get, columns)] for row in images)
+    writer.writerows(zip(*(_safe_column([row.get(name) for row in images]) for name in columns), strict=True))
     return text.getvalue()
+
+
+def _safe_column(values: list[Any]) -> list[Any]:
+    """``[csv_safe(v) for v in values]``, column by column: a column with no formula-like text (nearly
+    every one) is checked by C loops and kept as it is; only one that has some goes cell by cell."""
+    kinds = set(map(type, values))
+    if kinds == {str}:
+        texts = values
+    elif any(issubclass(kind, str) for kind in kinds):
+        texts = [v for v in values if isinstance(v, str)]
+    else:
+        return values  # numbers, None: a spreadsheet reads them as they are
+    if any(map(str.startswith, texts, repeat(FORMULA_STARTS))):
+        return [csv_safe(v) for v in values]
+    return values
 
 
 COPY_CHUNK = 1 << 20  # zipfile.write copies in 8 KiB pieces; 1 MiB keeps pace with `zip -0`
@@ -255,9 +297,10 @@ def _missing(rows: list[dict[str, Any]]) -> list[str]:
     missing, listed = [], {}
     for r in rows:
         store: ObjectStore = r["_store"]
-        if store.local_path(r["_key"]) is not None:
-            if not r["_source"].is_file():
-                missing.append(str(r["_source"]))
+        path = store.local_path(r["_key"])
+        if path is not None:
+            if not path.is_file():
+                missing.append(str(path))
             continue
         if id(store) not in listed:
             listed[id(store)] = {o.key for o in store.listing("results/")}
@@ -280,7 +323,11 @@ def check_sources(rows: list[dict[str, Any]]) -> None:
 
 def manifest_files(rows: list[dict[str, Any]], run_ids: list[int], selection: str, **header: Any) -> dict[str, str]:
     """``manifest.csv`` and ``manifest.json`` of an export (a zip's or a bucket prefix's)."""
-    public = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
+    private = [k for k in set().union(*rows) if k.startswith("_")]  # the store, its key: not for the manifests
+    public = [dict(r) for r in rows]
+    for r in public:
+        for k in private:
+            r.pop(k, None)
     return {"manifest.csv": manifest_csv(*manifest_table(public)), "manifest.json": manifest_json(run_ids, selection, public, **header)}
 
 
