@@ -13,10 +13,12 @@ import threading
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
-
-from PIL import Image
+from typing import TYPE_CHECKING
 
 from pipeline.errors import BadImage
+
+if TYPE_CHECKING:  # Pillow loads with the first image checked or decoded, not with every module that needs FORMATS
+    from PIL import Image
 
 # Pillow format name -> (mime type, file extension)
 FORMATS: dict[str, tuple[str, str]] = {
@@ -49,6 +51,8 @@ def inspect_image(data: bytes, *, claimed_mime: str | None = None, max_pixels: i
     reuses the copy): a file cut short opens and verifies, and only decoding finds out. Bytes that
     are not a readable image are a malformed answer, worth asking again (``retryable``); an image
     over the pixel limit or in a format we do not take is not (another service may serve it)."""
+    from PIL import Image
+
     if not data:
         raise BadImage("the provider returned an empty body instead of an image", retryable=True)
     try:
@@ -98,6 +102,8 @@ def open_reduced(data: bytes, longest_side: int) -> tuple[Image.Image, tuple[int
 
     JPEG is decoded straight at a reduced scale (DCT scaling), which skips most of the work.
     """
+    from PIL import Image
+
     im: Image.Image = Image.open(io.BytesIO(data))
     original_size = im.size
     if im.format == "JPEG":

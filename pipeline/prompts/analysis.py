@@ -15,8 +15,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import textstat
-
 from pipeline.prompts.critical import NUMBER_WORDS, STOPWORDS, Anchor, offline_anchors
 from pipeline.prompts.promptset import PromptSetSpec, compose_prompt
 from pipeline.prompts.windows import Fit, Window
@@ -115,6 +113,8 @@ def _english(text: str) -> bool:
 
 @functools.lru_cache(maxsize=65536)
 def _syllables(word: str) -> int:
+    import textstat  # with its dictionaries (63 modules): loaded by the first prompt analysed, not by every page at start-up
+
     return int(textstat.syllable_count(word))
 
 
@@ -122,6 +122,8 @@ def reading_ease(text: str) -> float:
     """Flesch reading ease (higher = easier), from textstat's words, sentences and syllables (the
     CMU dictionary); syllables are counted per distinct word and cached, so a 10,000-prompt set
     costs one dictionary lookup per word it uses, not per occurrence."""
+    import textstat  # see _syllables
+
     words = textstat.remove_punctuation(text).lower().split()
     if not words:
         return 0.0

@@ -24,8 +24,6 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.config import Settings, defaults_from, from_table
 from pipeline.errors import Problem, PromptSetInvalid, StepFailed
-from pipeline.grids import split_image
-from pipeline.images import inspect_image
 from pipeline.prompts.promptset import PromptSetSpec
 from pipeline.store.models import Evaluation, Iteration, Thumbnail, utcnow
 from pipeline.store.statements import append, delete_where, insert_row, table_of, update_row
@@ -163,6 +161,8 @@ async def cells_of(job: PromptJob, grid: Iteration) -> list[Iteration]:
         return [c for c in stored if c is not None]  # split before (a resumed step): a missing cell file is cut again
     if (grid.parameters or {}).get("grid", {}).get("split") is False:
         return []
+    from pipeline.grids import split_image  # numpy and PIL: loaded by the first grid, not by every page that imports this module
+
     data = await asyncio.to_thread(job.image_bytes, grid)
     cells = await asyncio.to_thread(split_image, data)
     if not cells.split.is_grid:
@@ -195,6 +195,8 @@ async def cells_of(job: PromptJob, grid: Iteration) -> list[Iteration]:
 def _store_cells(job: PromptJob, grid: Iteration, numbers: list[int], images: tuple[bytes, ...],
                  boxes: tuple[tuple[int, int, int, int], ...]) -> list[tuple[Iteration, dict[str, Any]]]:
     """Write each cell's file and thumbnail (off the event loop); the rows, not yet stored."""
+    from pipeline.images import inspect_image  # Pillow: see cells_of
+
     rows = []
     max_pixels = job.ctx.settings.images.max_pixels
     for index, (number, data, box) in enumerate(zip(numbers, images, boxes, strict=True), start=1):

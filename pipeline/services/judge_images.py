@@ -24,8 +24,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
-
 from pipeline.components import Element, ReferenceImage
 from pipeline.errors import human_bytes
 from pipeline.prompts.elements import REFERENCE_TUPLE
@@ -69,6 +67,8 @@ class Shown:
 def fitted(data: bytes, max_side: int, max_bytes: int) -> Picture | None:
     """``data`` as it may be sent: as it is when a PNG or JPEG within ``max_side`` and ``max_bytes``,
     else scaled down and re-encoded as JPEG; None when Pillow cannot read it."""
+    from PIL import Image, UnidentifiedImageError  # Pillow loads with the first image sent to a judge, not with the services
+
     try:
         with Image.open(io.BytesIO(data)) as image:
             if image.format in KEPT_FORMATS and max(image.size) <= max_side and len(data) <= max_bytes:

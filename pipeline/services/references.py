@@ -15,8 +15,6 @@ import io
 from collections.abc import Mapping
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
-
 from pipeline.components import GenerationRequest, ReferenceImage
 from pipeline.errors import ProviderError, human_bytes
 from pipeline.services.capabilities import Capabilities, capabilities_for
@@ -34,6 +32,8 @@ def capabilities(service: str, settings: Mapping[str, Any], model: str) -> Capab
 def sniffed(data: bytes) -> tuple[str, tuple[int, int]]:
     """The MIME type and size the bytes really have (read from the header only); ("", (0, 0))
     when they are not an image Pillow knows."""
+    from PIL import Image, UnidentifiedImageError  # Pillow loads with the first reference image, not with every service module
+
     try:
         with Image.open(io.BytesIO(data)) as image:
             return _MIME_BY_FORMAT.get(image.format or "", f"image/{(image.format or '').lower()}"), image.size
@@ -108,6 +108,8 @@ def shares(total: float | None, count: int) -> float | None:
 
 def has_alpha(data: bytes) -> bool:
     """Whether the image has transparency (an alpha channel, or a transparent palette colour)."""
+    from PIL import Image, UnidentifiedImageError  # see sniffed()
+
     try:
         with Image.open(io.BytesIO(data)) as image:
             return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info

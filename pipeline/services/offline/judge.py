@@ -19,14 +19,14 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from pipeline.components import Check, Decomposition, Element, EvaluationRequest, Issue, Judge, Judgement
-from pipeline.images import preview
 from pipeline.prompts import lexicon
 from pipeline.prompts.elements import REFERENCE_TUPLE, visual_elements
-from pipeline.services.offline.likeness import likeness
+
+if TYPE_CHECKING:  # numpy and PIL load with the first measurement, not when the judge is registered (every page's start)
+    import numpy as np
 
 SHARPNESS_TARGET = 0.030  # edge energy of a crisp render at the analysis size
 SOFT_LIMIT = 0.012
@@ -59,6 +59,8 @@ class Measurements:
 
 def _colour_share(h: np.ndarray, s: np.ndarray, v: np.ndarray, name: str) -> float:
     """Share of pixels of colour ``name``; ``h`` in degrees, ``s`` and ``v`` in 0–1."""
+    import numpy as np
+
     if name in lexicon.ACHROMATIC:
         grey = s < 0.18
         mask = {
@@ -73,6 +75,10 @@ def _colour_share(h: np.ndarray, s: np.ndarray, v: np.ndarray, name: str) -> flo
 
 
 def measure(data: bytes, colours: tuple[str, ...], analysis_side: int = 320) -> Measurements:
+    import numpy as np
+
+    from pipeline.images import preview
+
     im, (width, height) = preview(data, analysis_side)
     rgb = np.asarray(im, dtype=np.float32)
     luma = (rgb @ np.array([0.2126, 0.7152, 0.0722], np.float32)) / 255.0
@@ -186,6 +192,8 @@ class OfflineJudge(Judge):
         asked = [e for e in request.elements if e.tuple_text.startswith(REFERENCE_TUPLE)]
         if not asked or not request.reference_images:
             return []
+        from pipeline.services.offline.likeness import likeness  # numpy and PIL (see the top)
+
         best = max(likeness(request.image, r.data) for r in request.reference_images)
         threshold = float(self.settings["likeness_threshold"])  # [judges.offline] in defaults.toml
         answer = "yes" if best >= threshold else "no"

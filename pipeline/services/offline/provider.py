@@ -5,9 +5,6 @@ from __future__ import annotations
 import asyncio
 
 from pipeline.components import GeneratedImage, GenerationRequest, ImageProvider
-from pipeline.services.offline.grid import render_grid, wants_grid
-from pipeline.services.offline.references import apply_references
-from pipeline.services.offline.render import render
 
 
 class OfflineProvider(ImageProvider):
@@ -16,6 +13,11 @@ class OfflineProvider(ImageProvider):
     offline = True
 
     async def generate(self, request: GenerationRequest) -> GeneratedImage:
+        # The renderer (numpy, PIL) is loaded by the first image, not by registering the provider (every page, at start-up).
+        from pipeline.services.offline.grid import render_grid, wants_grid
+        from pipeline.services.offline.references import apply_references
+        from pipeline.services.offline.render import render
+
         fmt = str(self.settings.get("format", "JPEG"))
         quality = int(self.settings.get("quality", 90))
         if wants_grid(request.prompt):  # a 2x2 grid asked for in the prompt (grid mode): four renders, references in each
