@@ -9,22 +9,19 @@ Ollama) are shown them after the generated image (``pipeline.services.judge_imag
 
 from __future__ import annotations
 
-from sqlalchemy.engine import Engine
-from sqlmodel import col, select
+from collections.abc import Sequence
 
 from pipeline.components import Element, ReferenceImage
 from pipeline.prompts.elements import reference_elements
-from pipeline.store.db import session
 from pipeline.store.models import Prompt, PromptReference
 
 SUBJECT_ROLES = ("subject",)  # a style, composition or mask reference is not a subject to keep
 
 
-def subject_elements(engine: Engine, prompt: Prompt, after: int) -> list[Element]:
-    """The reference elements of ``prompt``, numbered after its other ``after`` elements."""
-    with session(engine) as s:
-        rows = s.exec(select(PromptReference).where(PromptReference.prompt_id == prompt.id, col(PromptReference.role).in_(SUBJECT_ROLES))
-                      .order_by(col(PromptReference.position))).all()
+def subject_elements(prompt: Prompt, references: Sequence[PromptReference], after: int) -> list[Element]:
+    """The reference elements of ``prompt`` (``references``: its reference rows, in order),
+    numbered after its other ``after`` elements."""
+    rows = [r for r in references if r.role in SUBJECT_ROLES]
     names = {str(c.get("id", "")): str(c.get("name", "") or c.get("id", "")) for c in prompt.characters or []}
     characters = list(dict.fromkeys(names.get(r.character, r.character) for r in rows if r.character))
     own = any(not r.character for r in rows) or isinstance((prompt.meta or {}).get("variation_of"), int)

@@ -32,8 +32,11 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-POOL_SHARDS = 8  # a service's pool is split in this many, a prompt worker (task) keeping to one: httpcore rescans every
-# connection of a pool for each queued request, so one pool of 40 connections took ~26 % of a run's CPU at C = 32 (profiled)
+POOL_SHARDS = 16  # a service's pool is split in this many, a prompt worker (task) keeping to one: httpcore rescans every
+# connection of a pool for each queued request, so one pool of 40 connections took ~26 % of a run's CPU at C = 32 (profiled);
+# 16 rather than 8: at C = 64 (128 workers) a shard of 8 still held ~10 connections, each asked whether it is readable (a
+# poll(2)) at every request (bench/throughput.py, model b at C = 64: ~2-3 ms less CPU per image with 16 or 32 shards;
+# 32 also opens a connection per call where each call is its own task, as in tests/test_pools.py)
 _pools: dict[asyncio.AbstractEventLoop, dict[tuple[str, str, int], Any]] = {}
 _shard_of: weakref.WeakKeyDictionary[asyncio.Task[Any], int] = weakref.WeakKeyDictionary()
 _turns = itertools.count()

@@ -110,6 +110,7 @@ class Remote(Probing):
         self.latencies = LatencyModel()  # this service's job times, learnt while polling (pipeline.services.polling)
         self.poll_counts = PollCounts()
         self.ahead = SubmitAhead(self.name, int(self.settings.get("submit_ahead", 0)))  # used by services that queue (fal)
+        self._guards: dict[tuple[str, NetworkSettings, BodyCap | None], Guard] = {}  # made by guard()
 
     def ahead_slots(self, max_concurrency: int) -> int:
         """Calls beyond ``max_concurrency`` the rate limiter may start (submitting ahead; 0 for most services)."""
@@ -124,11 +125,16 @@ class Remote(Probing):
 
     def guard(self, cap: BodyCap | None = None) -> Guard:
         """Body cap (default: JSON) and credentials policy for this service's clients: keys go to its
-        base URL's origin and its ``trusted_hosts`` only."""
-        base = self.base_url if "://" in self.base_url or not self.base_url else f"http://{self.base_url}"  # OLLAMA_HOST may be host:port
-        own = {origin(base)} if base else set()
-        own |= {origin(h if "://" in h else f"https://{h}") for h in self.network.trusted_hosts}
-        return Guard(self.name, cap or self.network.json, frozenset(own) if own else None, self.network.foreign_downloads)
+        base URL's origin and its ``trusted_hosts`` only. Kept per (base URL, network settings, cap):
+        a client is made per call, and parsing the URLs each time cost ~0.1 ms."""
+        key = (self.base_url, self.network, cap)
+        made = self._guards.get(key)
+        if made is None:
+            base = self.base_url if "://" in self.base_url or not self.base_url else f"http://{self.base_url}"  # OLLAMA_HOST may be host:port
+            own = {origin(base)} if base else set()
+            own |= {origin(h if "://" in h else f"https://{h}") for h in self.network.trusted_hosts}
+            made = self._guards[key] = Guard(self.name, cap or self.network.json, frozenset(own) if own else None, self.network.foreign_downloads)
+        return made
 
     def probe_guard(self) -> Guard | None:
         return self.guard()

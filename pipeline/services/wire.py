@@ -218,7 +218,7 @@ Origin = tuple[str, str, int]
 
 def origin(url: str | Any) -> Origin:
     """(scheme, host, port) with the default port filled in: credentials go to exact origins only."""
-    u = httpx.URL(str(url))
+    u = url if isinstance(url, httpx.URL) else httpx.URL(str(url))  # a request's URL is parsed already
     return u.scheme, u.host, u.port or (443 if u.scheme == "https" else 80)
 
 

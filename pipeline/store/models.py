@@ -54,7 +54,15 @@ def row_id(row: _Row) -> int:
     return row.id
 
 
+def _new_list() -> list[Any]:
+    return []
+
+
 def json_field(default_factory: Any = dict) -> Any:
+    # pydantic inspects a default factory's signature on every use, and for the builtin ``list``
+    # that parses its text signature (~0.27 ms a field): a plain function costs ~15 µs.
+    if default_factory is list:
+        default_factory = _new_list
     return Field(default_factory=default_factory, sa_column=Column(JSON, nullable=False))
 
 

@@ -32,10 +32,14 @@ def update_statement(table: Table, fields: tuple[str, ...]) -> Any:
 
 
 def insert_row(s: Session, obj: Any) -> None:
-    """INSERT ``obj``'s row and set its id."""
+    """INSERT ``obj``'s row and set its id (SQLite's last row id, or PostgreSQL's implicit RETURNING:
+    an explicit RETURNING costs a result to build and read, ~0.1 ms a row on SQLite)."""
     table = table_of(type(obj))
     values = {c.name: getattr(obj, c.name) for c in table.columns if c.name != "id"}
-    obj.id = s.connection().execute(insert_statement(table, True), values).scalar_one()
+    key = s.connection().execute(insert_statement(table, False), values).inserted_primary_key
+    if key is None:  # pragma: no cover  (every table inserted here has an integer id)
+        raise RuntimeError(f"the database gave no id for the new {table.name} row")
+    obj.id = key[0]
 
 
 def update_row(s: Session, obj: Any, *fields: str) -> None:
@@ -47,6 +51,12 @@ def update_row(s: Session, obj: Any, *fields: str) -> None:
 def append(s: Session, model: type[SQLModel], values: dict[str, Any]) -> None:
     """INSERT a row that nothing reads back (a call-log row, a thumbnail)."""
     s.connection().execute(insert_statement(table_of(model), False), values)
+
+
+def append_all(s: Session, model: type[SQLModel], rows: list[dict[str, Any]]) -> None:
+    """INSERT several rows that nothing reads back, in one statement (executemany); every row has the same keys."""
+    if rows:
+        s.connection().execute(insert_statement(table_of(model), False), rows)
 
 
 def delete_where(s: Session, model: type[SQLModel], column: str, value: Any) -> None:
