@@ -77,6 +77,7 @@ def test_a_run_in_a_bucket_streams_its_objects_and_a_missing_one_is_named_before
         with serving(settings, engine, runner=False) as base, client(base, engine, "rita", "reviewer") as c:
             r = c.get("/v1/runs/1/export.zip", params={"selection": "all"})
             assert r.status_code == 200, r.text
+            assert r.headers.get("transfer-encoding") == "chunked"  # objects are not asked for their sizes first
             with zipfile.ZipFile(io.BytesIO(r.content)) as zf:
                 assert zf.testzip() is None
                 rows = json.loads(zf.read("manifest.json"))["images"]

@@ -1,5 +1,6 @@
 """The streamed export reads its files ahead of their turn: every member still reads back byte for
-byte, in order, and no descriptor is left open, whether the zip is read to the end or dropped."""
+byte, in order, and no descriptor is left open, whether the zip is read to the end or dropped. Its
+length is worked out before the first byte, and a file that changes meanwhile ends it, named."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from typing import Any
 import pytest
 
 from pipeline.api import streaming
-from pipeline.api.streaming import sources, zip_stream
+from pipeline.api.streaming import sources, zip_body, zip_stream
+from pipeline.errors import ExportError
 from pipeline.store.objects import LocalStore
 
 
@@ -63,3 +65,30 @@ def test_the_quick_path_of_a_file_is_the_one_its_store_gives(tmp_path: Path) -> 
         path.write_bytes(b"x")
     rows = rows_of(tmp_path, keys)
     assert [m.path for m in sources(rows)] == [os.fspath(r["_store"].local_path(r["_key"])) for r in rows]
+
+
+@pytest.mark.parametrize(("whole_bytes", "zip64_over"), [(1 << 24, 0xFFFFFFFF), (30_000, 0xFFFFFFFF), (30_000, 64)],
+                         ids=["whole", "in-pieces", "zip64"])
+def test_the_length_given_before_the_first_byte_is_the_zips(folder: tuple[Path, dict[str, bytes]], whole_bytes: int, zip64_over: int,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    root, files = folder
+    monkeypatch.setattr(streaming, "WHOLE_BYTES", whole_bytes)
+    monkeypatch.setattr(streaming, "ZIP64_OVER", zip64_over)
+    rows = rows_of(root, list(files))
+    body = zip_body(rows, sources(rows), [1], "all")
+    data = b"".join(body.pieces)
+    assert body.length == len(data)
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        assert zf.testzip() is None and [zf.read(r["file"]) for r in rows] == list(files.values())
+
+
+@pytest.mark.parametrize("change", ["shorter", "longer"])
+def test_a_file_that_changes_during_the_export_ends_it_with_its_name(folder: tuple[Path, dict[str, bytes]], change: str) -> None:
+    root, files = folder
+    rows = rows_of(root, list(files))
+    pieces = zip_body(rows, sources(rows), [1], "all").pieces
+    last_key = list(files)[-1]
+    old = files[last_key]
+    (root / last_key).write_bytes(old[:100] if change == "shorter" else old + b"-more")  # rewritten after the length was given
+    with pytest.raises(ExportError, match=rows[-1]["file"]):
+        b"".join(pieces)

@@ -3,10 +3,13 @@
 The same zip as :func:`pipeline.review.export.build_zip` (images stored, as they are compressed
 already; ``manifest.csv`` and ``manifest.json`` deflated), written here by hand because
 :mod:`zipfile` costs more per member than reading a typical image does: each image is read
-whole (up to :data:`WHOLE_BYTES`), so its CRC and size go in its local header; a larger file, or
-an object of a bucket, is copied in pieces and followed by a data descriptor. The bytes are
-handed to the response :data:`FLUSH_BYTES` at a time. ZIP64 records are written for what passes
-the classic format's limits (4 GiB, 65,535 entries).
+whole (up to :data:`WHOLE_BYTES`) straight into the buffer handed to the response, its CRC then
+written into its local header ahead of it, so its bytes are copied once between the file and the
+socket; a larger file, or an object of a bucket, is copied in pieces and followed by a data
+descriptor. The buffer is handed over :data:`FLUSH_BYTES` at a time. ZIP64 records are written
+for what passes the classic format's limits (4 GiB, 65,535 entries). When every member is a file
+its size is known before the first byte, so the zip's length is too (``Content-Length``: a
+progress bar in a browser, and no chunked framing, which copies every piece once more).
 
 An export is usually of images made hours before, no longer in the page cache: the files are
 opened :data:`READ_AHEAD_FILES` ahead of their turn and announced to the kernel
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import struct
 import time
 import zlib
@@ -45,11 +49,13 @@ DEFLATE_LEVEL = 1  # the manifests: a tenth of their size at level 1 (a fifteent
 LIMIT32 = 0xFFFFFFFF
 UTF8 = 0x0800  # general purpose flag: the name is UTF-8
 DESCRIPTOR = 0x0008  # general purpose flag: CRC and sizes follow the data
+DESCRIPTOR_BYTES = 24  # a ZIP64 data descriptor: signature, CRC, two 8-byte sizes
 MADE_BY = (3 << 8) | 45  # Unix, spec 4.5 (as zipfile writes)
 FILE_MODE = 0o100644 << 16  # a regular file, rw-r--r--
 READ_AHEAD_FILES = 32  # files opened and announced to the kernel before their turn
 READ_AHEAD_BYTES = 16 << 20  # and at most this much of them ahead
 OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0)  # O_BINARY: Windows only
+ZIP64_OVER = LIMIT32  # sizes and offsets from which ZIP64 fields are written (a test lowers it)
 PLAIN_STOPS = frozenset(("", ".", ".."))  # key parts that store.local_path would rewrite or refuse
 
 
@@ -61,6 +67,7 @@ class Source:
     path: str | None
     store: ObjectStore | None = None
     key: str = ""
+    size: int | None = None  # a file's size when the export began (the zip's length is worked out from it)
 
 
 def sources(rows: list[dict[str, Any]]) -> list[Source]:
@@ -79,12 +86,22 @@ def sources(rows: list[dict[str, Any]]) -> list[Source]:
         else:
             path = store.local_path(key)
             text = os.fspath(path) if path is not None else None
-        if text is None or not os.path.isfile(text):
+        size = _file_size(text) if text is not None else None
+        if size is None:
             ask = True  # a bucket's object, or a missing file: the dashboard's check lists and names them
-        out.append(Source(row["file"], text, None if text else store, key))
+        out.append(Source(row["file"], text, None if text else store, key, size))
     if ask:
         check_sources(rows)
     return out
+
+
+def _file_size(path: str) -> int | None:
+    """The size of the regular file at ``path``; None when there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
 
 
 def _plain_root(store: ObjectStore) -> str | None:
@@ -119,64 +136,146 @@ class _Entry:
     needed: int = 20  # 45 with ZIP64 fields
 
 
-class ZipWriter:
-    """Members written one after another into :attr:`parts`; :meth:`finish` adds the directory.
+@dataclass(frozen=True)
+class Packed:
+    """A small member made ready once (CRC, deflated body), so a sizing writer and the real one add the same bytes."""
 
-    ``zip64_over`` is the size or offset from which ZIP64 fields are used (a test lowers it).
-    """
+    data_size: int
+    crc: int
+    body: bytes
+    method: int
 
-    def __init__(self, zip64_over: int = LIMIT32) -> None:
-        self.parts: list[bytes] = []
-        self.pending = 0
-        self.offset = 0
-        self.entries: list[_Entry] = []
-        self.zip64_over = zip64_over
-
-    def _put(self, data: bytes) -> None:
-        self.parts.append(data)
-        self.pending += len(data)
-        self.offset += len(data)
-
-    def take(self) -> bytes:
-        data = b"".join(self.parts)
-        self.parts, self.pending = [], 0
-        return data
-
-    def add_bytes(self, name: str, data: bytes, *, at: float | datetime, deflate: bool = False) -> None:
-        """A whole member: its CRC and sizes in its local header."""
-        crc = crc32(data)
+    @classmethod
+    def of(cls, data: bytes, *, deflate: bool = False) -> Packed:
         body = data
         if deflate:
             packer = zlib.compressobj(DEFLATE_LEVEL, zlib.DEFLATED, -15)
             body = packer.compress(data) + packer.flush()
-        entry = _Entry(name.encode(), 8 if deflate else 0, UTF8, *_dos_time(at), crc, len(body), len(data), self.offset)
-        big = entry.size >= self.zip64_over or entry.compressed >= self.zip64_over
-        extra = struct.pack("<HHQQ", 1, 16, entry.size, entry.compressed) if big else b""
+        return cls(len(data), crc32(data), body, 8 if deflate else 0)
+
+
+class ZipWriter:
+    """Members written one after another into a buffer that :meth:`take` hands over; :meth:`finish`
+    adds the directory. A whole file is read straight into the buffer (:meth:`add_file`): its bytes
+    are copied once on their way from the file to the socket.
+
+    ``zip64_over`` is the size or offset from which ZIP64 fields are used (a test lowers it). A
+    ``sizing`` writer keeps no bytes: fed the same members (:meth:`reserve_file` for a file), its
+    :attr:`offset` after :meth:`finish` is the zip's length, sent as ``Content-Length``.
+    """
+
+    def __init__(self, zip64_over: int = LIMIT32, *, sizing: bool = False) -> None:
+        self._buf = bytearray()
+        self.pending = 0  # bytes of the buffer not handed over yet
+        self.offset = 0
+        self.entries: list[_Entry] = []
+        self.zip64_over = zip64_over
+        self.sizing = sizing
+
+    def _reserve(self, n: int) -> int:
+        """Room for ``n`` more bytes in the buffer; returns where they start."""
+        at = self.pending
+        if at + n > len(self._buf):  # a new buffer (never resized in place: the socket may still hold the last one)
+            grown = bytearray(max(FLUSH_BYTES + (FLUSH_BYTES >> 3), at + n))
+            grown[:at] = self._buf[:at]
+            self._buf = grown
+        return at
+
+    def fits(self, n: int) -> bool:
+        """Whether ``n`` more bytes fit the buffer without copying what it holds."""
+        return self.pending + n <= len(self._buf)
+
+    def _put(self, data: bytes | memoryview) -> None:
+        n = len(data)
+        if not self.sizing:
+            at = self._reserve(n)
+            self._buf[at:at + n] = data
+            self.pending += n
+        self.offset += n
+
+    def take(self) -> memoryview:
+        """What the buffer holds, handed over (the writer starts a new buffer)."""
+        data = memoryview(self._buf)[:self.pending]
+        self._buf, self.pending = bytearray(), 0
+        return data
+
+    def _whole_entry(self, name: str, method: int, at: float | datetime, crc: int, compressed: int, size: int) -> tuple[_Entry, bytes]:
+        entry = _Entry(name.encode(), method, UTF8, *_dos_time(at), crc, compressed, size, self.offset)
+        big = size >= self.zip64_over or compressed >= self.zip64_over
         entry.needed = 45 if big else 20
-        self._put(self._local_header(entry, extra, sizes=(LIMIT32, LIMIT32) if big else (entry.compressed, entry.size)) + extra)
-        self._put(body)
+        extra = struct.pack("<HHQQ", 1, 16, size, compressed) if big else b""
+        return entry, extra
+
+    def add_bytes(self, name: str, data: bytes | Packed, *, at: float | datetime, deflate: bool = False) -> None:
+        """A whole member from memory: its CRC and sizes in its local header."""
+        packed = data if isinstance(data, Packed) else Packed.of(data, deflate=deflate)
+        entry, extra = self._whole_entry(name, packed.method, at, packed.crc, len(packed.body), packed.data_size)
+        self._put(self._header(entry, extra))
+        self._put(packed.body)
         self.entries.append(entry)
 
-    def add_pieces(self, name: str, pieces: Iterator[bytes], *, at: float | datetime) -> Iterator[None]:
-        """A member copied in pieces (stored), followed by a ZIP64 data descriptor; yields when
-        :attr:`parts` holds :data:`FLUSH_BYTES` or more."""
+    def add_file(self, name: str, f: io.FileIO, size: int, *, at: float | datetime) -> None:
+        """A whole member of ``size`` bytes read from ``f`` straight into the buffer, its CRC then
+        written into the local header before it. :class:`ExportError` if the file is shorter."""
+        entry, extra = self._whole_entry(name, 0, at, 0, size, size)
+        header_size = 30 + len(entry.name) + len(extra)
+        start = self._reserve(header_size + size)
+        with memoryview(self._buf) as buf, buf[start + header_size:start + header_size + size] as body:
+            got = 0
+            while got < size:
+                n = f.readinto(body[got:])
+                if not n:
+                    raise ExportError(f"{name}: its file is {got:,} bytes, not the {size:,} it had when the export began")
+                got += n
+            entry.crc = crc32(body)
+            buf[start:start + header_size] = self._header(entry, extra)
+        self.pending += header_size + size
+        self.offset += header_size + size
+        self.entries.append(entry)
+
+    def reserve_file(self, name: str, size: int, *, at: float | datetime) -> None:
+        """Account a member of ``size`` bytes as :meth:`add_file` (or, over :data:`WHOLE_BYTES`,
+        :meth:`add_pieces`) writes it (a sizing writer)."""
+        if size > WHOLE_BYTES:
+            entry = self._pieces_entry(name, at)
+            self.offset += size + DESCRIPTOR_BYTES
+            entry.crc, entry.size, entry.compressed = 0, size, size
+        else:
+            entry, extra = self._whole_entry(name, 0, at, 0, size, size)
+            self._put(self._header(entry, extra))
+            self.offset += size
+        self.entries.append(entry)
+
+    def _pieces_entry(self, name: str, at: float | datetime) -> _Entry:
         entry = _Entry(name.encode(), 0, UTF8 | DESCRIPTOR, *_dos_time(at), 0, 0, 0, self.offset, 45)
         extra = struct.pack("<HHQQ", 1, 16, 0, 0)  # sizes follow the data, in 8 bytes each
-        self._put(self._local_header(entry, extra, sizes=(LIMIT32, LIMIT32)) + extra)
-        crc = size = 0
+        self._put(self._header(entry, extra))
+        return entry
+
+    def add_pieces(self, name: str, pieces: Iterator[bytes], *, at: float | datetime, size: int | None = None) -> Iterator[None]:
+        """A member copied in pieces (stored), followed by a ZIP64 data descriptor; yields when
+        :attr:`pending` reaches :data:`FLUSH_BYTES`. With ``size``, anything else is an :class:`ExportError`."""
+        entry = self._pieces_entry(name, at)
+        crc = copied = 0
         for piece in pieces:
             crc = crc32(piece, crc)
-            size += len(piece)
+            copied += len(piece)
+            if size is not None and copied > size:
+                raise ExportError(f"{name}: its file grew past the {size:,} bytes it had when the export began")
             self._put(piece)
             if self.pending >= FLUSH_BYTES:
                 yield None
-        entry.crc, entry.size, entry.compressed = crc, size, size
-        self._put(struct.pack("<IIQQ", 0x08074B50, crc, size, size))
+        if size is not None and copied != size:
+            raise ExportError(f"{name}: its file is {copied:,} bytes, not the {size:,} it had when the export began")
+        entry.crc, entry.size, entry.compressed = crc, copied, copied
+        self._put(struct.pack("<IIQQ", 0x08074B50, crc, copied, copied))
         self.entries.append(entry)
 
-    def _local_header(self, e: _Entry, extra: bytes, *, sizes: tuple[int, int]) -> bytes:
+    def _header(self, e: _Entry, extra: bytes) -> bytes:
+        """The local header (with ``extra``, ZIP64 sizes, the sizes in it are 0xFFFFFFFF)."""
+        sizes = (LIMIT32, LIMIT32) if extra else (e.compressed, e.size)
         return struct.pack("<IHHHHHIIIHH", 0x04034B50, 45 if extra else 20, e.flags, e.method, e.dos_time, e.dos_date,
-                           0 if e.flags & DESCRIPTOR else e.crc, *sizes, len(e.name), len(extra)) + e.name
+                           0 if e.flags & DESCRIPTOR else e.crc, *sizes, len(e.name), len(extra)) + e.name + extra
 
     def finish(self) -> None:
         """The central directory and its end records (ZIP64 ones when needed)."""
@@ -259,21 +358,57 @@ def _pieces(f: io.FileIO) -> Iterator[bytes]:
             yield piece
 
 
+@dataclass(frozen=True)
+class ZipBody:
+    """An export's zip: its bytes in pieces, and its length when every member is a file (then sent as
+    ``Content-Length``, so a browser shows the download's progress and the server sends the pieces
+    as they are; a bucket's objects are not asked for their sizes first, and the zip is chunked)."""
+
+    pieces: Iterator[memoryview]
+    length: int | None
+
+
+def zip_body(rows: list[dict[str, Any]], members: list[Source], run_ids: list[int], selection: str, **header: Any) -> ZipBody:
+    """``members`` (from :func:`sources`), then the manifests, in pieces of about :data:`FLUSH_BYTES`.
+    A file that changed size since :func:`sources` looked ends the zip with an :class:`ExportError`."""
+    now = time.time()
+    manifests = {name: Packed.of(text.encode(), deflate=True) for name, text in manifest_files(rows, run_ids, selection, **header).items()}
+    length = None
+    if all(m.size is not None for m in members):
+        sizer = ZipWriter(ZIP64_OVER, sizing=True)
+        for m in members:
+            sizer.reserve_file(m.name, m.size or 0, at=now)
+        for name, packed in manifests.items():
+            sizer.add_bytes(name, packed, at=now)
+        sizer.finish()
+        length = sizer.offset
+    return ZipBody(_zip_pieces(members, manifests, now), length)
+
+
 def zip_stream(rows: list[dict[str, Any]], members: list[Source], run_ids: list[int], selection: str,
-               **header: Any) -> Iterator[bytes]:
-    """The export's zip in pieces of about :data:`FLUSH_BYTES`: ``members`` (from :func:`sources`), then the manifests."""
-    z = ZipWriter()
+               **header: Any) -> Iterator[memoryview]:
+    """The export's zip in pieces (:func:`zip_body`, without its length)."""
+    return zip_body(rows, members, run_ids, selection, **header).pieces
+
+
+def _zip_pieces(members: list[Source], manifests: dict[str, Packed], now: float) -> Iterator[memoryview]:
+    z = ZipWriter(ZIP64_OVER)
     ahead = _ReadAhead(members)
     try:
         for index, m in enumerate(members):
             if m.path is not None:
                 fd, st = ahead.take(index)
-                f = open(fd, "rb", buffering=0)
-                if st.st_size <= WHOLE_BYTES:
-                    with f:
-                        z.add_bytes(m.name, f.readall(), at=st.st_mtime)
-                else:
-                    yield from _drain(z, z.add_pieces(m.name, _pieces(f), at=st.st_mtime))
+                with open(fd, "rb", buffering=0) as f:
+                    size = st.st_size if m.size is None else m.size
+                    if st.st_size != size:
+                        raise ExportError(f"{m.name}: its file changed while it was being exported ({st.st_size:,} bytes, "
+                                          f"{size:,} when the export began)")
+                    if size <= WHOLE_BYTES:
+                        if z.pending and not z.fits(size + 4 * len(m.name) + 50):  # its header too
+                            yield z.take()  # rather than copying what the buffer holds into a larger one
+                        z.add_file(m.name, f, size, at=st.st_mtime)
+                    else:
+                        yield from _drain(z, z.add_pieces(m.name, _pieces(f), at=st.st_mtime, size=size))
             else:
                 assert m.store is not None
                 yield from _drain(z, _object(z, m))
@@ -281,14 +416,13 @@ def zip_stream(rows: list[dict[str, Any]], members: list[Source], run_ids: list[
                 yield z.take()
     finally:
         ahead.close()
-    now = time.time()
-    for name, text in manifest_files(rows, run_ids, selection, **header).items():
-        z.add_bytes(name, text.encode(), at=now, deflate=True)
+    for name, packed in manifests.items():
+        z.add_bytes(name, packed, at=now)
     z.finish()
     yield z.take()
 
 
-def _drain(z: ZipWriter, steps: Iterator[None]) -> Iterator[bytes]:
+def _drain(z: ZipWriter, steps: Iterator[None]) -> Iterator[memoryview]:
     for _ in steps:
         yield z.take()
 

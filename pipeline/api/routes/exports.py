@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 from pipeline.api.auth import Reviewer
 from pipeline.api.context import ctx_of
 from pipeline.api.lookups import run_or_404
-from pipeline.api.streaming import sources, zip_stream
+from pipeline.api.streaming import sources, zip_body
 from pipeline.review.decisions import review_config
 from pipeline.review.export import export_rows
 from pipeline.store.db import session
@@ -30,5 +30,8 @@ def export_zip(request: Request, run_id: int, token: Reviewer,
         rows = export_rows(s, ctx.settings, [run_id], selection=selection, rule=rule)
     members = sources(rows)  # every image there before a byte is sent
     name = f"darkroom_run-{run_id}_{selection}.zip"
-    return StreamingResponse(zip_stream(rows, members, [run_id], selection, decision_rule=rule), media_type="application/zip",
-                             headers={"Content-Disposition": f'attachment; filename="{name}"'})
+    body = zip_body(rows, members, [run_id], selection, decision_rule=rule)
+    headers = {"Content-Disposition": f'attachment; filename="{name}"'}
+    if body.length is not None:  # every image a file: its length is known (a bucket's zip is chunked)
+        headers["Content-Length"] = str(body.length)
+    return StreamingResponse(body.pieces, media_type="application/zip", headers=headers)
