@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from pipeline.api import streaming
-from pipeline.api.streaming import sources, zip_body, zip_stream
+from pipeline.api.streaming import sources, zip_body
 from pipeline.errors import ExportError
 from pipeline.store.objects import LocalStore
 
@@ -43,13 +43,13 @@ def test_more_files_than_the_read_ahead_all_read_back_and_every_descriptor_is_cl
     monkeypatch.setattr(streaming, "WHOLE_BYTES", 30_000)  # the larger ones are copied in pieces
     rows = rows_of(root, list(files))
     before = open_descriptors()
-    data = b"".join(zip_stream(rows, sources(rows), [1], "all"))
+    data = b"".join(zip_body(rows, sources(rows), [1], "all").pieces)
     assert open_descriptors() == before
     with zipfile.ZipFile(io.BytesIO(data)) as zf:
         assert zf.testzip() is None
         assert zf.namelist() == [r["file"] for r in rows] + ["manifest.csv", "manifest.json"]
         assert [zf.read(r["file"]) for r in rows] == list(files.values())
-    stopped = zip_stream(rows, sources(rows), [1], "all")
+    stopped = zip_body(rows, sources(rows), [1], "all").pieces
     next(stopped)  # a client that goes away after the first piece, files ahead of it open
     assert open_descriptors() > before
     stopped.close()

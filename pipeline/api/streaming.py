@@ -181,9 +181,10 @@ class ZipWriter:
             self._buf = grown
         return at
 
-    def fits(self, n: int) -> bool:
-        """Whether ``n`` more bytes fit the buffer without copying what it holds."""
-        return self.pending + n <= len(self._buf)
+    def fits_file(self, name: str, size: int) -> bool:
+        """Whether :meth:`add_file` of ``size`` bytes fits the buffer without copying what it holds."""
+        entry, extra = self._whole_entry(name, 0, 0.0, 0, size, size)
+        return self.pending + len(self._header(entry, extra)) + size <= len(self._buf)
 
     def _put(self, data: bytes | memoryview) -> None:
         n = len(data)
@@ -218,7 +219,7 @@ class ZipWriter:
         """A whole member of ``size`` bytes read from ``f`` straight into the buffer, its CRC then
         written into the local header before it. :class:`ExportError` if the file is shorter."""
         entry, extra = self._whole_entry(name, 0, at, 0, size, size)
-        header_size = 30 + len(entry.name) + len(extra)
+        header_size = len(self._header(entry, extra))  # the same length once its CRC is in
         start = self._reserve(header_size + size)
         with memoryview(self._buf) as buf, buf[start + header_size:start + header_size + size] as body:
             got = 0
@@ -385,12 +386,6 @@ def zip_body(rows: list[dict[str, Any]], members: list[Source], run_ids: list[in
     return ZipBody(_zip_pieces(members, manifests, now), length)
 
 
-def zip_stream(rows: list[dict[str, Any]], members: list[Source], run_ids: list[int], selection: str,
-               **header: Any) -> Iterator[memoryview]:
-    """The export's zip in pieces (:func:`zip_body`, without its length)."""
-    return zip_body(rows, members, run_ids, selection, **header).pieces
-
-
 def _zip_pieces(members: list[Source], manifests: dict[str, Packed], now: float) -> Iterator[memoryview]:
     z = ZipWriter(ZIP64_OVER)
     ahead = _ReadAhead(members)
@@ -404,7 +399,7 @@ def _zip_pieces(members: list[Source], manifests: dict[str, Packed], now: float)
                         raise ExportError(f"{m.name}: its file changed while it was being exported ({st.st_size:,} bytes, "
                                           f"{size:,} when the export began)")
                     if size <= WHOLE_BYTES:
-                        if z.pending and not z.fits(size + 4 * len(m.name) + 50):  # its header too
+                        if z.pending and not z.fits_file(m.name, size):
                             yield z.take()  # rather than copying what the buffer holds into a larger one
                         z.add_file(m.name, f, size, at=st.st_mtime)
                     else:

@@ -277,8 +277,7 @@ class PromptJob:
             try:
                 with self.ledger.transaction() as s:
                     append_all(s, PromptElement, values)  # one statement, no objects: nothing reads the rows back
-                return tuple(Element(number=e.number, category=e.category, question=e.question, tuple_text=e.tuple_text,
-                                     parent_numbers=tuple(e.parent_numbers), critical=e.critical) for e in made_elements)
+                return made_elements
             except IntegrityError:  # another run of the same prompt stored them first: use those
                 with session(self.ctx.engine) as s:
                     rows = stored_elements(s, self.prompt.id)
