@@ -34,6 +34,10 @@ settings, engine = st.session_state["settings"], st.session_state["engine"]
 GRID = "gallery_grid"
 IDLE_POLL_SECONDS = 0.5  # nothing runs: is there new work (a launch from another tab, a worker, the CLI)?
 ACTIVE_POLL_SECONDS = 0.5  # a run is active: new images as they come
+# At most one redraw per this long: while a run makes several images a second, redrawing on each
+# (the page's own run found new ones, and reran at once) kept the server and the browser busy
+# redrawing, and a thumbnail could not finish loading before the next drawing replaced it.
+MIN_REDRAW_SECONDS = 0.4
 FIRST_IMAGE_WAIT_SECONDS = 1.0  # a launch noticed before its first image: wait up to this long for it, to draw both at once
 ACTIONS = {"stars": "star", "clear_stars": "clear_stars", "approve": "approve", "reject": "reject", "clear_decision": "clear_decision"}
 BULK_ACTIONS = {"approve": "Approve", "reject": "Reject", "clear_decision": "Clear the decision", "star:5": "5 stars",
@@ -294,14 +298,18 @@ def live_updates(drawn: LatestChange) -> None:
 
     ``drawn`` is what the page was drawn from (read before its queries, so nothing slips between).
     A small timer compares it with :func:`latest_change`, one statement over indexes, and reruns
-    the page only when it differs: every ``ACTIVE_POLL_SECONDS`` while a run is active, else
-    every ``IDLE_POLL_SECONDS``, so a Gallery opened before a launch (in another tab, by a worker
-    or the CLI) shows the run's first image by itself. The interval is set by each full run.
+    the page only when it differs, and not within ``MIN_REDRAW_SECONDS`` of the last drawing:
+    every ``ACTIVE_POLL_SECONDS`` while a run is active, else every ``IDLE_POLL_SECONDS``, so a
+    Gallery opened before a launch (in another tab, by a worker or the CLI) shows the run's first
+    image by itself. The interval is set by each full run.
     """
     st.session_state["_g_drawn"] = drawn
+    st.session_state["_g_drawn_at"] = time.monotonic()
 
     @st.fragment(run_every=ACTIVE_POLL_SECONDS if drawn.running else IDLE_POLL_SECONDS)
     def poll() -> None:
+        if time.monotonic() - st.session_state.get("_g_drawn_at", 0.0) < MIN_REDRAW_SECONDS:
+            return  # the page has only just been drawn (this is its own run): the timer looks next
         now, drawn = latest(), st.session_state.get("_g_drawn")
         if now == drawn:
             return

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from sqlmodel import select
 
 from pipeline.store.db import open_database, session
 from pipeline.store.models import Rating
-from tests.conftest import ROOT, SAMPLES, chromium, require_chromium, run_cli, streamlit_server
+from tests.conftest import PYTHON, ROOT, SAMPLES, chromium, require_chromium, run_cli, streamlit_server, subprocess_env
 
 ARTIFACTS = Path(os.environ.get("DARKROOM_ARTIFACTS", ROOT / "test-artifacts"))
 
@@ -254,3 +255,33 @@ def test_above_the_fold_controls_and_cards(server: str, browser) -> None:  # typ
     }""")
     assert fold["visible"] == fold["cards"]  # every seeded image (23 or 24) is above the fold at 1440x900 ...
     assert fold["room"] >= 24, fold  # ... and the default card size leaves room for at least 24
+
+
+def test_the_gallery_follows_new_work_without_reloading_its_thumbnails_or_losing_a_typed_name(  # type: ignore[no-untyped-def]
+        server: str, browser, tmp_path: Path) -> None:
+    """A Gallery redraws by itself when new images land: the thumbnails already shown stay as they
+    are (not fetched and decoded again, no blank flash), and a name being typed meanwhile is kept."""
+    page = browser.new_context(viewport={"width": 1440, "height": 900}).new_page()
+    page.set_default_timeout(30_000)
+    page.goto(f"{server}/gallery")
+    settle(page)
+    count = page.get_by_test_id("drGalleryCount")
+    before = count.inner_text()
+    box = page.get_by_label("Your name (reviewer)", exact=True)
+    thumbs = page.locator("[data-testid=drCard] img.dr-thumb")
+    shown = thumbs.count()
+    assert shown > 0
+    for i in range(shown):
+        thumbs.nth(i).evaluate("(i) => { i.dataset.probe = 'shown before'; }")
+    box.fill("Ema")  # typed, not yet entered
+    cli = subprocess.run([PYTHON, "-m", "pipeline", "run", str(SAMPLES / "seed.json"), "--iterations", "1"],  # new work, from the CLI
+                         env=subprocess_env(tmp_path / "data"), capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 0, cli.stderr
+    page.wait_for_function("([el, old]) => el.innerText !== old", arg=[count.element_handle(), before])  # the page followed it
+    settle(page)
+    assert box.input_value() == "Ema"
+    assert page.locator("[data-testid=drCard] img.dr-thumb[data-probe='shown before']").count() == shown  # the same elements
+    assert thumbs.count() > shown  # beside the new run's
+    box.press("Enter")
+    page.wait_for_function("(c) => document.cookie.split('; ').includes(c + '=Ema')", arg=COOKIE)
+    page.context.close()

@@ -200,6 +200,8 @@ def remember_reviewer(name: str, *, forget: bool = False, key: str = "darkroom_i
     """Store ``name`` in the browser's cookie (``forget``: remove it); returns what the browser kept (None until it answers)."""
     state = st.session_state.get(key) or {}
     kept = state.get("kept") if hasattr(state, "get") else None
+    if kept is None and name and cookie_reviewer() == name:
+        kept = name  # this session came with that cookie: known kept, so the browser need not report it (a rerun)
     _identity(key=key, data={"name": name, "forget": forget and not name, "cookie": COOKIE, "max_age": COOKIE_MAX_AGE,
                              "reported": kept}, on_kept_change=lambda: None, width="stretch", height="content")
     return kept

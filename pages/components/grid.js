@@ -3,10 +3,17 @@
 // then the review keys (1–5, 0, P, X, U, Z) act on the selection. The selection is mirrored to
 // Python as the "selected" state (for the bulk actions); actions go through the queue in common.js.
 
+// The first cards' thumbnails are fetched at once (they are in view on any window): lazy loading
+// waits for a layout pass and an intersection check first.
+const EAGER_THUMBS = 12;
+
 function gridView(key, pageKey) {
   let view = DR.views[key];
   if (!view || view.pageKey !== pageKey) {
-    view = DR.views[key] = { pageKey, selected: new Set(), anchor: null, cursor: null, help: false, cols: 1 };
+    // thumbs: the <img> of each thumbnail URL drawn last time, moved into the next drawing instead of
+    // made again. A Gallery following a run is redrawn as images land; new elements would load and
+    // decode every thumbnail again (a blank flash each time), and one not yet loaded would start over.
+    view = DR.views[key] = { pageKey, selected: new Set(), anchor: null, cursor: null, help: false, cols: 1, thumbs: new Map() };
   }
   return view;
 }
@@ -19,10 +26,12 @@ function scoreClass(score) {
 function gridCard(card, i, view) {
   const selected = view.selected.has(card.id);
   const classes = ["dr-card", selected ? "dr-sel" : "", view.cursor === i ? "dr-cursor" : ""].join(" ").trim();
+  const kept = card.url && !view.drawn.has(card.url) ? view.thumbs.get(card.url) : undefined;  // (two cards of one image: two elements)
   const thumb = card.url
-    ? drEl("img", { class: "dr-thumb", src: card.url, alt: card.title, loading: "lazy", decoding: "async", draggable: "false",
-        title: "Open in Review", "data-role": "open" })
+    ? kept ?? drEl("img", { class: "dr-thumb", src: card.url, alt: card.title, loading: i < EAGER_THUMBS ? "eager" : "lazy", decoding: "async",
+        draggable: "false", title: "Open in Review", "data-role": "open" })
     : drEl("div", { class: "dr-thumb dr-thumb-missing", "data-role": "open" }, "no thumbnail");
+  if (card.url && !view.drawn.has(card.url)) view.drawn.set(card.url, thumb);
   const decision = card.tiebreak
     ? drEl("span", { class: "dr-badge dr-tie", title: card.in_force_label }, "tie-break")
     : card.decision && card.decision !== "none"
@@ -90,7 +99,9 @@ export default function (component) {
     root.appendChild(drEl("div", { class: "dr-grid-status", "data-testid": "drGridStatus" },
       n ? `${n} selected · 1–5 stars, 0 clear, P approve, X reject, U clear decision, Z undo · Esc clears · ? keys`
         : "Click an image to review it · click a card, Shift-click or Shift+arrows to select · ? keys"));
+    view.drawn = new Map();
     const grid = drEl("div", { class: "dr-grid" }, d.cards.map((c, i) => gridCard(c, i, view)));
+    view.thumbs = view.drawn;
     root.appendChild(grid);
     if (d.cards.length === 0) root.appendChild(drEl("div", { class: "dr-empty" }, d.empty || "No images."));
     if (view.help) root.appendChild(drHelp(root, d.help, () => { view.help = false; render(); }));

@@ -17,6 +17,10 @@ export default function (component) {
   } else if (d.forget) {
     document.cookie = `${d.cookie}=; Path=/; Max-Age=0; SameSite=Lax`;
   }
+  // Report what the browser kept when Python does not know it yet: always after writing a name
+  // (was it refused?), otherwise only a cookie Python has not seen. Nothing written and nothing
+  // kept needs no report, and so no rerun (a first visit draws its page once, not twice).
   const kept = readCookie(d.cookie) || "";
-  if (kept !== (d.reported ?? null)) component.setStateValue("kept", kept);
+  const known = d.reported ?? (d.name ? null : "");
+  if (kept !== known) component.setStateValue("kept", kept);
 }
