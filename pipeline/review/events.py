@@ -21,12 +21,11 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import exists
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, col, select
 
 from pipeline.errors import InputError
 from pipeline.store.models import Iteration, Rating, ReviewEvent, utcnow
+from pipeline.store.statements import insert_or_ignore
 
 REVIEWER_MAX_CHARS = 64  # the [review] reviewer_max_chars default
 ACTIONS = ("star", "clear_stars", "approve", "reject", "clear_decision", "note")
@@ -99,8 +98,6 @@ def _mine(reviewer: str, ids: Sequence[int]) -> Any:
 
 def _own_rows(s: Session, reviewer: str, ids: Sequence[int]) -> dict[int, Rating]:
     """This reviewer's rating row for each image, created where missing (race-free: insert or ignore)."""
-    dialect = s.get_bind().dialect.name
-    insert: Any = {"sqlite": sqlite_insert, "postgresql": pg_insert}.get(dialect)
     found: dict[int, Rating] = {}
     for part in _chunks(ids):
         found.update({r.iteration_id: r for r in s.exec(_mine(reviewer, part))})
@@ -110,8 +107,9 @@ def _own_rows(s: Session, reviewer: str, ids: Sequence[int]) -> dict[int, Rating
         rows = [{"iteration_id": i, "reviewer": reviewer, "stars": None, "decision": "none", "note": "", "rated_at": now,
                  "decided_at": None} for i in missing]
         table = Rating.__table__  # type: ignore[attr-defined]
+        insert = insert_or_ignore(s.get_bind().dialect.name, table, index_elements=["iteration_id", "reviewer"])
         if insert is not None:  # one prepared statement, executemany
-            s.connection().execute(insert(table).on_conflict_do_nothing(index_elements=["iteration_id", "reviewer"]), rows)
+            s.connection().execute(insert, rows)
         else:  # another database: plain inserts (a concurrent twin tab may then fail and be retried by the user)
             s.connection().execute(table.insert(), rows)
         for part in _chunks(missing):

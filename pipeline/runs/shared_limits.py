@@ -24,13 +24,12 @@ import time
 from dataclasses import dataclass
 
 from sqlalchemy import or_, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from pipeline.store.db import session
 from pipeline.store.models import ProviderHealth, ProviderPace, ProviderSlot
+from pipeline.store.statements import insert_or_ignore
 
 POLL_MIN_S, POLL_MAX_S = 0.02, 0.5  # waiting for a free slot: back off between these
 HEALTH_CACHE_S = 1.0  # how stale a process's view of another's breaker may be
@@ -39,7 +38,7 @@ _jitter = random.Random()  # its own: the global one belongs to whoever else run
 
 def _insert_ignore(engine: Engine, model: type[ProviderSlot] | type[ProviderPace] | type[ProviderHealth]):  # type: ignore[no-untyped-def]
     """INSERT … ON CONFLICT DO NOTHING in the engine's dialect (rows several processes may create at once)."""
-    return (pg_insert if engine.dialect.name == "postgresql" else sqlite_insert)(model).on_conflict_do_nothing()
+    return insert_or_ignore(engine.dialect.name, model)
 
 
 @dataclass(frozen=True)

@@ -63,3 +63,18 @@ def delete_where(s: Session, model: type[SQLModel], column: str, value: Any) -> 
     """DELETE the rows of ``model`` whose ``column`` equals ``value``."""
     table = table_of(model)
     s.connection().execute(delete(table).where(table.c[column] == value))
+
+
+def insert_or_ignore(dialect: str, table: Any, **conflict: Any) -> Any:
+    """``INSERT … ON CONFLICT DO NOTHING`` on ``table`` (``conflict``: e.g. ``index_elements``) for
+    SQLite and PostgreSQL; None for another database. Each dialect's module is imported here, when
+    used: SQLite installs never load SQLAlchemy's PostgreSQL dialect (30 ms of each start)."""
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table).on_conflict_do_nothing(**conflict)
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table).on_conflict_do_nothing(**conflict)
+    return None
