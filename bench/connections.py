@@ -10,7 +10,9 @@ keep-alive) answers a small JSON body. The same requests go through the pipeline
 - per call: a client and its connections made for each call and closed after it (outside a run):
   a TCP and a TLS handshake every time;
 - pooled HTTP/1.1: inside ``pools.shared_connections()`` (what a run holds), every call's client
-  draws on the service's keep-alive pool, HTTP/2 not offered;
+  draws on the service's keep-alive pool, HTTP/2 not offered: aiohttp's pool and parser under
+  httpx (pipeline/services/aio.py), the default;
+- pooled httpcore: the same through httpx's own pool (httpcore and h11), ``DARKROOM_HTTP_STACK=httpcore``;
 - pooled HTTP/2: the same, HTTP/2 offered (``pools.HTTP2``; ``DARKROOM_HTTP2=1`` in a run), when
   the h2 package is installed: one multiplexed connection per pool shard.
 
@@ -87,12 +89,13 @@ def main() -> None:
     print(f"{args.requests} requests per row over TLS (loopback); h2 installed: {h2}; load average {os.getloadavg()[0]:.2f}")
     print(f"{'clients':18} {'at once':>7} {'wall ms/req':>11} {'CPU ms/req':>10} {'connections':>11} {'req/conn':>8}  protocol")
     results = {}
-    modes = [("per call", False, False), ("pooled HTTP/1.1", True, False)] + ([("pooled HTTP/2", True, True)] if h2 else [])
-    default = pools.HTTP2
+    modes = [("per call", False, False, True), ("pooled HTTP/1.1", True, False, True), ("pooled httpcore", True, False, False)]
+    modes += [("pooled HTTP/2", True, True, False)] if h2 else []
+    default = pools.HTTP2, pools.AIOHTTP
     try:
         for at_once in (1, args.concurrent):
-            for label, pooled, http2 in modes:
-                pools.HTTP2 = http2
+            for label, pooled, http2, aiohttp in modes:
+                pools.HTTP2, pools.AIOHTTP = http2, aiohttp
                 asyncio.run(calls(server.url, 5, pooled, 1))  # warm up (imports, first handshake)
                 server.reset()
                 wall, cpu = asyncio.run(calls(server.url, args.requests, pooled, at_once))
@@ -101,11 +104,13 @@ def main() -> None:
                 print(f"{label:18} {at_once:7d} {wall:11.2f} {cpu:10.2f} {server.connections:11d} "
                       f"{server.requests / max(1, server.connections):8.1f}  {spoken}", flush=True)
     finally:
-        pools.HTTP2 = default
+        pools.HTTP2, pools.AIOHTTP = default
         server.stop()
     for at_once in (1, args.concurrent):
         (w0, c0), (w1, c1) = results[("per call", at_once)], results[("pooled HTTP/1.1", at_once)]
-        print(f"{at_once} at once: the pool saves {w0 - w1:.2f} ms wall and {c0 - c1:.2f} ms of client CPU per request"
+        core = results[("pooled httpcore", at_once)][1]
+        print(f"{at_once} at once: the pool saves {w0 - w1:.2f} ms wall and {c0 - c1:.2f} ms of client CPU per request; "
+              f"aiohttp's pool {c1:.2f} ms CPU against httpcore's {core:.2f} ms ({core / c1:.1f}x)"
               + (f"; HTTP/2 against HTTP/1.1 pooled: {results[('pooled HTTP/2', at_once)][0] - w1:+.2f} ms wall, "
                  f"{results[('pooled HTTP/2', at_once)][1] - c1:+.2f} ms CPU" if h2 else ""))
 

@@ -22,7 +22,17 @@ from pipeline.config import Settings
 from pipeline.resilience.limits import LimitSettings, RateLimiter
 from pipeline.services import pools
 from pipeline.services.ahead import WINDOW, SubmitAhead
-from pipeline.services.polling import BACKOFF, MIN_GAP_S, MIN_SAMPLES, POLLS_TO_P90, TAIL_QUANTILE, LatencyModel
+from pipeline.services.polling import (
+    BACKOFF,
+    MIN_GAP_S,
+    MIN_POLLS_TO_P90,
+    MIN_SAMPLES,
+    POLL_BUDGET,
+    POLLS_TO_P90,
+    TAIL_QUANTILE,
+    LatencyModel,
+    PollCounts,
+)
 from tests.emulators import running
 from tests.emulators.capacity import KEY, CapacityService
 
@@ -142,6 +152,29 @@ def test_until_enough_is_learnt_the_schedule_is_the_plain_backoff() -> None:
         model.observe(1.0)
     schedule = model.schedule(initial_s=0.25, max_s=2.0)
     assert [round(next(schedule), 4) for _ in range(4)] == [0.0, 0.25, 0.625, 1.1875]
+
+
+def test_with_many_jobs_in_flight_each_gets_fewer_polls() -> None:
+    counts = PollCounts()
+    assert counts.polls_to_p90() == POLLS_TO_P90
+    counts.in_flight = 64
+    assert counts.polls_to_p90() == POLL_BUDGET // 64 < POLLS_TO_P90
+    counts.in_flight = 10_000
+    assert counts.polls_to_p90() == MIN_POLLS_TO_P90  # never fewer than this: a job is still noticed soon after it ends
+
+
+@pytest.mark.parametrize("service", [("poll429", 64, 0.15)], indirect=True)
+def test_a_service_polled_for_64_jobs_at_once_is_asked_less_often_per_job(service: CapacityService,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    provider = fal_on(service, monkeypatch)
+    asyncio.run(generate_all(provider, 64, at_once=8))  # learnt with few in flight
+    learnt = service.served()["polls"]
+    asyncio.run(generate_all(provider, 256, at_once=64))
+    per_job = (service.served()["polls"] - learnt) / 256
+    counts = provider.poll_counts  # type: ignore[attr-defined]
+    assert counts.jobs == 64 + 256
+    assert per_job < POLL_BUDGET // 64  # the quantile polls of a job among 64, not POLLS_TO_P90
+    assert per_job < learnt / 64  # and fewer than each of the first jobs needed
 
 
 @pytest.mark.parametrize("service", [("poll429", 4, 0.15)], indirect=True)

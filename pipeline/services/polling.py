@@ -5,7 +5,8 @@ when asked. A fixed backoff (0.25 s ×1.5 up to 2 s) notices a 1 s job 0.2–0.8
 slot sits idle meanwhile. Instead each service keeps the times its recent jobs took
 (:class:`LatencyModel`) and polls at the quantiles of that distribution: :data:`POLLS_TO_P90`
 polls spread evenly in probability up to its p90, so polls are dense where jobs finish and the
-expected delay in noticing one is about 1/(2 x POLLS_TO_P90) of the distribution's spread. Past
+expected delay in noticing one is about 1/(2 x POLLS_TO_P90) of the distribution's spread. With
+many jobs in flight each gets fewer (:data:`POLL_BUDGET`), so the polls a second stay bounded. Past
 the p90 the waits grow ×:data:`BACKOFF` up to ``poll_max_s``. Until :data:`MIN_SAMPLES` jobs have
 been seen, a job is polled at once and then with the plain backoff from ``poll_initial_s``.
 
@@ -26,7 +27,12 @@ from typing import TypeVar
 
 from pipeline.errors import ProviderError
 
-POLLS_TO_P90 = 32  # polls spread over the latency distribution up to its 90th percentile
+POLLS_TO_P90 = 32  # polls spread over the latency distribution up to its 90th percentile, with few jobs in flight
+POLL_BUDGET = 768  # with more jobs in flight, polls to the p90 per job are this divided by the jobs in flight (down to
+# MIN_POLLS_TO_P90): a service's polls per second then stay bounded whatever its concurrency. At C = 64 polls at 32
+# per job were ~14 requests an image, the largest share of a run's CPU: one core could not keep the slots busy
+# (bench/throughput.py, models b and c at C = 64).
+MIN_POLLS_TO_P90 = 8
 TAIL_QUANTILE = 0.9  # past this the waits back off
 BACKOFF = 1.5  # each wait this much longer than the last, past the p90 (and before MIN_SAMPLES are known)
 MIN_SAMPLES = 8  # job times seen before the schedule follows them
@@ -59,11 +65,11 @@ class LatencyModel:
         high = min(low + 1, len(values) - 1)
         return values[low] + (values[high] - values[low]) * (position - low)
 
-    def schedule(self, initial_s: float, max_s: float) -> Iterator[float]:
+    def schedule(self, initial_s: float, max_s: float, polls_to_p90: int = POLLS_TO_P90) -> Iterator[float]:
         """Times since submission at which to poll one job: increasing, endless (the caller's deadline ends it)."""
         at = 0.0
         if len(self) >= MIN_SAMPLES:
-            points = sorted({round(self.quantile(TAIL_QUANTILE * i / POLLS_TO_P90), 4) for i in range(1, POLLS_TO_P90 + 1)})
+            points = sorted({round(self.quantile(TAIL_QUANTILE * i / polls_to_p90), 4) for i in range(1, polls_to_p90 + 1)})
             gap = initial_s
             for point in points:
                 if point >= at + MIN_GAP_S:
@@ -87,6 +93,11 @@ class PollCounts:
     jobs: int = 0
     polls: int = 0
     most: int = 0
+    in_flight: int = 0  # jobs being polled now
+
+    def polls_to_p90(self) -> int:
+        """Polls to the p90 for a job starting now: :data:`POLLS_TO_P90`, fewer with many jobs in flight (:data:`POLL_BUDGET`)."""
+        return max(MIN_POLLS_TO_P90, min(POLLS_TO_P90, POLL_BUDGET // max(1, self.in_flight)))
 
     def add(self, polls: int) -> None:
         self.jobs += 1
@@ -105,8 +116,9 @@ async def poll_by_expectation(check: Callable[[], Awaitable[T | None]], model: L
     returns something; ``timed_out()`` is raised when the next poll would pass ``deadline``."""
     polls = 0
     pending_at = 0.0  # the last time (since submission) the job was seen unfinished
+    counts.in_flight += 1
     try:
-        for at in model.schedule(initial_s, max_s):
+        for at in model.schedule(initial_s, max_s, counts.polls_to_p90()):
             wait = since + at - time.monotonic()
             if time.monotonic() + max(0.0, wait) > deadline:
                 raise timed_out()
@@ -121,4 +133,5 @@ async def poll_by_expectation(check: Callable[[], Awaitable[T | None]], model: L
             pending_at = seen
         raise AssertionError("unreachable")  # pragma: no cover  (the schedule never ends)
     finally:
+        counts.in_flight -= 1
         counts.add(polls)

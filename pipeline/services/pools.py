@@ -11,6 +11,10 @@ counts of connections opened are kept per service for the benches and tests. A s
 split in :data:`POOL_SHARDS`, each prompt worker keeping to one, because httpcore's pool costs
 CPU in proportion to its connections times its waiting requests.
 
+Darkroom's own service modules use aiohttp's pool and HTTP/1.1 parser under httpx's interface
+(:mod:`pipeline.services.aio`, :data:`AIOHTTP`): a quarter of httpcore's CPU per request. The SDKs
+keep their own httpx stacks (httpcore), which the rest of this module serves.
+
 HTTP/2 is offered (ALPN) on every TLS connection when ``DARKROOM_HTTP2=1`` and the ``h2`` package
 is installed (:data:`HTTP2`): a service that speaks it carries a shard's concurrent calls on one
 multiplexed connection; one that does not answers HTTP/1.1 on the same pool. It is off by default
@@ -43,12 +47,21 @@ _turns = itertools.count()
 _opened: Counter[str] = Counter()
 _lock = threading.Lock()  # runs on several threads' loops may open connections at once
 HTTP2 = os.environ.get("DARKROOM_HTTP2", "") == "1" and importlib.util.find_spec("h2") is not None  # offer HTTP/2 by ALPN
+# Darkroom's own service modules speak HTTP/1.1 through aiohttp's pool and parser (pipeline.services.aio);
+# DARKROOM_HTTP_STACK=httpcore goes back to httpx's own (httpcore and h11), as HTTP/2 does.
+AIOHTTP = os.environ.get("DARKROOM_HTTP_STACK", "aiohttp") != "httpcore" and not HTTP2
 
 
 def connections_opened(service: str | None = None) -> int:
     """TCP connections opened so far by ``service``'s clients (every service's when None)."""
     with _lock:
         return _opened[service] if service is not None else sum(_opened.values())
+
+
+def count_opened(service: str) -> None:
+    """One more TCP connection opened by ``service``'s clients."""
+    with _lock:
+        _opened[service] += 1
 
 
 class _Stream:
@@ -80,8 +93,7 @@ class _CountingBackend:
 
     async def connect_tcp(self, *args: Any, **kwargs: Any) -> Any:
         stream = await self._inner.connect_tcp(*args, **kwargs)
-        with _lock:
-            _opened[self._service] += 1
+        count_opened(self._service)
         return _Stream(stream, self._readable)
 
     def __getattr__(self, name: str) -> Any:
