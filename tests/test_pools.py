@@ -69,9 +69,11 @@ def http2(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pools, "HTTP2", True)
 
 
-@pytest.fixture
-def http1(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(params=["aiohttp", "httpcore"])
+def http1(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTP/1.1 through either stack: aiohttp's pool (the default) or httpx's own (DARKROOM_HTTP_STACK=httpcore)."""
     monkeypatch.setattr(pools, "HTTP2", False)
+    monkeypatch.setattr(pools, "AIOHTTP", request.param == "aiohttp")
 
 
 @pytest.mark.usefixtures("http1")

@@ -49,7 +49,7 @@ _lock = threading.Lock()  # runs on several threads' loops may open connections 
 HTTP2 = os.environ.get("DARKROOM_HTTP2", "") == "1" and importlib.util.find_spec("h2") is not None  # offer HTTP/2 by ALPN
 # Darkroom's own service modules speak HTTP/1.1 through aiohttp's pool and parser (pipeline.services.aio);
 # DARKROOM_HTTP_STACK=httpcore goes back to httpx's own (httpcore and h11), as HTTP/2 does.
-AIOHTTP = os.environ.get("DARKROOM_HTTP_STACK", "aiohttp") != "httpcore" and not HTTP2
+AIOHTTP = os.environ.get("DARKROOM_HTTP_STACK", "aiohttp") != "httpcore"
 
 
 def connections_opened(service: str | None = None) -> int:

@@ -339,7 +339,7 @@ def guarded_transport(guard: Guard, module: ModuleType = httpx, *, share: bool =
     behind ``guard``: the service's shared pool on this event loop inside
     :func:`pools.shared_connections` (``share``), else one of the client's own."""
     def make() -> Any:
-        if module is httpx and pools.AIOHTTP:  # our own services: aiohttp's pool and parser (a quarter of the CPU)
+        if module is httpx and pools.AIOHTTP and not pools.HTTP2:  # our own services: aiohttp's pool and parser (a quarter of the CPU)
             return AiohttpTransport(tls_context(), KEEPALIVE_S, functools.partial(pools.count_opened, guard.service))
         limits = module.Limits(max_connections=None, max_keepalive_connections=MAX_KEEPALIVE, keepalive_expiry=KEEPALIVE_S)
         return pools.counted(module.AsyncHTTPTransport(retries=0, verify=tls_context(), limits=limits), guard.service)
