@@ -56,9 +56,9 @@ WARM_UP_MODULES = (
 LATER = "darkroom-later-imports"
 # Not needed to draw the first page, so no longer loaded before it (pipeline/ imports them where they
 # are used), but wanted by a run's first image (the offline renderer and judge: numpy, Pillow, the grid
-# splitter) and by a prompt set's check (textstat): loaded once, a moment after the first page is
-# drawn, so a launch does not wait for them either.
-LATER_MODULES = ("numpy", "PIL.Image", "pipeline.images", "pipeline.grids", "textstat")
+# splitter; the services' HTTP stack, aiohttp) and by a prompt set's check (textstat): loaded once, a
+# moment after the first page is drawn, so a launch does not wait for them either.
+LATER_MODULES = ("numpy", "PIL.Image", "pipeline.images", "pipeline.grids", "textstat", "pipeline.services.aio")
 LATER_DELAY_S = 3.0  # after the first page and its own follow-up runs (e.g. the reviewer's cookie, a browser round trip)
 
 

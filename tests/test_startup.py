@@ -21,6 +21,7 @@ import pytest
 from tests.conftest import PYTHON, ROOT, chromium, create_run, make_prompts, require_chromium, streamlit_server, subprocess_env
 
 VENDOR_SDKS = ("openai", "google.genai", "boto3", "fastapi", "pandas")
+NOT_FOR_THE_FIRST_PAGE = ("aiohttp", "sqlalchemy.dialects.postgresql")  # a run's HTTP stack; PostgreSQL on a SQLite install
 
 
 def test_starting_the_server_imports_no_sdk_and_the_first_page_none_either(tmp_path: Path) -> None:
@@ -30,7 +31,8 @@ def test_starting_the_server_imports_no_sdk_and_the_first_page_none_either(tmp_p
         "server = sorted(m for m in sys.modules if m.split('.')[0] == 'pipeline')\n"
         "for m in app.WARM_UP_MODULES: importlib.import_module(m)\n"
         "from pipeline import registry; registry.ensure_loaded()\n"
-        f"print(json.dumps({{'server': server, 'sdks': [m for m in {VENDOR_SDKS!r} if m in sys.modules]}}))\n"
+        f"print(json.dumps({{'server': server, 'sdks': [m for m in {VENDOR_SDKS!r} if m in sys.modules],\n"
+        f"                  'later': [m for m in {NOT_FOR_THE_FIRST_PAGE!r} if m in sys.modules]}}))\n"
     )
     out = subprocess.run([PYTHON, "-c", probe], cwd=ROOT, env=subprocess_env(tmp_path / "data"), capture_output=True, text=True,
                          timeout=120)
@@ -38,6 +40,7 @@ def test_starting_the_server_imports_no_sdk_and_the_first_page_none_either(tmp_p
     found = json.loads(out.stdout.strip().splitlines()[-1])
     assert found["server"] == [], f"the server's import of app.py loads Darkroom's modules: {found['server']}"
     assert found["sdks"] == [], f"the first page loads vendor SDKs: {found['sdks']}"
+    assert found["later"] == [], f"the first page loads what only a run or another database needs: {found['later']}"
 
 
 def test_the_latest_change_moves_on_a_launch_an_image_and_an_end_only(engine, settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

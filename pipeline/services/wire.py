@@ -37,7 +37,6 @@ from pipeline.config import from_table
 from pipeline.errors import ConfigError, ContentBlocked, ProviderError
 from pipeline.redaction import redact
 from pipeline.services import pools
-from pipeline.services.aio import AiohttpTransport
 
 DEFAULT_TIMEOUT_S = 120.0
 CAP_EXTENSION = "darkroom.body_cap"  # a request's own cap, in its ``extensions``
@@ -340,6 +339,8 @@ def guarded_transport(guard: Guard, module: ModuleType = httpx, *, share: bool =
     :func:`pools.shared_connections` (``share``), else one of the client's own."""
     def make() -> Any:
         if module is httpx and pools.AIOHTTP and not pools.HTTP2:  # our own services: aiohttp's pool and parser (a quarter of the CPU)
+            from pipeline.services.aio import AiohttpTransport  # here: aiohttp is 0.1 s of CPU to import, kept off the start-up
+
             return AiohttpTransport(tls_context(), KEEPALIVE_S, functools.partial(pools.count_opened, guard.service))
         limits = module.Limits(max_connections=None, max_keepalive_connections=MAX_KEEPALIVE, keepalive_expiry=KEEPALIVE_S)
         return pools.counted(module.AsyncHTTPTransport(retries=0, verify=tls_context(), limits=limits), guard.service)
