@@ -16,11 +16,34 @@ The overall score is not part of a :class:`Judgement`: ``scoring.py`` computes i
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 Answer = Literal["yes", "no", "unsure"]
+_service_done: ContextVar[Callable[[], None] | None] = ContextVar("darkroom_service_done", default=None)
+
+
+def service_done() -> None:
+    """A provider says the service has finished the job (its slot there is free) and only the
+    result is left to fetch. The caller's concurrency slot (pipeline.resilience.limits) is given
+    back now, so the next job is submitted while this one's result and image are downloaded: a
+    service that answers 429 beyond its slots otherwise sat idle for those round trips."""
+    done = _service_done.get()
+    if done is not None:
+        done()
+
+
+@contextmanager
+def when_service_done(callback: Callable[[], None]) -> Iterator[None]:
+    """Within this block (the same task), :func:`service_done` calls ``callback``."""
+    token = _service_done.set(callback)
+    try:
+        yield
+    finally:
+        _service_done.reset(token)
 
 
 class Component(ABC):

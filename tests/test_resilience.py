@@ -515,6 +515,35 @@ def test_the_limiter_spaces_calls_by_requests_per_minute_and_serves_later_iterat
     assert order == ["second iteration", "new prompt", "another new"]
 
 
+def test_a_slot_is_free_once_the_service_has_finished_the_job_while_its_result_is_still_fetched() -> None:
+    from pipeline.components import service_done
+    from pipeline.resilience.limits import LimitSettings, RateLimiter
+
+    async def scenario() -> tuple[list[str], int]:
+        one = RateLimiter(LimitSettings(max_concurrency=1))
+        order: list[str] = []
+
+        async def first() -> None:
+            async with one.slot():
+                order.append("first submitted")
+                service_done()  # the service says it is done ...
+                service_done()  # (said twice: the slot is given back once)
+                await asyncio.sleep(0.05)  # ... and its result and image are being fetched
+                order.append("first fetched")
+
+        async def second() -> None:
+            await asyncio.sleep(0.01)
+            async with one.slot():
+                order.append("second submitted")
+
+        await asyncio.gather(first(), second())
+        return order, one.in_flight
+
+    order, in_flight = asyncio.run(scenario())
+    assert order == ["first submitted", "second submitted", "first fetched"]  # submitted while the first downloads
+    assert in_flight == 0
+
+
 def test_a_429_cuts_concurrency_to_what_the_service_was_serving_and_successes_grow_it_back() -> None:
     from pipeline.resilience.limits import LimitSettings, RateLimiter
 

@@ -27,6 +27,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from pipeline.components import when_service_done
 from pipeline.config import defaults_from, from_table
 from pipeline.errors import ConfigError
 
@@ -102,12 +103,23 @@ class RateLimiter:
                 self._release()  # the slot was granted as the wait was cancelled: give it back
             raise
         token: object = None
+        held = True
+
+        def service_done() -> None:  # the service has finished the job: its slot is free before the result is fetched
+            nonlocal held
+            if held:
+                held = False
+                self._release()
+
         try:
             if self.shared is not None:  # and one of the slots all processes share
                 token = await self.shared.acquire(self.service, self.settings.max_concurrency, self.settings.requests_per_minute)
-            yield
+            with when_service_done(service_done):
+                yield
         finally:
-            self._release()
+            if held:
+                held = False
+                self._release()
             if token is not None and self.shared is not None:
                 await self.shared.release(token)
 

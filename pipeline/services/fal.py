@@ -30,7 +30,7 @@ from typing import Any
 
 import httpx
 
-from pipeline.components import GeneratedImage, GenerationRequest, ImageProvider, Submission
+from pipeline.components import GeneratedImage, GenerationRequest, ImageProvider, Submission, service_done
 from pipeline.errors import ContentBlocked, ProviderError
 from pipeline.services import references, wire
 from pipeline.services.remote import Remote
@@ -156,6 +156,7 @@ class FalProvider(Remote, ImageProvider):
         polling delay between the result being ready and us knowing), else by polling."""
         if self.settings.get("status_stream", True) and not self._no_stream:
             if await self._stream(http, status_url, deadline, request_id):
+                service_done()  # the job is done there: the next may be submitted while its result is fetched
                 return
         await self._poll(http, status_url, deadline, request_id)
 

@@ -11,6 +11,7 @@ from typing import Any, ClassVar, TypeVar
 
 import httpx
 
+from pipeline.components import service_done
 from pipeline.errors import ProviderError
 from pipeline.services.ahead import SubmitAhead
 from pipeline.services.polling import LatencyModel, PollCounts, poll_by_expectation
@@ -120,8 +121,10 @@ class Remote(Probing):
                    since: float | None = None) -> T:
         """Poll a submitted job with ``check`` until it answers something: at the times this
         service's recent jobs suggest (polling by expectation), counted in ``poll_counts``."""
-        return await poll_by_expectation(check, self.latencies, self.poll_counts, since=time.monotonic() if since is None else since,
+        done = await poll_by_expectation(check, self.latencies, self.poll_counts, since=time.monotonic() if since is None else since,
                                          deadline=deadline, initial_s=self.poll_initial_s, max_s=self.poll_max_s, timed_out=timed_out)
+        service_done()  # the job is done there: the next may be submitted while its result is fetched
+        return done
 
     def guard(self, cap: BodyCap | None = None) -> Guard:
         """Body cap (default: JSON) and credentials policy for this service's clients: keys go to its
