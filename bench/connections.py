@@ -83,7 +83,7 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="darkroom-connections-", dir=os.environ.get("BENCH_TMP")))
     key, cert = self_signed(tmp)
-    wire.tls_context().load_verify_locations(str(cert))  # this process only: the bench's own CA
+    wire.trust(str(cert))  # this process only: the bench's own CA
     server = TlsJsonServer(key, cert).start()
     h2 = importlib.util.find_spec("h2") is not None
     print(f"{args.requests} requests per row over TLS (loopback); h2 installed: {h2}; load average {os.getloadavg()[0]:.2f}")

@@ -22,7 +22,7 @@ needs_h2 = pytest.mark.skipif(importlib.util.find_spec("h2") is None, reason="HT
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     key, cert = self_signed(tmp_path_factory.mktemp("tls"))
-    wire.tls_context().load_verify_locations(str(cert))  # this test process trusts its own CA
+    wire.trust(str(cert))  # this test process trusts its own CA
     return key, cert
 
 
@@ -120,3 +120,17 @@ def test_the_tail_is_measured_from_the_last_moment_every_slot_was_busy() -> None
     spans = [(0.0, 1.0), (0.0, 1.0), (1.0, 2.0), (2.0, 3.0), (3.0, 4.0)]
     assert tail(spans, 2) == {"actual": 3.0, "ideal": 1.5, "jobs": 3}  # 3 s of work for 2 slots
     assert CapacityService("sync", slots=2).served()["tail"] == {"actual": 0.0, "ideal": 0.0, "jobs": 0}
+
+
+@needs_h2
+def test_after_http2_calls_aiohttps_pool_still_offers_only_http1(tls_server: TlsJsonServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """httpcore rewrites the shared TLS context's ALPN list (h2 first when HTTP/2 is on); aiohttp, which
+    speaks HTTP/1.1 only, has a context of its own, so a server that prefers h2 is still spoken to."""
+    monkeypatch.setattr(pools, "HTTP2", True)
+    asyncio.run(calls(tls_server.url, 4, at_once=2))  # through httpcore, offering h2
+    monkeypatch.setattr(pools, "HTTP2", False)
+    monkeypatch.setattr(pools, "AIOHTTP", True)
+    tls_server.reset()
+    asyncio.run(calls(tls_server.url, 8, at_once=4))
+    asyncio.run(calls(tls_server.url, 4, at_once=4, shared=False))
+    assert tls_server.requests == 12 and set(tls_server.protocols) == {"http/1.1"}

@@ -2,9 +2,9 @@
 calls of Darkroom's own service modules (the SDKs keep their own stacks).
 
 Why: on a polled service every image is ~6 requests (submit, polls, result, download). httpcore's
-pool and h11's pure-Python parser cost about four times the CPU per request of aiohttp's pool and
-C parser under the same httpx request and response objects (``python bench/connections.py``, the
-"pooled" rows). At C = 64 the pipeline's one core is the limit (bench/throughput.py). httpx stays
+pool and h11's pure-Python parser cost 1.3-1.6 times the CPU per request of aiohttp's pool and C
+parser under the same httpx request and response objects, over TLS (``python bench/connections.py``,
+the "pooled" rows), and more with many connections in one pool. At C = 64 the pipeline's one core is the limit (bench/throughput.py). httpx stays
 the interface: the guard in front (:mod:`pipeline.services.wire`: caps, encodings, credentials)
 and every caller are unchanged. ``DARKROOM_HTTP_STACK=httpcore`` (:data:`pools.AIOHTTP`) turns it off.
 

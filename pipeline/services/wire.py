@@ -120,6 +120,22 @@ def tls_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
+@functools.cache
+def tls_context_http1() -> ssl.SSLContext:
+    """The same trust, offering HTTP/1.1 alone (ALPN), for aiohttp's pools: httpcore rewrites the
+    shared context's ALPN list at each connection (with h2 when HTTP/2 is on), and a server that then
+    chose h2 would be spoken HTTP/1.1 to by aiohttp."""
+    context = httpx.create_ssl_context()
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+def trust(ca_file: str) -> None:
+    """Trust the certificates in ``ca_file`` in every client of this process (a test's or bench's own CA)."""
+    for context in (tls_context(), tls_context_http1()):
+        context.load_verify_locations(ca_file)
+
+
 def client(base_url: str = "", *, headers: Mapping[str, str] | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
            guard: Guard | None = None, share: bool = False) -> httpx.AsyncClient:
     """A client for one call (use ``async with``); redirects followed, no retries, every body
@@ -338,10 +354,10 @@ def guarded_transport(guard: Guard, module: ModuleType = httpx, *, share: bool =
     behind ``guard``: the service's shared pool on this event loop inside
     :func:`pools.shared_connections` (``share``), else one of the client's own."""
     def make() -> Any:
-        if module is httpx and pools.AIOHTTP and not pools.HTTP2:  # our own services: aiohttp's pool and parser (a quarter of the CPU)
+        if module is httpx and pools.AIOHTTP and not pools.HTTP2:  # our own services: aiohttp's pool and parser (less CPU)
             from pipeline.services.aio import AiohttpTransport  # here: aiohttp is 0.1 s of CPU to import, kept off the start-up
 
-            return AiohttpTransport(tls_context(), KEEPALIVE_S, functools.partial(pools.count_opened, guard.service))
+            return AiohttpTransport(tls_context_http1(), KEEPALIVE_S, functools.partial(pools.count_opened, guard.service))
         limits = module.Limits(max_connections=None, max_keepalive_connections=MAX_KEEPALIVE, keepalive_expiry=KEEPALIVE_S)
         return pools.counted(module.AsyncHTTPTransport(retries=0, verify=tls_context(), limits=limits), guard.service)
 
