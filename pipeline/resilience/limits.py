@@ -106,6 +106,7 @@ class RateLimiter:
         held = True
 
         def service_done() -> None:  # the service has finished the job: its slot is free before the result is fetched
+            # (a slot shared with other processes, through the database, is still given back at the end)
             nonlocal held
             if held:
                 held = False

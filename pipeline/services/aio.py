@@ -1,12 +1,13 @@
 """An httpx transport over aiohttp's client: the connection pool and HTTP/1.1 parser behind the
 calls of Darkroom's own service modules (the SDKs keep their own stacks).
 
-Why: on a polled service every image is ~6 requests (submit, polls, result, download). httpcore's
-pool and h11's pure-Python parser cost 1.3-1.6 times the CPU per request of aiohttp's pool and C
-parser under the same httpx request and response objects, over TLS (``python bench/connections.py``,
-the "pooled" rows), and more with many connections in one pool. At C = 64 the pipeline's one core is the limit (bench/throughput.py). httpx stays
-the interface: the guard in front (:mod:`pipeline.services.wire`: caps, encodings, credentials)
-and every caller are unchanged. ``DARKROOM_HTTP_STACK=httpcore`` (:data:`pools.AIOHTTP`) turns it off.
+Why: on a polled service every image is several requests (submit, polls, result, download), and at
+C = 64 the pipeline's one core is the limit (bench/throughput.py). httpcore's pool and h11's
+pure-Python parser cost 1.3-1.6 times the CPU per request of aiohttp's pool and C parser under the
+same httpx request and response objects, over TLS (``python bench/connections.py``, the "pooled"
+rows), and more with many connections in one pool. httpx stays the interface: the guard in front
+(:mod:`pipeline.services.wire`: caps, encodings, credentials) and every caller are unchanged.
+``DARKROOM_HTTP_STACK=httpcore`` (:data:`pools.AIOHTTP`) turns it off.
 
 Failures are raised as the httpx exceptions httpcore raises for the same event, so
 :func:`pipeline.services.wire.transport_error` tells them apart as before::

@@ -122,7 +122,7 @@ class Remote(Probing):
         """Poll a submitted job with ``check`` until it answers something: at the times this
         service's recent jobs suggest (polling by expectation), counted in ``poll_counts``."""
         done = await poll_by_expectation(check, self.latencies, self.poll_counts, since=time.monotonic() if since is None else since,
-                                         deadline=deadline, initial_s=self.poll_initial_s, max_s=self.poll_max_s, timed_out=timed_out)
+                                       deadline=deadline, initial_s=self.poll_initial_s, max_s=self.poll_max_s, timed_out=timed_out)
         service_done()  # the job is done there: the next may be submitted while its result is fetched
         return done
 
