@@ -36,11 +36,6 @@ HEALTH_CACHE_S = 1.0  # how stale a process's view of another's breaker may be
 _jitter = random.Random()  # its own: the global one belongs to whoever else runs in this process
 
 
-def _insert_ignore(engine: Engine, model: type[ProviderSlot] | type[ProviderPace] | type[ProviderHealth]):  # type: ignore[no-untyped-def]
-    """INSERT … ON CONFLICT DO NOTHING in the engine's dialect (rows several processes may create at once)."""
-    return insert_or_ignore(engine.dialect.name, model)
-
-
 @dataclass(frozen=True)
 class SlotToken:
     service: str
@@ -95,7 +90,7 @@ class DatabaseLimits:
 
     # ---- statements ----------------------------------------------------------------------------
     def _ensure_pace(self, s: Session, service: str) -> None:
-        s.execute(_insert_ignore(self.engine, ProviderPace).values(service=service, next_start=0.0, paused_until=0.0))
+        s.execute(insert_or_ignore(self.engine.dialect.name, ProviderPace).values(service=service, next_start=0.0, paused_until=0.0))
 
     def _try_claim(self, service: str, limit: int, rpm: float) -> tuple[int | None, float]:
         """One transaction: a free slot (or None) and how long to wait (the pause, or the pacing)."""
@@ -104,7 +99,7 @@ class DatabaseLimits:
             if self._slots_made.get(service, 0) < limit:
                 self._ensure_pace(s, service)
                 for n in range(limit):
-                    s.execute(_insert_ignore(self.engine, ProviderSlot).values(service=service, slot=n, holder="", lease_until=0.0))
+                    s.execute(insert_or_ignore(self.engine.dialect.name, ProviderSlot).values(service=service, slot=n, holder="", lease_until=0.0))
                 s.commit()
                 self._slots_made[service] = limit
             read_pace = select(ProviderPace).where(ProviderPace.service == service)
@@ -169,7 +164,7 @@ class DatabaseHealth:
 
     def _write(self, service: str, until: float, reason: str) -> None:
         with session(self.engine) as s:
-            s.execute(_insert_ignore(self.engine, ProviderHealth).values(service=service, open_until=0.0, reason=""))
+            s.execute(insert_or_ignore(self.engine.dialect.name, ProviderHealth).values(service=service, open_until=0.0, reason=""))
             s.execute(update(ProviderHealth).where(col(ProviderHealth.service) == service).values(open_until=until, reason=reason))
             s.commit()
         self._cache.pop(service, None)
