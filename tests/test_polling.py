@@ -19,8 +19,9 @@ import pytest
 from pipeline import registry
 from pipeline.components import GenerationRequest, ImageProvider
 from pipeline.config import Settings
+from pipeline.errors import ProviderError
 from pipeline.resilience.limits import LimitSettings, RateLimiter
-from pipeline.services import pools
+from pipeline.services import pools, wire
 from pipeline.services.ahead import WINDOW, SubmitAhead
 from pipeline.services.polling import (
     BACKOFF,
@@ -33,7 +34,7 @@ from pipeline.services.polling import (
     LatencyModel,
     PollCounts,
 )
-from tests.emulators import running
+from tests.emulators import Emulator, Reply, Request, running
 from tests.emulators.capacity import KEY, CapacityService
 
 FAST = {"timeout_s": 10.0, "poll_initial_s": 0.01, "poll_max_s": 0.05}
@@ -337,3 +338,69 @@ def test_the_vendor_sdks_are_imported_only_when_their_service_is_used() -> None:
             "assert 'openai' in sys.modules")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+# ---- a job's status request, built once and sent at each poll (wire.Repeat) ---------------------------------
+class StatusService(Emulator):
+    """A status endpoint that sets a cookie, moves (``/moved`` redirects to ``/status``), and can answer too much."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.too_much = False
+
+    def handle(self, req: Request) -> Reply:
+        if req.path == "/moved":
+            return Reply(307, b"", {"Location": f"{self.url}/status"})
+        if self.too_much:
+            return Reply.json({"status": "IN_PROGRESS", "logs": ["x" * 1000] * 100})
+        return Reply.json({"status": "IN_PROGRESS"}, **{"Set-Cookie": "session=abc; Path=/"})
+
+
+@pytest.fixture
+def status_service() -> Iterator[StatusService]:
+    with running(StatusService()) as emulator:
+        yield emulator  # type: ignore[misc]
+
+
+def polls(url: str, n: int, cap_bytes: int = 1 << 20, *, with_result: bool = False) -> list[Any]:
+    """``n`` polls of ``url`` through one service client's repeated request; each answer's JSON, or the error.
+    ``with_result``: asked once the ordinary way before, and the job's result after, on the same client."""
+    base = url.rpartition("/")[0]
+    guard = wire.Guard("status-test", wire.BodyCap(cap_bytes, "JSON answers", "max_json_bytes"))
+
+    async def run() -> list[Any]:
+        seen: list[Any] = []
+        async with pools.shared_connections(), wire.client(headers={"Authorization": "Key k"}, guard=guard, share=True) as http:
+            status = wire.Repeat(http, "status-test", url)
+            if with_result:  # asked the ordinary way first, as a resumed job is (fal's _still_there)
+                await wire.send(http, "status-test", "GET", url)
+            for _ in range(n):
+                try:
+                    seen.append(wire.json_of("status-test", await status.send()))
+                except ProviderError as e:
+                    seen.append(e)
+            if with_result:  # the job's next request, the ordinary way on the same client
+                await wire.send(http, "status-test", "GET", f"{base}/result")
+        return seen
+
+    return asyncio.run(run())
+
+
+def test_a_status_polled_again_and_again_carries_the_services_key_and_no_cookie_it_set(status_service: StatusService) -> None:
+    assert polls(f"{status_service.url}/status", 3, with_result=True) == [{"status": "IN_PROGRESS"}] * 3
+    assert [r.path for r in status_service.requests] == ["/status"] * 4 + ["/result"]
+    assert all(r.headers.get("authorization") == "Key k" for r in status_service.requests)
+    assert not any("cookie" in r.headers for r in status_service.requests)  # the service's Set-Cookie is never sent back
+
+
+def test_a_status_url_that_redirects_is_followed_at_every_poll(status_service: StatusService) -> None:
+    assert polls(f"{status_service.url}/moved", 2) == [{"status": "IN_PROGRESS"}] * 2
+    assert [r.path for r in status_service.requests].count("/status") == 2
+
+
+def test_a_status_answer_past_the_json_cap_fails_too_large_and_the_next_poll_still_gets_through(status_service: StatusService) -> None:
+    status_service.too_much = True
+    first = polls(f"{status_service.url}/status", 1, cap_bytes=10_000)[0]
+    assert isinstance(first, ProviderError) and first.kind == "too_large"
+    status_service.too_much = False
+    assert polls(f"{status_service.url}/status", 2, cap_bytes=10_000) == [{"status": "IN_PROGRESS"}] * 2

@@ -171,8 +171,10 @@ class ComfyUIProvider(Remote, ImageProvider):
         return found
 
     async def _wait(self, http: httpx.AsyncClient, prompt_id: str, deadline: float) -> dict[str, Any]:
+        history = wire.Repeat(http, self.name, f"{self.base_url}/history/{prompt_id}")
+
         async def finished() -> dict[str, Any] | None:
-            polled = await wire.send(http, self.name, "GET", f"{self.base_url}/history/{prompt_id}")
+            polled = await history.send()
             if polled.status_code != 200:
                 raise self._fail(polled)
             entry = wire.json_of(self.name, polled).get(prompt_id)

@@ -201,8 +201,10 @@ class FalProvider(Remote, ImageProvider):
         return False  # the stream ended early: poll for the rest
 
     async def _poll(self, http: httpx.AsyncClient, status_url: str, deadline: float, request_id: str) -> None:
+        status = wire.Repeat(http, self.name, status_url)  # built once, sent each poll
+
         async def completed() -> bool | None:
-            polled = await wire.send(http, self.name, "GET", status_url)
+            polled = await status.send()
             if polled.status_code not in (200, 202):
                 raise self._fail(polled)
             return self._completed(wire.json_of(self.name, polled), request_id) or None

@@ -131,8 +131,10 @@ class LeonardoProvider(Remote, ImageProvider):
         return None
 
     async def _wait(self, http: httpx.AsyncClient, generation_id: str, deadline: float) -> dict[str, Any]:
+        status_request = wire.Repeat(http, self.name, f"{self.base_url}/generations/{generation_id}")
+
         async def finished() -> dict[str, Any] | None:
-            polled = await wire.send(http, self.name, "GET", f"{self.base_url}/generations/{generation_id}")
+            polled = await status_request.send()
             if polled.status_code != 200:
                 raise self._fail(polled)
             generation = wire.json_of(self.name, polled).get("generations_by_pk")

@@ -136,14 +136,40 @@ def trust(ca_file: str) -> None:
         context.load_verify_locations(ca_file)
 
 
+class _NoCookies(httpx.Cookies):
+    """A cookie jar that keeps nothing: the services' APIs are keyed by headers, and a cookie one sets is
+    neither wanted nor sent back. (httpx reads every answer's Set-Cookie into its jar otherwise: ~0.09 ms of
+    CPU a request, on the several requests of every image.)"""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        return None
+
+
+class ServiceClient(httpx.AsyncClient):
+    """httpx's client for a service's calls: its guarded transport at hand for :class:`Repeat`, no cookie jar."""
+
+    def __init__(self, *, guarded: Any, **kwargs: Any) -> None:
+        self._no_cookies = _NoCookies()
+        super().__init__(transport=guarded, **kwargs)
+        self.guarded = guarded
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return self._no_cookies
+
+    @cookies.setter
+    def cookies(self, cookies: Any) -> None:  # the jar stays empty
+        pass
+
+
 def client(base_url: str = "", *, headers: Mapping[str, str] | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
-           guard: Guard | None = None, share: bool = False) -> httpx.AsyncClient:
+           guard: Guard | None = None, share: bool = False) -> ServiceClient:
     """A client for one call (use ``async with``); redirects followed, no retries, every body
     capped and credentials kept to the service's origins by ``guard`` (default: the JSON cap).
     ``share``: its connections come from the service's pool (:func:`pools.shared_connections`)."""
     guard = guard or Guard("the service", NetworkSettings().json)
-    return httpx.AsyncClient(base_url=base_url, headers=dict(headers or {}), timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)),
-                             follow_redirects=True, transport=guarded_transport(guard, share=share))
+    return ServiceClient(base_url=base_url, headers=dict(headers or {}), timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)),
+                         follow_redirects=True, guarded=guarded_transport(guard, share=share))
 
 
 def retry_after(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
@@ -410,6 +436,40 @@ async def send(http: httpx.AsyncClient, service: str, method: str, url: str, **k
         return await http.request(method, url, **kwargs)
     except httpx.HTTPError as e:
         raise transport_error(service, e) from None
+
+
+class Repeat:
+    """A GET built once and sent again and again: a job's status, polled several times an image.
+
+    It goes straight to the client's guarded transport, so each poll skips what httpx's client does
+    per request: merging the URL, headers and cookies, and following redirects (~0.23 of a poll's
+    ~0.49 ms of CPU, measured against a loopback server). The guard (credentials, body cap,
+    encodings) and the timeouts are the client's own, as for any request. An answer that redirects
+    (3xx with a Location) is sent again the full way, which follows it; so is every poll from a
+    client that is not a :class:`ServiceClient` (a test's own)."""
+
+    def __init__(self, http: httpx.AsyncClient, service: str, url: str) -> None:
+        self.http, self.service, self.url = http, service, url
+        self.request = http.build_request("GET", url)
+        self.transport = http.guarded if isinstance(http, ServiceClient) else None
+
+    async def send(self) -> httpx.Response:
+        """The answer, read (within the guard's cap); transport failures become :class:`ProviderError`."""
+        if self.transport is None:
+            return await send(self.http, self.service, "GET", self.url)
+        try:
+            response: httpx.Response = await self.transport.handle_async_request(self.request)
+            response.request = self.request
+            try:
+                await response.aread()
+            except BaseException:  # a cap passed, a cancellation: the connection is not left half-read
+                await response.aclose()
+                raise
+        except httpx.HTTPError as e:
+            raise transport_error(self.service, e) from None
+        if response.is_redirect:  # followed by the client (its rules, its limit)
+            return await send(self.http, self.service, "GET", self.url)
+        return response
 
 
 def json_of(service: str, response: httpx.Response) -> Any:
