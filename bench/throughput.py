@@ -195,11 +195,61 @@ def pipeline_run(settings: Any, provider_name: str, items: list[dict[str, Any]],
     return elapsed, f"{outcome.completed}/{outcome.total}"
 
 
+def workers_run(settings: Any, provider_name: str, items: list[dict[str, Any]], iterations: int, workers: int,
+                tmp: Path, processes: int) -> tuple[float, str]:
+    """The same run executed by ``processes`` ``python -m pipeline worker`` processes on the same SQLite
+    database (started first and idle, as deployed workers are), ``workers`` prompts at once in all."""
+    import signal
+    import subprocess
+
+    from pipeline.prompts.promptset import load_file
+    from pipeline.runs.records import RunConfig, create_run, get_run, import_prompt_set
+    from pipeline.store.db import open_database, session
+
+    path = tmp / "set.json"
+    path.write_text(json.dumps({"prompts": items}), encoding="utf-8")
+    engine = open_database(settings)
+    config = tmp / "bench.toml"
+    config.write_text(config.read_text() + "\n[workers]\npoll_s = 0.05\n")
+    procs = [subprocess.Popen([sys.executable, "-m", "pipeline", "worker", "--id", f"bench-{i}", "--concurrency",
+                               str(max(1, workers // processes))], cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(processes)]
+    time.sleep(4.0)  # their start-up (imports, migrations) is not the run's
+    cpu0 = sum(_cpu_seconds(p.pid) for p in procs)
+    t0 = time.perf_counter()
+    STARTED[0] = time.monotonic()
+    with session(engine) as s:
+        run = create_run(s, settings, import_prompt_set(s, load_file(path)), RunConfig(providers=[provider_name], iterations=iterations,
+                                                                                     concurrency=workers))
+        s.commit()
+        run_id = run.id or 0
+    while True:
+        time.sleep(0.05)
+        with session(engine) as s:
+            run = get_run(s, run_id)
+            if run.status not in ("queued", "running"):
+                break
+    elapsed = time.perf_counter() - t0
+    CPU_USED[0] = sum(_cpu_seconds(p.pid) for p in procs) - cpu0
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    for p in procs:
+        p.wait(timeout=60)
+    engine.dispose()
+    return elapsed, f"{run.completed}/{run.total}"
+
+
+def _cpu_seconds(pid: int) -> float:
+    """A process's user + system CPU so far (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 CPU_USED = [0.0]  # the last pipeline run's process CPU seconds
 STARTED = [0.0]  # and its start, time.monotonic()
 
 
-def run_row(row: Row, iterations: int, sigma: float, with_baseline: bool, profile_dir: Path | None) -> Row:
+def run_row(row: Row, iterations: int, sigma: float, with_baseline: bool, profile_dir: Path | None, processes: int = 0) -> Row:
     parent, child = multiprocessing.Pipe()
     server = multiprocessing.Process(target=_serve, args=(MODELS[row.model], row.slots, row.median, sigma, child), daemon=True)
     server.start()
@@ -209,7 +259,10 @@ def run_row(row: Row, iterations: int, sigma: float, with_baseline: bool, profil
         settings = configure(tmp, row.model, url, row.slots)
         items = prompts(row.prompts)
         profile = profile_dir / f"{row.model}-{row.median:g}s-{row.prompts}-C{row.slots}.prof" if profile_dir else None
-        row.actual_s, row.completed = pipeline_run(settings, PROVIDER[row.model], items, iterations, 2 * row.slots, tmp, profile)
+        if processes:
+            row.actual_s, row.completed = workers_run(settings, PROVIDER[row.model], items, iterations, 2 * row.slots, tmp, processes)
+        else:
+            row.actual_s, row.completed = pipeline_run(settings, PROVIDER[row.model], items, iterations, 2 * row.slots, tmp, profile)
         served = _get(f"{url}/_served")
         row.generations, row.rejected = served["generations"], served["rejected"]
         row.ideal_s = ideal_makespan(served["latencies"], row.slots)
@@ -244,7 +297,7 @@ def line(r: Row, iterations: int) -> str:
             f"{r.utilisation:6.3f} {f'{r.tail_ideal_s:.1f} / {r.tail_actual_s:.1f}':>19} {r.start_s:7.2f} {r.notice_ms:9.0f} {r.cpu_ms_per_image:10.1f} {base} {r.load:5.2f}")
 
 
-def _row_job(job: tuple[Row, int, float, bool, Path | None]) -> Row:
+def _row_job(job: tuple[Row, int, float, bool, Path | None, int]) -> Row:
     """One row, in this process (or a pool's)."""
     import logging
 
@@ -287,6 +340,8 @@ def main() -> None:
     parser.add_argument("--parallel-min", type=float, default=1.0, help="with --jobs, only C = --slots rows of at least this median "
                         "run side by side")
     parser.add_argument("--profile", type=Path, help="write a cProfile of each pipeline run into this folder")
+    parser.add_argument("--processes", type=int, default=0, help="execute each run with this many `python -m pipeline worker` "
+                        "processes on the row's SQLite database instead of in this process (0)")
     args = parser.parse_args()
     if args.quick:
         args.medians, args.prompts, args.high_c, args.high_c_prompts, args.baseline_max = "0.3,1", "100", "32", 400, 100
@@ -297,7 +352,8 @@ def main() -> None:
     print(f"{len(rows)} rows; iterations {args.iterations}; latency log-normal, sigma {args.sigma:g}; {os.cpu_count()} CPU(s)", flush=True)
     print(HEADER, flush=True)
     done = []
-    jobs = [(row, args.iterations, args.sigma, row.slots == args.slots and row.prompts <= args.baseline_max, args.profile) for row in rows]
+    jobs = [(row, args.iterations, args.sigma, row.slots == args.slots and row.prompts <= args.baseline_max, args.profile, args.processes)
+            for row in rows]
     # Rows that mostly wait on the service (C = --slots, median >= --parallel-min) may run side by side; the
     # others need the CPU (0.3 s medians, C = 32/64) and run alone, after them.
     together = [j for j in jobs if args.jobs > 1 and j[0].slots == args.slots and j[0].median >= args.parallel_min]

@@ -231,3 +231,45 @@ def test_shared_slots_hold_a_limit_across_processes_and_come_back_when_a_holder_
         await a.release(fourth)
 
     asyncio.run(scenario())
+
+
+def test_a_process_hands_slots_on_to_its_own_calls_up_to_its_share_and_gives_the_rest_back(settings: Settings, engine) -> None:  # type: ignore[no-untyped-def]
+    """Two processes sharing a service of 4 slots: a slot goes straight to the same process's next call
+    while that process holds no more than its half, and back to the table (for the other) above it."""
+    import asyncio
+
+    from sqlalchemy import event
+
+    from pipeline.runs.shared_limits import DatabaseLimits
+
+    def holders() -> list[str]:
+        with session(engine) as s:
+            return sorted(slot.holder for slot in s.exec(select(ProviderSlot).where(ProviderSlot.service == "providers/fal")))
+
+    async def scenario() -> None:
+        a, b = DatabaseLimits(engine, "worker-a", lease_s=30.0), DatabaseLimits(engine, "worker-b", lease_s=30.0)
+        a.peers = b.peers = 2
+        held = [await a.acquire("providers/fal", 4, 0) for _ in range(4)]  # b wants none yet: a may take all four
+        assert holders() == ["worker-a"] * 4
+        b_waits = [asyncio.create_task(b.acquire("providers/fal", 4, 0)) for _ in range(2)]
+        await asyncio.sleep(0.1)
+        await a.release(held.pop())  # a holds 4, above its share of 2: the slot goes back to the table, and b takes it
+        await a.release(held.pop())
+        b_held = [await asyncio.wait_for(t, 5) for t in b_waits]
+        assert holders() == ["worker-a"] * 2 + ["worker-b"] * 2
+        a_waits = asyncio.create_task(a.acquire("providers/fal", 4, 0))
+        await asyncio.sleep(0.1)
+        assert not a_waits.done()  # every slot is held
+        statements: list[str] = []
+        listen = lambda conn, cursor, statement, *rest: statements.append(statement)  # noqa: E731
+        event.listen(engine, "before_cursor_execute", listen)
+        a.release_soon(held.pop())  # a holds its share: the slot goes to a's own waiting call, the table untouched
+        handed = await asyncio.wait_for(a_waits, 1)
+        event.remove(engine, "before_cursor_execute", listen)
+        assert not [q for q in statements if "provider_slot" in q]
+        assert holders() == ["worker-a"] * 2 + ["worker-b"] * 2
+        for limits, token in [(a, handed), (a, held.pop()), *((b, t) for t in b_held)]:
+            await limits.release(token)  # nobody waits: every slot back to the table
+        assert holders() == [""] * 4
+
+    asyncio.run(scenario())

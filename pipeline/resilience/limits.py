@@ -60,6 +60,10 @@ class SharedLimits(Protocol):
 
     async def release(self, token: object) -> None: ...
 
+    def release_soon(self, token: object) -> None:
+        """:meth:`release`, called from synchronous code: done now or by a task of its own."""
+        ...
+
     def pause(self, service: str, seconds: float) -> None:
         """No process starts a call to ``service`` for ``seconds`` (a ``Retry-After``)."""
         ...
@@ -105,12 +109,14 @@ class RateLimiter:
         token: object = None
         held = True
 
-        def service_done() -> None:  # the service has finished the job: its slot is free before the result is fetched
-            # (a slot shared with other processes, through the database, is still given back at the end)
-            nonlocal held
+        def service_done() -> None:  # the service has finished the job: its slots are free before the result is fetched
+            nonlocal held, token
             if held:
                 held = False
                 self._release()
+            if token is not None and self.shared is not None:
+                shared, token = token, None
+                self.shared.release_soon(shared)
 
         try:
             if self.shared is not None:  # and one of the slots all processes share

@@ -424,6 +424,7 @@ class Worker:
         """Renew leases and slots; refresh the held runs' counts and heartbeat; which leases were
         lost, which held runs are being cancelled, and what each has cost so far (all workers)."""
         self.limits.renew()
+        self.limits.count_peers()
         run_ids = sorted({h.run_id for h in held.values()})
         with session(self.engine) as s:
             lost = leases.renew(s, self.worker_id, list(held), self.config.lease_s)
