@@ -264,6 +264,8 @@ def run_row(row: Row, iterations: int, sigma: float, with_baseline: bool, profil
         else:
             row.actual_s, row.completed = pipeline_run(settings, PROVIDER[row.model], items, iterations, 2 * row.slots, tmp, profile)
         served = _get(f"{url}/_served")
+        if os.environ.get("BENCH_SPANS"):  # every job's times, for a timeline (a JSON list; see /_spans)
+            Path(os.environ["BENCH_SPANS"]).write_text(json.dumps({"started": STARTED[0], "spans": json.loads(urllib.request.urlopen(f"{url}/_spans").read())}))
         row.generations, row.rejected = served["generations"], served["rejected"]
         row.ideal_s = ideal_makespan(served["latencies"], row.slots)
         row.polls_per_image = served["polls"] / max(1, served["generations"])

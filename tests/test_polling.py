@@ -164,6 +164,40 @@ def test_with_many_jobs_in_flight_each_gets_fewer_polls() -> None:
     assert counts.polls_to_p90() == MIN_POLLS_TO_P90  # never fewer than this: a job is still noticed soon after it ends
 
 
+def test_a_run_s_last_jobs_past_the_p90_are_polled_soon_after_they_end_not_seconds_later() -> None:
+    model = LatencyModel()
+    for i in range(200):
+        model.observe(1.0 + i / 200)  # uniform over 1..2 s: the p90 at 1.9 s
+    counts = PollCounts(in_flight=1)  # the last job of a run: a 5 s one
+    times = []
+    for at in model.schedule(0.25, 2.0, counts.polls_to_p90(), lambda: counts.longest_wait(2.0)):
+        times.append(at)
+        if at > 60.0:
+            break
+    last_gap_to_p90 = times[POLLS_TO_P90 - 1] - times[POLLS_TO_P90 - 2]
+    past = [b - a for a, b in zip(times[POLLS_TO_P90 - 1:], times[POLLS_TO_P90:], strict=False)]
+    soon = [t for t in times[POLLS_TO_P90:] if t <= 4.5]
+    assert len(soon) >= POLLS_TO_P90 // 2  # asked every ~0.08 s past the p90 up to 2.4 x the p90 ...
+    assert max(past[:len(soon)]) <= max(last_gap_to_p90, counts.longest_wait(2.0)) + 1e-9 < 0.1  # (not up to 2 s apart)
+    assert min(past) >= last_gap_to_p90 - 1e-9  # never asked faster than at the p90
+    assert max(past) == pytest.approx(2.0)  # ... and a job still unfinished after that less and less often, as before
+    counts.in_flight = 64  # among many jobs the back-off still reaches poll_max_s: the polls a second stay bounded
+    assert counts.longest_wait(2.0) == 2.0
+
+
+def test_a_slow_service_s_lone_job_is_not_asked_faster_past_its_p90() -> None:
+    model = LatencyModel()
+    for i in range(200):
+        model.observe(40.0 + i / 10)  # 40..60 s jobs: gaps of ~0.6 s before the p90
+    times = []
+    for at in model.schedule(0.5, 2.0, POLLS_TO_P90, lambda: PollCounts(in_flight=1).longest_wait(2.0)):
+        times.append(at)
+        if at > 120.0:
+            break
+    past = [b - a for a, b in zip(times[POLLS_TO_P90 - 1:], times[POLLS_TO_P90:], strict=False)]
+    assert min(past) >= 0.5 and max(past) == pytest.approx(2.0)  # the waits grow to poll_max_s as before
+
+
 @pytest.mark.parametrize("service", [("poll429", 64, 0.15)], indirect=True)
 def test_a_service_polled_for_64_jobs_at_once_is_asked_less_often_per_job(service: CapacityService,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:

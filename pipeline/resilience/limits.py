@@ -72,9 +72,10 @@ class SharedLimits(Protocol):
 class RateLimiter:
     """Hands out a provider's call slots: within the limits, in priority order, then first come first served.
 
-    Priority lets work that is further along go first (a prompt's second generation before a new
-    prompt's first), so prompts finish sooner and the end of a run does not trail off with
-    half-done prompts while slots sit idle.
+    Priority lets the work with more left after it go first (a prompt's first generation before
+    another's second): at the end of a run what is left are last steps, side by side, not a first
+    generation whose second must still follow it while the other slots sit idle. (Second
+    generations first left the last first ones to start latest: ``bench/throughput.py`` spans.)
     """
 
     def __init__(self, settings: LimitSettings, *, shared: SharedLimits | None = None, service: str = "") -> None:

@@ -117,14 +117,15 @@ class StepLedger:
                    estimate: Callable[[C], float | None] = table_price, iteration_id: int | None = None, step: str = "",
                    refuse: Callable[[C], str] | None = None) -> Call[C, T]:
         """One budgeted call along ``chain``, every attempt that does not serve logged as it
-        happens. Later iterations go first when a service is busy, so started prompts finish first."""
+        happens. Earlier iterations go first when a service is busy (each has another to follow it), so
+        the end of a run holds last steps side by side rather than chains of two."""
         key = step_key(self.run_id, self.item.id or 0, number, step or operation)
         reservation = Reservation(self.budget, operation, estimate)
 
         def on_attempt(a: Attempt) -> None:
             self._log_attempt(a, operation, key, iteration_id)
 
-        served = await chain.call(reservation.around(send), on_attempt, priority=-number, refuse=refuse)
+        served = await chain.call(reservation.around(send), on_attempt, priority=number, refuse=refuse)
         return Call(served, operation, key, iteration_id, reservation)
 
     def _log_attempt(self, a: Attempt, operation: str, key: str, iteration_id: int | None) -> None:

@@ -13,7 +13,9 @@ been seen, a job is polled at once and then with the plain backoff from ``poll_i
 A job's time is known only to lie between its last "not yet" and its "done" answer; the midpoint
 is what is learnt (learning the "done" times alone would teach the schedule its own poll times).
 Polls are counted per job (:class:`PollCounts`); a job's polls are bounded by POLLS_TO_P90 plus
-the backoff's, whatever the service does.
+the backoff's (and POLLS_TO_P90 more, with few jobs in flight: then the back-off first stops short
+of ``poll_max_s``, :meth:`PollCounts.longest_wait`, so a run's last jobs are noticed soon after they
+end), whatever the service does.
 """
 
 from __future__ import annotations
@@ -65,8 +67,12 @@ class LatencyModel:
         high = min(low + 1, len(values) - 1)
         return values[low] + (values[high] - values[low]) * (position - low)
 
-    def schedule(self, initial_s: float, max_s: float, polls_to_p90: int = POLLS_TO_P90) -> Iterator[float]:
-        """Times since submission at which to poll one job: increasing, endless (the caller's deadline ends it)."""
+    def schedule(self, initial_s: float, max_s: float, polls_to_p90: int = POLLS_TO_P90,
+                 longest_wait: Callable[[], float] | None = None) -> Iterator[float]:
+        """Times since submission at which to poll one job: increasing, endless (the caller's deadline ends it).
+        Past the p90 the waits grow up to ``max_s``; for the next :data:`POLLS_TO_P90` polls only up to
+        ``longest_wait()`` (read at each poll) where that is shorter, but never below the last wait before
+        the p90 (a slow service is not asked faster than it was)."""
         at = 0.0
         if len(self) >= MIN_SAMPLES:
             points = sorted({round(self.quantile(TAIL_QUANTILE * i / polls_to_p90), 4) for i in range(1, polls_to_p90 + 1)})
@@ -80,10 +86,15 @@ class LatencyModel:
         else:  # nothing learnt yet: at once, then the plain backoff
             yield at
             delay = initial_s
+        floor, shortened = delay, 0
         while True:
             at += delay
             yield at
-            delay = min(delay * BACKOFF, max(max_s, MIN_GAP_S))
+            longest = max_s
+            if longest_wait is not None and shortened < POLLS_TO_P90:  # a bounded number: a job stuck at the service
+                longest = min(max_s, max(floor, longest_wait()))  # is still asked less and less often
+                shortened += longest < max_s
+            delay = min(delay * BACKOFF, max(longest, MIN_GAP_S))
 
 
 @dataclass
@@ -98,6 +109,14 @@ class PollCounts:
     def polls_to_p90(self) -> int:
         """Polls to the p90 for a job starting now: :data:`POLLS_TO_P90`, fewer with many jobs in flight (:data:`POLL_BUDGET`)."""
         return max(MIN_POLLS_TO_P90, min(POLLS_TO_P90, POLL_BUDGET // max(1, self.in_flight)))
+
+    def longest_wait(self, max_s: float) -> float:
+        """The longest wait between two polls of a job past the p90, now: ``max_s`` with many jobs in flight,
+        shorter with few, so the last jobs of a run are not noticed seconds late (a 5 s job at the end of a
+        run was seen 1.6 s after it finished, while its prompt's next image waited: bench/throughput.py).
+        Past the p90 the service is then asked at most ~POLL_BUDGET / (POLLS_TO_P90 x max_s) times a second
+        (and never more often per job than at the p90: :meth:`LatencyModel.schedule`)."""
+        return max_s * min(1.0, self.in_flight * POLLS_TO_P90 / POLL_BUDGET)
 
     def add(self, polls: int) -> None:
         self.jobs += 1
@@ -118,7 +137,7 @@ async def poll_by_expectation(check: Callable[[], Awaitable[T | None]], model: L
     pending_at = 0.0  # the last time (since submission) the job was seen unfinished
     counts.in_flight += 1
     try:
-        for at in model.schedule(initial_s, max_s, counts.polls_to_p90()):
+        for at in model.schedule(initial_s, max_s, counts.polls_to_p90(), lambda: counts.longest_wait(max_s)):
             wait = since + at - time.monotonic()
             if time.monotonic() + max(0.0, wait) > deadline:
                 raise timed_out()

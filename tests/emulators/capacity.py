@@ -118,6 +118,9 @@ class CapacityService(Emulator):
         now = time.monotonic()
         if req.path == "/_served":
             return Reply.json(self.served())
+        if req.path == "/_spans":  # every job: submitted, started, done, result first asked for (time.monotonic())
+            with self.lock:
+                return Reply.json([[j.submitted, j.start, j.done, j.fetched] for j in self.jobs.values()])
         if req.path == "/_reset":
             self.reset()
             return Reply.json({})
