@@ -54,11 +54,9 @@ WARM_UP_MODULES = (
     "streamlit.emojis",  # Streamlit's emoji table (a large module), read to check the page icon below
 )
 LATER = "darkroom-later-imports"
-# Not needed to draw the first page, so no longer loaded before it (pipeline/ imports them where they
-# are used), but wanted by a run's first image (the offline renderer and judge: numpy, Pillow, the grid
-# splitter; the services' HTTP stack, aiohttp) and by a prompt set's check (textstat): loaded once, a
+# pipeline.RUN_MODULES are not needed to draw the first page, so not loaded before it (pipeline/ imports
+# them where they are used), but wanted by a run's first image and by a prompt set's check: loaded once, a
 # moment after the first page is drawn, so a launch does not wait for them either.
-LATER_MODULES = ("numpy", "PIL.Image", "pipeline.images", "pipeline.grids", "textstat", "pipeline.services.aio")
 LATER_DELAY_S = 3.0  # after the first page and its own follow-up runs (e.g. the reviewer's cookie, a browser round trip)
 
 
@@ -189,9 +187,11 @@ def warm_up() -> None:
 
 
 def later_imports() -> None:
-    """Load :data:`LATER_MODULES` (on their own thread, see :func:`start_later_imports`)."""
+    """Load :data:`pipeline.RUN_MODULES` (on their own thread, see :func:`start_later_imports`)."""
+    from pipeline import RUN_MODULES
+
     time.sleep(LATER_DELAY_S)
-    for module in LATER_MODULES:
+    for module in RUN_MODULES:
         try:
             importlib.import_module(module)
         except Exception:  # noqa: BLE001 (whoever needs the module meets the same problem and reports it)

@@ -303,10 +303,11 @@ def _row_job(job: tuple[Row, int, float, bool, Path | None, int]) -> Row:
     """One row, in this process (or a pool's)."""
     import logging
 
-    from pipeline import registry
+    from pipeline import load_run_modules, registry
 
     logging.getLogger("pipeline").setLevel(logging.ERROR)  # the 429s are counted, not printed one by one
     registry.ensure_loaded()
+    load_run_modules()  # as the dashboard and a worker do before their first run: a row's start is the run's, not imports
     return run_row(*job)
 
 

@@ -43,7 +43,7 @@ from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import col, select
 
-from pipeline import registry
+from pipeline import load_run_modules, registry
 from pipeline.config import Settings, defaults_from, from_table
 from pipeline.errors import ConfigError, DarkroomError, DiskFull, InputError, StorageError
 from pipeline.files import remove_leftover_temp_files
@@ -497,6 +497,7 @@ def cmd_worker(args: Any, settings: Settings, out: TextIO) -> int:
     if args.concurrency is not None and args.concurrency < 1:
         raise InputError(f"{args.concurrency} must be at least 1", field="concurrency")
     setup_logging(LogFiles.from_settings(settings), console_level=logging.INFO)
+    load_run_modules()  # before the first claim: its first image does not wait for them
     engine = open_database(settings)
     try:
         if engine.dialect.name == "sqlite":
