@@ -273,3 +273,25 @@ def test_a_process_hands_slots_on_to_its_own_calls_up_to_its_share_and_gives_the
         assert holders() == [""] * 4
 
     asyncio.run(scenario())
+
+
+def test_a_call_waiting_for_a_shared_slot_fails_with_the_database_s_error_instead_of_waiting_forever(settings: Settings, engine) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    from sqlalchemy import text
+
+    from pipeline.runs.shared_limits import DatabaseLimits
+
+    with engine.begin() as c:
+        c.execute(text("DROP TABLE provider_slot"))  # the table is gone: every claim fails
+
+    async def scenario() -> None:
+        limits = DatabaseLimits(engine, "worker-a", lease_s=30.0)
+        calls = [asyncio.create_task(limits.acquire("providers/fal", 4, 0)) for _ in range(3)]
+        done, pending = await asyncio.wait(calls, timeout=10)
+        assert not pending  # every waiting call learns of it
+        for call in done:
+            error = call.exception()
+            assert error is not None and "provider_slot" in str(error)
+
+    asyncio.run(scenario())

@@ -104,7 +104,12 @@ class DatabaseLimits:
             wanted = sum(not w.done() for w in self._waiting[service])
             if not wanted:
                 break
-            slots, delay = await asyncio.to_thread(self._try_claim_many, service, self._limit[service], wanted)
+            try:
+                slots, delay = await asyncio.to_thread(self._try_claim_many, service, self._limit[service], wanted)
+            except Exception as e:  # the database failed (StorageError): each waiting call fails with it, as its own claim would
+                while (waiter := self._next_waiter(service)) is not None:
+                    waiter.set_exception(e)
+                return
             self._held[service] += len(slots)
             for slot in slots:
                 waiter = self._next_waiter(service)
@@ -192,16 +197,20 @@ class DatabaseLimits:
     def _ensure_pace(self, s: Session, service: str) -> None:
         s.execute(insert_or_ignore(self.engine.dialect.name, ProviderPace).values(service=service, next_start=0.0, paused_until=0.0))
 
+    def _ensure_slots(self, s: Session, service: str, limit: int) -> None:
+        """The service's ``limit`` slot rows (and its pace row) exist, committed."""
+        if self._slots_made.get(service, 0) < limit:
+            self._ensure_pace(s, service)
+            for n in range(limit):
+                s.execute(insert_or_ignore(self.engine.dialect.name, ProviderSlot).values(service=service, slot=n, holder="", lease_until=0.0))
+            s.commit()
+            self._slots_made[service] = limit
+
     def _try_claim(self, service: str, limit: int, rpm: float) -> tuple[int | None, float]:
         """One transaction: a free slot (or None) and how long to wait (the pause, or the pacing)."""
         now = time.time()
         with session(self.engine) as s:
-            if self._slots_made.get(service, 0) < limit:
-                self._ensure_pace(s, service)
-                for n in range(limit):
-                    s.execute(insert_or_ignore(self.engine.dialect.name, ProviderSlot).values(service=service, slot=n, holder="", lease_until=0.0))
-                s.commit()
-                self._slots_made[service] = limit
+            self._ensure_slots(s, service, limit)
             read_pace = select(ProviderPace).where(ProviderPace.service == service)
             pace = s.exec(read_pace.with_for_update() if rpm > 0 else read_pace).first()  # pacing: one claimer at a time
             if pace is not None and pace.paused_until > now:
@@ -235,12 +244,7 @@ class DatabaseLimits:
         """One transaction: up to ``wanted`` free slots (maybe none), and how long a pause has left."""
         now = time.time()
         with session(self.engine) as s:
-            if self._slots_made.get(service, 0) < limit:
-                self._ensure_pace(s, service)
-                for n in range(limit):
-                    s.execute(insert_or_ignore(self.engine.dialect.name, ProviderSlot).values(service=service, slot=n, holder="", lease_until=0.0))
-                s.commit()
-                self._slots_made[service] = limit
+            self._ensure_slots(s, service, limit)
             paused_until = s.exec(select(ProviderPace.paused_until).where(ProviderPace.service == service)).first() or 0.0
             if paused_until > now:
                 s.rollback()
