@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import random
 import subprocess
 import sys
 import threading
@@ -25,12 +26,16 @@ from pipeline.services import pools, wire
 from pipeline.services.ahead import WINDOW, SubmitAhead
 from pipeline.services.polling import (
     BACKOFF,
+    GAUGE_WINDOW_S,
+    MAX_POLL_BUDGET,
     MIN_GAP_S,
-    MIN_POLLS_TO_P90,
+    MIN_POLLS_TO_TAIL,
     MIN_SAMPLES,
     POLL_BUDGET,
-    POLLS_TO_P90,
+    POLLS_TO_TAIL,
+    SHORTENED_POLLS,
     TAIL_QUANTILE,
+    CpuGauge,
     LatencyModel,
     PollCounts,
 )
@@ -131,20 +136,68 @@ def test_the_same_prompt_takes_the_same_time_and_latencies_are_log_normal() -> N
 
 
 # ---- polling by expectation ------------------------------------------------------------------------------
-def test_the_schedule_polls_at_the_learnt_quantiles_then_backs_off_past_the_p90() -> None:
+def split_at_tail(model: LatencyModel, times: list[float]) -> tuple[list[float], list[float]]:
+    """A job's poll times up to the tail quantile, and the waits between its polls after it."""
+    tail = model.quantile(TAIL_QUANTILE) + 1e-9
+    before = [t for t in times if t <= tail]
+    after = times[len(before) - 1:]
+    return before, [b - a for a, b in zip(after, after[1:], strict=False)]
+
+
+def schedule_times(model: LatencyModel, until: float, *args: Any) -> list[float]:
+    times = []
+    for at in model.schedule(*args):
+        times.append(at)
+        if at > until:
+            return times
+    raise AssertionError("unreachable")
+
+
+def test_the_schedule_polls_densest_where_a_running_job_is_likeliest_to_end_then_backs_off_past_the_tail() -> None:
     model = LatencyModel()
     for i in range(200):
-        model.observe(1.0 + i / 200)  # uniform over 1..2 s
-    times = []
-    for at in model.schedule(initial_s=0.25, max_s=2.0):
-        times.append(at)
-        if at > 60:
-            break
-    before_tail = [t for t in times if t <= model.quantile(TAIL_QUANTILE) + 1e-9]
-    assert len(before_tail) == POLLS_TO_P90 and before_tail[0] >= 1.0  # nothing wasted before the fastest job seen
+        model.observe(1.0 + i / 200)  # uniform over 1..2 s: a job still running at 1.9 s ends within 0.1 s
+    times = schedule_times(model, 60.0, 0.25, 2.0)
+    before, tail_gaps = split_at_tail(model, times)
+    assert before[0] >= 1.0  # nothing wasted before the fastest job seen
+    assert POLLS_TO_TAIL - 8 <= len(before) <= POLLS_TO_TAIL
     assert all(b - a >= MIN_GAP_S - 1e-9 for a, b in zip(times, times[1:], strict=False))
-    tail_gaps = [b - a for a, b in zip(times[POLLS_TO_P90 - 1:], times[POLLS_TO_P90:], strict=False)]
+    gaps = [b - a for a, b in zip(before, before[1:], strict=False)]
+    assert gaps[0] > 3 * gaps[-1]  # closer and closer as the jobs still running near their end
     assert tail_gaps[1] == pytest.approx(tail_gaps[0] * BACKOFF) and max(tail_gaps) == pytest.approx(2.0)
+
+
+def equal_probability_points(model: LatencyModel, polls: int) -> list[float]:
+    """The earlier schedule: polls at equal steps of probability up to the p90 (then the same back-off)."""
+    return sorted({model.quantile(0.9 * i / polls) for i in range(1, polls + 1)})
+
+
+def notice_and_polls(points: list[float], jobs: list[float]) -> tuple[float, float]:
+    """The mean time from a job's end to the poll that sees it, and the mean polls a job takes."""
+    delay = polls = 0.0
+    for t in jobs:
+        at, gap, made = 0.0, points[-1] - points[-2], 0
+        for at in points:
+            made += 1
+            if at >= t:
+                break
+        while at < t:
+            gap = min(gap * BACKOFF, 2.0)
+            at, made = at + gap, made + 1
+        delay, polls = delay + at - t, polls + made
+    return delay / len(jobs), polls / len(jobs)
+
+
+def test_log_normal_jobs_are_noticed_sooner_than_by_equal_steps_of_probability_for_no_more_polls() -> None:
+    rng = random.Random(7)
+    model = LatencyModel()
+    for _ in range(256):
+        model.observe(math.exp(rng.gauss(0.0, 0.5)))  # 1 s median, sigma 0.5: the bench's jobs
+    jobs = [math.exp(rng.gauss(0.0, 0.5)) for _ in range(4000)]
+    old_delay, old_polls = notice_and_polls(equal_probability_points(model, 12), jobs)  # 12 each: 64 jobs in flight, before
+    new_delay, new_polls = notice_and_polls(model.poll_points(24), jobs)
+    assert new_polls <= old_polls * 1.05
+    assert new_delay < 0.8 * old_delay  # ~65 ms against ~94 ms
 
 
 def test_until_enough_is_learnt_the_schedule_is_the_plain_backoff() -> None:
@@ -155,60 +208,95 @@ def test_until_enough_is_learnt_the_schedule_is_the_plain_backoff() -> None:
     assert [round(next(schedule), 4) for _ in range(4)] == [0.0, 0.25, 0.625, 1.1875]
 
 
+class ProcessClock:
+    """A process's wall clock and the CPU it used, moved by hand: ``work(seconds, share)``."""
+
+    def __init__(self) -> None:
+        self.wall = self.cpu = 0.0
+
+    def work(self, seconds: float, share: float) -> None:
+        self.wall += seconds
+        self.cpu += seconds * share
+
+    def gauge(self) -> CpuGauge:
+        return CpuGauge(clock=lambda: self.wall, cpu=lambda: self.cpu)
+
+
+def busy_gauge() -> CpuGauge:
+    """A gauge whose window never ends: the poll budget stays at its least, as in a busy process."""
+    return CpuGauge(clock=lambda: 0.0, cpu=lambda: 0.0)
+
+
 def test_with_many_jobs_in_flight_each_gets_fewer_polls() -> None:
-    counts = PollCounts()
-    assert counts.polls_to_p90() == POLLS_TO_P90
+    counts = PollCounts(gauge=busy_gauge())
+    assert counts.polls_to_tail() == POLLS_TO_TAIL
     counts.in_flight = 64
-    assert counts.polls_to_p90() == POLL_BUDGET // 64 < POLLS_TO_P90
+    assert counts.polls_to_tail() == POLL_BUDGET // 64 < POLLS_TO_TAIL
     counts.in_flight = 10_000
-    assert counts.polls_to_p90() == MIN_POLLS_TO_P90  # never fewer than this: a job is still noticed soon after it ends
+    assert counts.polls_to_tail() == MIN_POLLS_TO_TAIL  # never fewer than this: a job is still noticed soon after it ends
 
 
-def test_a_run_s_last_jobs_past_the_p90_are_polled_soon_after_they_end_not_seconds_later() -> None:
+def test_a_process_with_cpu_to_spare_polls_its_many_jobs_more_closely_and_less_once_it_is_short_of_it() -> None:
+    clock = ProcessClock()
+    counts = PollCounts(in_flight=64, gauge=clock.gauge())
+    assert counts.polls_to_tail() == POLL_BUDGET // 64  # 24: what a busy process gives each of 64 jobs
+    clock.work(GAUGE_WINDOW_S / 2, share=0.3)
+    assert counts.polls_to_tail() == POLL_BUDGET // 64  # judged once a window, not at every job
+    seen = []
+    for _ in range(12):  # a process using 30 % of its core: more polls per job, a step a window, up to the most
+        clock.work(GAUGE_WINDOW_S, share=0.3)
+        seen.append(counts.polls_to_tail())
+    assert seen == sorted(seen) and seen[0] > POLL_BUDGET // 64
+    assert seen[-1] == min(POLLS_TO_TAIL, MAX_POLL_BUDGET // 64) == POLLS_TO_TAIL  # 64: a 1 s job noticed ~35 ms sooner
+    counts.in_flight = 128
+    assert counts.polls_to_tail() == MAX_POLL_BUDGET // 128  # the budget is shared by the jobs in flight, never passed
+    clock.work(GAUGE_WINDOW_S, share=0.7)  # between the two marks: it holds
+    assert counts.polls_to_tail() == MAX_POLL_BUDGET // 128
+    fewer = []
+    for _ in range(12):  # the process is short of CPU (a slower machine, a busy app): back down, never below the least
+        clock.work(GAUGE_WINDOW_S, share=0.95)
+        fewer.append(counts.polls_to_tail())
+    assert fewer == sorted(fewer, reverse=True) and fewer[0] < MAX_POLL_BUDGET // 128 and fewer[-1] == max(MIN_POLLS_TO_TAIL, POLL_BUDGET // 128)
+
+
+def test_a_run_s_last_jobs_past_the_tail_are_polled_soon_after_they_end_not_seconds_later() -> None:
     model = LatencyModel()
     for i in range(200):
-        model.observe(1.0 + i / 200)  # uniform over 1..2 s: the p90 at 1.9 s
+        model.observe(1.0 + i / 200)  # uniform over 1..2 s
     counts = PollCounts(in_flight=1)  # the last job of a run: a 5 s one
-    times = []
-    for at in model.schedule(0.25, 2.0, counts.polls_to_p90(), lambda: counts.longest_wait(2.0)):
-        times.append(at)
-        if at > 60.0:
-            break
-    last_gap_to_p90 = times[POLLS_TO_P90 - 1] - times[POLLS_TO_P90 - 2]
-    past = [b - a for a, b in zip(times[POLLS_TO_P90 - 1:], times[POLLS_TO_P90:], strict=False)]
-    soon = [t for t in times[POLLS_TO_P90:] if t <= 4.5]
-    assert len(soon) >= POLLS_TO_P90 // 2  # asked every ~0.08 s past the p90 up to 2.4 x the p90 ...
-    assert max(past[:len(soon)]) <= max(last_gap_to_p90, counts.longest_wait(2.0)) + 1e-9 < 0.1  # (not up to 2 s apart)
-    assert min(past) >= last_gap_to_p90 - 1e-9  # never asked faster than at the p90
+    times = schedule_times(model, 60.0, 0.25, 2.0, counts.polls_to_tail(), lambda: counts.longest_wait(2.0))
+    before, past = split_at_tail(model, times)
+    last_gap_to_tail = before[-1] - before[-2]
+    soon = [t for t in times[len(before):] if t <= 4.5]
+    assert len(soon) >= SHORTENED_POLLS // 2  # asked every ~0.08 s past the tail up to 2.3 x the p99 ...
+    assert max(past[:len(soon)]) <= max(last_gap_to_tail, counts.longest_wait(2.0)) + 1e-9 < 0.1  # (not up to 2 s apart)
+    assert min(past) >= last_gap_to_tail - 1e-9  # never asked faster than just before the tail
     assert max(past) == pytest.approx(2.0)  # ... and a job still unfinished after that less and less often, as before
     counts.in_flight = 64  # among many jobs the back-off still reaches poll_max_s: the polls a second stay bounded
     assert counts.longest_wait(2.0) == 2.0
 
 
-def test_a_slow_service_s_lone_job_is_not_asked_faster_past_its_p90() -> None:
+def test_a_slow_service_s_lone_job_is_not_asked_faster_past_its_tail() -> None:
     model = LatencyModel()
     for i in range(200):
-        model.observe(40.0 + i / 10)  # 40..60 s jobs: gaps of ~0.6 s before the p90
-    times = []
-    for at in model.schedule(0.5, 2.0, POLLS_TO_P90, lambda: PollCounts(in_flight=1).longest_wait(2.0)):
-        times.append(at)
-        if at > 120.0:
-            break
-    past = [b - a for a, b in zip(times[POLLS_TO_P90 - 1:], times[POLLS_TO_P90:], strict=False)]
-    assert min(past) >= 0.5 and max(past) == pytest.approx(2.0)  # the waits grow to poll_max_s as before
+        model.observe(40.0 + i / 10)  # 40..60 s jobs
+    times = schedule_times(model, 120.0, 0.5, 2.0, POLLS_TO_TAIL, lambda: PollCounts(in_flight=1).longest_wait(2.0))
+    before, past = split_at_tail(model, times)
+    assert min(past) >= before[-1] - before[-2] - 1e-9 and max(past) == pytest.approx(2.0)  # the waits grow to poll_max_s as before
 
 
 @pytest.mark.parametrize("service", [("poll429", 64, 0.15)], indirect=True)
 def test_a_service_polled_for_64_jobs_at_once_is_asked_less_often_per_job(service: CapacityService,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     provider = fal_on(service, monkeypatch)
+    provider.poll_counts.gauge = busy_gauge()  # type: ignore[attr-defined]  # (a test process has CPU to spare)
     asyncio.run(generate_all(provider, 64, at_once=8))  # learnt with few in flight
     learnt = service.served()["polls"]
     asyncio.run(generate_all(provider, 256, at_once=64))
     per_job = (service.served()["polls"] - learnt) / 256
     counts = provider.poll_counts  # type: ignore[attr-defined]
     assert counts.jobs == 64 + 256
-    assert per_job < POLL_BUDGET // 64  # the quantile polls of a job among 64, not POLLS_TO_P90
+    assert per_job < POLL_BUDGET // 64  # the quantile polls of a job among 64, not POLLS_TO_TAIL
     assert per_job < learnt / 64  # and fewer than each of the first jobs needed
 
 
@@ -220,8 +308,8 @@ def test_polls_per_image_are_counted_and_bounded_and_the_latency_is_learnt(servi
     served = service.served()
     counts = provider.poll_counts  # type: ignore[attr-defined]
     assert counts.jobs == 48 and counts.polls == served["polls"]  # every poll counted, none missed
-    assert counts.most <= POLLS_TO_P90 + 12  # the quantile polls plus the backoff's up to the deadline at most
-    assert served["polls"] / 48 < POLLS_TO_P90  # most jobs are found done inside the quantile polls
+    assert counts.most <= POLLS_TO_TAIL + 12  # the quantile polls plus the backoff's up to the deadline at most
+    assert served["polls"] / 48 < POLLS_TO_TAIL  # most jobs are found done inside the quantile polls
     true_median = sorted(served["latencies"])[len(served["latencies"]) // 2]
     assert provider.latencies.quantile(0.5) == pytest.approx(true_median, rel=0.5)  # type: ignore[attr-defined]
 
@@ -234,6 +322,17 @@ def test_submit_ahead_grows_while_the_queue_runs_dry_up_to_its_setting() -> None
         ahead.accepted({"status": "IN_QUEUE", "queue_position": 0})
     assert ahead.slots(8) == 3  # grew by one per dry window, then held at the setting
     assert ahead.slots(8) == 3 and not ahead.stopped_because
+
+
+def test_with_many_slots_more_requests_go_ahead_up_to_a_share_of_them() -> None:
+    ahead = SubmitAhead("fal", most=3, per_slot=0.25)
+    assert ahead.slots(64) == 1
+    for _ in range(15 * WINDOW):  # dry windows: one more ahead each
+        ahead.accepted({"queue_position": 0})
+        ahead.slots(64)
+    assert ahead.slots(64) == 16 and not ahead.stopped_because  # a quarter of 64, more than the setting's 3
+    assert ahead.slots(8) == 3  # with 8 slots, the setting
+    assert SubmitAhead("fal", most=0, per_slot=0.25).slots(64) == 0  # not enabled: never
 
 
 def test_submit_ahead_holds_while_requests_wait_in_the_queue() -> None:

@@ -110,7 +110,8 @@ class Remote(Probing):
         self.network = NetworkSettings.from_settings(self.settings)  # [network] under the service's own table (registry)
         self.latencies = LatencyModel()  # this service's job times, learnt while polling (pipeline.services.polling)
         self.poll_counts = PollCounts()
-        self.ahead = SubmitAhead(self.name, int(self.settings.get("submit_ahead", 0)))  # used by services that queue (fal)
+        self.ahead = SubmitAhead(self.name, int(self.settings.get("submit_ahead", 0)),  # used by services that queue (fal)
+                                 float(self.settings.get("submit_ahead_per_slot", 0.0)))
         self._guards: dict[tuple[str, NetworkSettings, BodyCap | None], Guard] = {}  # made by guard()
 
     def ahead_slots(self, max_concurrency: int) -> int:
