@@ -11,9 +11,10 @@ the gap, each by about g/2. Weighing the two gives gaps of sqrt(2c·S/f) = sqrt(
 are dense where a job still running is likely to end soon, and sparse early on and far in the tail.
 :meth:`LatencyModel.schedule` places ``polls_to_tail`` polls (:data:`POLLS_TO_TAIL` with few jobs
 in flight) at equal steps of the integral of sqrt(hazard) up to the :data:`TAIL_QUANTILE`. For
-log-normal 1 s jobs (σ 0.5) this notices a job ~65 ms after it ends for ~7 polls, where polls at
-equal steps of probability up to the p90 then backing off took ~94 ms for as many (a simulation
-of 40,000 jobs; bench/throughput.py measures it on a run).
+log-normal 1 s jobs (σ 0.5) and 24 polls to the tail (64 jobs in flight, a busy process) this
+notices a job ~65 ms after it ends for ~7 polls made, where 12 at equal steps of probability up to
+the p90, then backing off, took ~94 ms for as many (a simulation of 40,000 jobs; the test
+``test_log_normal_jobs_are_noticed_sooner…``; bench/throughput.py measures it on a run).
 
 With many jobs in flight each gets fewer polls (a budget of polls per job in flight,
 :class:`CpuGauge`), so the polls a second stay bounded, and more so when this process is short of
