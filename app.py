@@ -188,14 +188,10 @@ def warm_up() -> None:
 
 def later_imports() -> None:
     """Load :data:`pipeline.RUN_MODULES` (on their own thread, see :func:`start_later_imports`)."""
-    from pipeline import RUN_MODULES
+    from pipeline import load_run_modules
 
     time.sleep(LATER_DELAY_S)
-    for module in RUN_MODULES:
-        try:
-            importlib.import_module(module)
-        except Exception:  # noqa: BLE001 (whoever needs the module meets the same problem and reports it)
-            logging.getLogger("darkroom.app").debug("could not load %s ahead", module, exc_info=True)
+    load_run_modules(ahead_only=True)
 
 
 @st.cache_resource(show_spinner=False)

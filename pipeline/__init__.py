@@ -24,9 +24,16 @@ __version__ = "0.1.0"
 RUN_MODULES = ("numpy", "PIL.Image", "pipeline.images", "pipeline.grids", "textstat", "pipeline.services.aio")
 
 
-def load_run_modules() -> None:
-    """Import :data:`RUN_MODULES` now."""
+def load_run_modules(*, ahead_only: bool = False) -> None:
+    """Import :data:`RUN_MODULES` now. ``ahead_only``: a module that fails to load is skipped (logged at
+    debug level): whoever needs it meets the same problem where it is used, and reports it there."""
     import importlib
+    import logging
 
     for name in RUN_MODULES:
-        importlib.import_module(name)
+        try:
+            importlib.import_module(name)
+        except Exception:
+            if not ahead_only:
+                raise
+            logging.getLogger("pipeline").debug("could not load %s ahead", name, exc_info=True)
