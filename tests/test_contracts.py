@@ -23,7 +23,8 @@ from tests.emulators import FAULTS, RETRY_AFTER_S, Emulator, cloudflare, comfyui
 from tests.emulators.fal import KEY as FAL_KEY
 from tests.emulators.fal import FalEmulator
 
-FAST = {"timeout_s": 0.5, "poll_initial_s": 0.01, "poll_max_s": 0.05}
+FAST = {"timeout_s": 5.0, "poll_initial_s": 0.01, "poll_max_s": 0.05}  # roomy: a loaded CI's slow answer is no timeout
+TIMES_OUT = {"timeout_s": 0.5}  # where a timeout is the point: under the emulators' SLOW_S hold-back
 EXPECTED_ERRORS = {  # fault -> (kind, retryable, retry_after)
     "400": ("bad_request", False, None),
     "401": ("auth", False, None),
@@ -63,6 +64,13 @@ PROVIDERS = [
 ]
 
 
+def times_out(request: pytest.FixtureRequest) -> dict[str, float]:
+    """The short timeout for a test of the "timeout" fault, or of every fault in turn (no ``fault`` parameter)."""
+    callspec = getattr(request.node, "callspec", None)
+    fault = callspec.params.get("fault") if callspec else None
+    return TIMES_OUT if fault in ("timeout", None) else {}
+
+
 @pytest.fixture(params=PROVIDERS, ids=lambda c: c.name)
 def provider_case(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[ProviderCase, Emulator, ImageProvider]]:
     case: ProviderCase = request.param
@@ -72,7 +80,7 @@ def provider_case(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatc
             monkeypatch.setenv(k, v)
         service = case.name.split("-")[0]
         cls = registry.providers.get_class(service)
-        provider = cls({**Settings.from_env().component("providers", service), **FAST, **case.extra})
+        provider = cls({**Settings.from_env().component("providers", service), **FAST, **times_out(request), **case.extra})
         yield case, emulator, provider
     finally:
         emulator.stop()
@@ -164,10 +172,10 @@ def test_fal_nsfw_flag_on_a_200_is_a_block(fal) -> None:  # type: ignore[no-unty
 
 
 def test_fal_cancels_a_request_that_outlives_the_timeout(fal) -> None:  # type: ignore[no-untyped-def]
-    emulator, provider = fal
+    emulator, _ = fal
     emulator.stuck = True
     with pytest.raises(ProviderError) as caught:
-        generate(provider)
+        generate(make("fal", **TIMES_OUT))
     assert caught.value.kind == "timeout" and "cancelled" in str(caught.value)
     assert len(emulator.cancelled) == 1
 
@@ -260,7 +268,7 @@ def chat_case(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
         for k, v in case.env(emulator).items():
             monkeypatch.setenv(k, v)
         reg = getattr(registry, case.kind)
-        component = reg.get_class(case.name)({**Settings.from_env().component(case.kind, case.name), **FAST})
+        component = reg.get_class(case.name)({**Settings.from_env().component(case.kind, case.name), **FAST, **times_out(request)})
         yield case, emulator, component
     finally:
         emulator.stop()
@@ -354,7 +362,7 @@ def test_comfyui_fills_the_workflow_with_typed_values_and_names_a_missing_checkp
         assert list(emulator.graphs.values())[-1] == {"1": {"class_type": "MyTextToImage", "inputs": {"text": "a red fox in the snow", "seed": 7}}}
         emulator.stuck = True
         with pytest.raises(ProviderError, match="interrupted"):
-            generate(make("comfyui"))
+            generate(make("comfyui", **TIMES_OUT))
         assert emulator.interrupted
         custom.write_text('{"1": {"class_type": "NoPromptHere", "inputs": {}}}')
         with pytest.raises(registry.ConfigError, match="placeholder"):

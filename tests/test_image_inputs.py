@@ -33,7 +33,7 @@ from pipeline.services import references
 from tests.emulators import Emulator, cloudflare, comfyui, gemini, leonardo, openai, runware, worker
 from tests.emulators.fal import KEY as FAL_KEY
 from tests.emulators.fal import FalEmulator
-from tests.test_contracts import EXPECTED_ERRORS, FAST, assert_mapped
+from tests.test_contracts import EXPECTED_ERRORS, FAST, TIMES_OUT, assert_mapped
 
 PROMPT = "the same fox, now in winter"
 
@@ -274,7 +274,7 @@ def test_n_one_returns_one_image_as_before(service, name: str) -> None:  # type:
 @pytest.mark.parametrize("fault", list(EXPECTED_ERRORS))
 @pytest.mark.parametrize("name", [c.name for c in CASES])
 def test_errors_with_references_map_like_any_other(service, name: str, fault: str) -> None:  # type: ignore[no-untyped-def]
-    emulator, provider = service(name)
+    emulator, provider = service(name, **(TIMES_OUT if fault == "timeout" else {}))
     emulator.fault = fault
     with pytest.raises(ProviderError) as caught:
         generate(provider, (SUBJECT,))
