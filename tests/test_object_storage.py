@@ -31,7 +31,8 @@ from tests.conftest import SAMPLES, run_cli
 from tests.emulators.s3gateway import S3Gateway
 
 KEY_ID, SECRET = "darkroom-test-key-id", "not-a-real-secret-just-for-tests"
-FAST = StorageOptions(connect_timeout_s=1.0, read_timeout_s=0.5, max_attempts=2, max_object_mb=5)
+FAST = StorageOptions(connect_timeout_s=5.0, read_timeout_s=5.0, max_attempts=2, max_object_mb=5)  # roomy for a loaded CI
+TIMES_OUT = StorageOptions(connect_timeout_s=1.0, read_timeout_s=0.5, max_attempts=2, max_object_mb=5)  # under the slow fault
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +143,7 @@ def test_a_slow_endpoint_times_out_within_the_configured_bound(gateway: S3Gatewa
     gateway.set_fault("slow")
     started = time.monotonic()
     with pytest.raises(StorageError, match=r"did not answer within 0.5 s \(2 attempt\(s\)\).*read_timeout_s"):
-        store(bucket).get("results/p1/a.png")
+        store(bucket, options=TIMES_OUT).get("results/p1/a.png")
     assert time.monotonic() - started < 2.5  # two tries of 0.5 s and a backoff, not the endpoint's 3 s each
 
 
