@@ -15,6 +15,7 @@ import os
 import time
 import zipfile
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from uuid import uuid4
 
@@ -32,7 +33,7 @@ from tests.emulators.s3gateway import S3Gateway
 
 KEY_ID, SECRET = "darkroom-test-key-id", "not-a-real-secret-just-for-tests"
 FAST = StorageOptions(connect_timeout_s=5.0, read_timeout_s=5.0, max_attempts=2, max_object_mb=5)  # roomy for a loaded CI
-TIMES_OUT = StorageOptions(connect_timeout_s=1.0, read_timeout_s=0.5, max_attempts=2, max_object_mb=5)  # under the slow fault
+TIMES_OUT = replace(FAST, connect_timeout_s=1.0, read_timeout_s=0.5)  # where a timeout is the point: under the slow fault
 
 
 @pytest.fixture(scope="module")
